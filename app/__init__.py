@@ -1,0 +1,1 @@
+"""Release Pipeline: git events in, deployments through phases out."""

@@ -1,0 +1,80 @@
+"""Decide whether a freshly started container is ready to receive traffic.
+
+A deployment only switches the phase URL to a new container once this says yes; the
+attempts it records are shown to whoever has to find out why a deployment failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+_KEPT_RESPONSES = 10
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    attempts: int
+    responses: list[str]
+    reason: str
+
+
+def wait_healthy(
+    url: str,
+    *,
+    timeout: float = 30,
+    interval: float = 0.2,
+    request_timeout: float = 2,
+    is_alive: Callable[[], bool] | None = None,
+) -> HealthResult:
+    """GET `url` until it answers 2xx/3xx (redirects are not followed) or `timeout` s pass.
+
+    `is_alive`, when given, is asked after each failed attempt; once it says False the wait
+    ends at once instead of running out the clock on a container that has exited.
+    """
+    deadline = time.monotonic() + timeout
+    path = urlsplit(url).path or "/"
+    responses: deque[str] = deque(maxlen=_KEPT_RESPONSES)
+    attempts = 0
+    with requests.Session() as session:
+        session.trust_env = False  # the probe goes straight to the container, never via a proxy
+        while True:
+            attempts += 1
+            remaining = deadline - time.monotonic()
+            description, healthy = _probe(session, url, max(0.05, min(request_timeout, remaining)))
+            responses.append(description)
+            if healthy:
+                reason = f"healthy: {description} on {path} after {attempts} attempt(s)"
+                return HealthResult(True, attempts, list(responses), reason)
+            if is_alive is not None and not is_alive():
+                reason = f"container exited before becoming healthy (last check: {description} on {path})"
+                return HealthResult(False, attempts, list(responses), reason)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = f"health check failed: {description} on {path} after {timeout:g}s"
+                return HealthResult(False, attempts, list(responses), reason)
+            time.sleep(min(interval, remaining))
+
+
+def _probe(session: requests.Session, url: str, request_timeout: float) -> tuple[str, bool]:
+    """One GET: a short description of what came back, and whether that counts as healthy."""
+    try:
+        with session.get(url, timeout=request_timeout, allow_redirects=False, stream=True) as response:
+            return f"{response.status_code} {response.reason}".strip(), 200 <= response.status_code < 400
+    except requests.Timeout:
+        return f"no answer within {request_timeout:g}s", False
+    except requests.ConnectionError as exc:
+        text = str(exc).lower()
+        if "refused" in text:
+            return "connection refused", False
+        if "reset" in text or "aborted" in text or "closed" in text:
+            return "connection closed", False
+        return "connection failed", False
+    except requests.RequestException as exc:
+        return type(exc).__name__, False

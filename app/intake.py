@@ -1,0 +1,124 @@
+"""Carrying out a plan at intake: record the delivery, record what it asks for, enqueue.
+
+Only fast, local work happens here (database and Redis); everything that talks to GitHub,
+git or Docker runs in workers. A redelivered id is recognised by the delivery table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from app.context import Context
+from app.deployments import schedule
+from app.models import Deployment, Delivery, DeliveryOutcome
+from app.plans import Deploy, Ignore, Invalid, Plan, Pong, Reply, RunCommand, SyncInstallation
+from app.registry import ensure_app, sync_installation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: dict
+    enqueue: list = field(default_factory=list)
+
+
+def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Outcome:
+    """Record and enqueue; the caller gets the HTTP answer."""
+    if isinstance(plan, Invalid):
+        return Outcome(400, {"error": "malformed delivery", "reason": plan.reason})
+    if isinstance(plan, Pong):
+        return Outcome(200, {"ok": True, "reason": "pong"})
+    repository = (payload.get("repository") or {}).get("full_name")
+    action = payload.get("action")
+    created_deployments: list[int] = []
+    try:
+        with ctx.db.session() as session:
+            delivery = Delivery(
+                id=delivery_id,
+                event=event,
+                action=action if isinstance(action, str) else None,
+                repository=repository if isinstance(repository, str) else None,
+                outcome=DeliveryOutcome.ACCEPTED.value,
+            )
+            try:
+                with session.begin_nested():
+                    session.add(delivery)
+            except IntegrityError:
+                return Outcome(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
+            outcome = _carry_out(ctx, session, plan, delivery)
+            created_deployments = [job[1] for job in outcome.enqueue if job[0] == "deploy"]
+            delivery.reason = outcome.body.get("reason", "")[:300]
+            if outcome.enqueue:
+                delivery.job_id = ",".join(str(j[1]) for j in outcome.enqueue)[:100]
+            else:
+                delivery.outcome = DeliveryOutcome.IGNORED.value
+    except SQLAlchemyError:
+        log.exception("database unavailable while recording delivery %s", delivery_id)
+        return Outcome(503, {"error": "database unavailable", "reason": "try the delivery again later"})
+    try:
+        for job in outcome.enqueue:
+            _enqueue(ctx, job)
+    except RedisError:
+        log.error("queue unavailable; forgetting delivery %s so a redelivery is accepted", delivery_id)
+        _forget(ctx, delivery_id, created_deployments)
+        return Outcome(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
+    return outcome
+
+
+def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome:
+    if isinstance(plan, Ignore):
+        return Outcome(202, {"ok": True, "reason": plan.reason})
+    if isinstance(plan, SyncInstallation):
+        sync_installation(session, plan)
+        return Outcome(202, {"ok": True, "reason": f"installation {plan.action}: registry updated"})
+    app = ensure_app(session, plan.repo)
+    if isinstance(plan, Deploy):
+        deployment = schedule(session, app, plan)
+        if deployment is None:
+            return Outcome(202, {"ok": True, "reason": f"{plan.version} to {plan.phase} is already planned"})
+        session.flush()
+        reports = ctx.reports.queued(session, app, deployment)
+        return Outcome(
+            202,
+            {"ok": True, "reason": f"deploying {plan.version} to {plan.phase}", "deployment": deployment.id},
+            [("deploy", deployment.id), *(("report", r.id) for r in reports if r.state == "pending")],
+        )
+    if isinstance(plan, RunCommand):
+        return Outcome(
+            202,
+            {"ok": True, "reason": "command queued"},
+            [("command", dict(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id,
+                              actor=plan.actor, body=plan.body))],
+        )
+    if isinstance(plan, Reply):
+        report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
+        jobs = [("report", report.id)] if report.state == "pending" else []
+        return Outcome(202, {"ok": True, "reason": "malformed command answered"}, jobs)
+    raise TypeError(f"no executor for {type(plan).__name__}")
+
+
+def _enqueue(ctx: Context, job: tuple) -> None:
+    kind, arg = job
+    if kind == "deploy":
+        ctx.jobs.deploy(arg)
+    elif kind == "report":
+        ctx.jobs.report(arg)
+    elif kind == "command":
+        ctx.jobs.command(**arg)
+
+
+def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int]) -> None:
+    from app.models import Report
+
+    with ctx.db.session() as session:
+        if deployment_ids:
+            session.execute(delete(Report).where(Report.deployment_id.in_(deployment_ids)))
+            session.execute(delete(Deployment).where(Deployment.id.in_(deployment_ids)))
+        session.execute(delete(Delivery).where(Delivery.id == delivery_id))

@@ -1,0 +1,77 @@
+"""Enqueueing work on RQ with deterministic job ids, so a repeated request never queues twice.
+
+Job functions are named by import path: the web process never imports Docker or git code.
+"""
+
+from __future__ import annotations
+
+import re
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+
+DEPLOYS = "deploys"
+REPORTS = "reports"
+COMMANDS = "commands"
+QUEUES = (DEPLOYS, COMMANDS, REPORTS)
+
+#: Builds can be slow; RQ's default of 180 s is not enough.
+DEPLOY_TIMEOUT = 30 * 60
+#: Reporting retries with backoff; GitHub outages are waited out, never fail a deployment.
+REPORT_RETRY = Retry(max=8, interval=[5, 15, 30, 60, 120, 300, 600, 900])
+
+
+def job_id(*parts: object) -> str:
+    """RQ ids allow letters, digits, '_' and '-' only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(str(p) for p in parts))[:200]
+
+
+class Jobs:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+        self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+
+    def _enqueue(self, queue: str, func: str, ident: str, kwargs: dict, **options) -> str:
+        try:
+            self.queues[queue].enqueue_call(func, kwargs=kwargs, job_id=ident, unique=True, **options)
+        except DuplicateJobError:
+            pass  # already queued or done: the repeat is harmless by design
+        return ident
+
+    def deploy(self, deployment_id: int) -> str:
+        return self._enqueue(
+            DEPLOYS,
+            "workers.deploy.run",
+            job_id("deploy", deployment_id),
+            {"deployment_id": deployment_id},
+            timeout=DEPLOY_TIMEOUT,
+            result_ttl=3600,
+            failure_ttl=7 * 24 * 3600,
+        )
+
+    def command(self, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str) -> str:
+        return self._enqueue(
+            COMMANDS,
+            "workers.command.run",
+            job_id("command", comment_id),
+            {"app_id": app_id, "pr_number": pr_number, "comment_id": comment_id, "actor": actor, "body": body},
+            timeout=600,
+        )
+
+    def report(self, report_id: int) -> str:
+        return self._enqueue(
+            REPORTS,
+            "workers.report.send",
+            job_id("report", report_id),
+            {"report_id": report_id},
+            timeout=120,
+            retry=REPORT_RETRY,
+            failure_ttl=7 * 24 * 3600,
+        )
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except Exception:
+            return False

@@ -1,0 +1,267 @@
+"""What the service remembers: apps, deliveries, builds, deployments, profiles and reports.
+
+Schema changes go through Alembic (app/migrations); SQLite and PostgreSQL are both supported,
+so only portable types are used (JSON, not JSONB).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class DeliveryOutcome(str, enum.Enum):
+    ACCEPTED = "accepted"
+    IGNORED = "ignored"
+
+
+class DeploymentStatus(str, enum.Enum):
+    QUEUED = "queued"
+    BUILDING = "building"
+    DEPLOYING = "deploying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    REFUSED = "refused"
+
+    @property
+    def finished(self) -> bool:
+        return self in (self.SUCCEEDED, self.FAILED, self.SUPERSEDED, self.REFUSED)
+
+
+class ReportState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    #: Reporting is off (no GITHUB_APP_ID): kept so the user sees what would have been sent.
+    RECORDED = "recorded"
+
+
+class Installation(Base):
+    __tablename__ = "installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account: Mapped[str] = mapped_column(String(200))
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class App(Base):
+    """A repository the GitHub App is installed on; `name` is its slug in URLs and Docker."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    full_name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    clone_url: Mapped[str | None] = mapped_column(String(500))
+    html_url: Mapped[str | None] = mapped_column(String(500))
+    default_branch: Mapped[str] = mapped_column(String(200), default="main")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    deployments: Mapped[list[Deployment]] = relationship(back_populates="app")
+
+
+class Delivery(Base):
+    """One webhook delivery, recorded before anything else so redeliveries are recognised."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event: Mapped[str] = mapped_column(String(50))
+    action: Mapped[str | None] = mapped_column(String(50))
+    repository: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    job_id: Mapped[str | None] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Build(Base):
+    """An image built from one commit tree; every later phase reuses it."""
+
+    __tablename__ = "builds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    tree_sha: Mapped[str] = mapped_column(String(64), index=True)
+    commit_sha: Mapped[str] = mapped_column(String(64), index=True)
+    image_id: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="building")
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    #: The validated .release-pipeline.yml of that commit (port, health path, services).
+    repo_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Deployment(Base):
+    """One attempt to put a version on a phase, with everything needed to explain or repeat it."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    phase: Mapped[str] = mapped_column(String(40))
+    version: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(300))
+    sha: Mapped[str | None] = mapped_column(String(64))
+    tree_sha: Mapped[str | None] = mapped_column(String(64))
+    build_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"))
+    image_id: Mapped[str | None] = mapped_column(String(100))
+    profile_snapshot: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trigger: Mapped[str] = mapped_column(String(30))
+    actor: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[str] = mapped_column(String(20), default=DeploymentStatus.QUEUED.value)
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    #: Same event seen twice (push/create/release of one tag, a redelivery) plans one deployment.
+    dedup_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    pr_number: Mapped[int | None] = mapped_column(Integer)
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: For promotions and rollbacks: the deployment whose image and profile are reused.
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
+    required_approvals: Mapped[int] = mapped_column(Integer, default=0)
+    container_id: Mapped[str | None] = mapped_column(String(100))
+    container_name: Mapped[str | None] = mapped_column(String(200))
+    host_port: Mapped[int | None] = mapped_column(Integer)
+    url: Mapped[str | None] = mapped_column(String(500))
+    #: Why a deploy failed: last container log lines and health responses.
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    app: Mapped[App] = relationship(back_populates="deployments")
+
+    @property
+    def short_sha(self) -> str:
+        return (self.sha or "")[:7]
+
+
+class LogLine(Base):
+    """Build and rollout output, stored as it arrives so the portal can stream it."""
+
+    __tablename__ = "log_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    stream: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Profile(Base):
+    """An app's own settings for one phase; unset fields inherit from the previous phase."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (UniqueConstraint("app_id", "phase"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    phase: Mapped[str] = mapped_column(String(40))
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: name → Fernet ciphertext; never returned to a browser or API client.
+    secrets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    memory: Mapped[str | None] = mapped_column(String(20))
+    cpus: Mapped[float | None] = mapped_column(Float)
+    replicas: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    updated_by: Mapped[str] = mapped_column(String(100), default="")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id"))
+    phase: Mapped[str | None] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Report(Base):
+    """An outbox entry for GitHub: written with the deployment, sent by its own job."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(20), default=ReportState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PullRequestComment(Base):
+    """The one bot comment per PR and topic, edited in place instead of posting anew."""
+
+    __tablename__ = "pr_comments"
+    __table_args__ = (UniqueConstraint("app_id", "pr_number", "topic"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    pr_number: Mapped[int] = mapped_column(Integer)
+    topic: Mapped[str] = mapped_column(String(100))
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ServiceInstance(Base):
+    """A backing service (database, cache, ...) of one app and phase; survives deployments."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("app_id", "phase", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    phase: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(40))
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    definition_hash: Mapped[str] = mapped_column(String(64), default="")
+    #: The definition the repository now asks for, when it differs from the running one.
+    pending_hash: Mapped[str | None] = mapped_column(String(64))
+    image_id: Mapped[str | None] = mapped_column(String(100))
+    container_id: Mapped[str | None] = mapped_column(String(100))
+    network: Mapped[str | None] = mapped_column(String(200))
+    volume: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="creating")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -1,0 +1,51 @@
+"""The webhook endpoint: verify, parse, plan, record, enqueue, answer 202 — nothing slow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from flask import Blueprint, current_app, jsonify, request
+from githubkit.webhooks import verify
+
+from app import intake
+from app.planner import plan
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+EVENT_NAME = re.compile(r"^[a-z_]{1,50}$")
+
+
+def _refuse(status: int, error: str, reason: str):
+    return jsonify({"error": error, "reason": reason}), status
+
+
+@bp.post("/api/github/webhooks")
+def receive():
+    ctx = current_app.extensions["release_pipeline"]
+    body = request.get_data(cache=False)
+    secret = ctx.settings.webhook_secret
+    if secret is not None:
+        signature = request.headers.get("X-Hub-Signature-256", "")
+        # githubkit falls back to SHA-1 for other prefixes; only accept SHA-256 signatures.
+        if not signature.startswith("sha256="):
+            return _refuse(401, "unauthorized", "missing X-Hub-Signature-256 header")
+        if not verify(secret, body, signature):
+            return _refuse(401, "unauthorized", "signature does not match the webhook secret")
+    event = request.headers.get("X-GitHub-Event", "")
+    delivery_id = request.headers.get("X-GitHub-Delivery", "")
+    if not EVENT_NAME.match(event):
+        return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Event header")
+    if not DELIVERY_ID.match(delivery_id):
+        return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Delivery header")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _refuse(400, "malformed delivery", "the body is not valid JSON")
+    decided = plan(event, payload, ctx.config)
+    outcome = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})
+    log.info("delivery %s %s: %s %s", delivery_id, event, outcome.status, outcome.body.get("reason", ""))
+    return jsonify(outcome.body), outcome.status

@@ -1,0 +1,127 @@
+"""Settings from the environment (SPEC §3), read once into a typed, validated object."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.exceptions import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Built by `load_settings()`, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    github_app_id: int | None = None
+    github_private_key: SecretStr | None = None
+    github_private_key_path: Path | None = None
+    github_webhook_secret: SecretStr | None = None
+    github_api_url: str = "https://api.github.com"
+    github_url: str = "https://github.com"
+    github_client_id: str | None = None
+    github_client_secret: SecretStr | None = None
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'release-pipeline.db'}"
+    pipeline_config: Path = PROJECT_ROOT / "config" / "pipeline.yml"
+    pipeline_allow_file_clones: bool = False
+    docker_host: str | None = None
+
+    #: Development mode: runs without a webhook secret (never in production).
+    pipeline_dev: bool = False
+    #: Names this installation's Docker objects, so two installations (or test runs) on one
+    #: engine never touch each other's containers.
+    pipeline_instance: str = Field(default="rp", pattern=r"^[a-z0-9][a-z0-9-]{0,20}$")
+    #: Where the portal is reachable; used for log links reported to GitHub.
+    public_url: str = "http://localhost:8000"
+    #: Signs sessions and encrypts secrets at rest. Generated into var/ by `up` when unset.
+    secret_key: SecretStr | None = None
+    #: Token for the portal and API when GitHub OAuth is not configured.
+    admin_token: SecretStr | None = None
+
+    router: Literal["caddy", "direct"] = "caddy"
+    caddy_admin_url: str = "http://127.0.0.1:2019"
+    #: Port on which the router serves the phase URLs.
+    router_port: int = Field(default=8088, ge=1, le=65535)
+    work_dir: Path = PROJECT_ROOT / "var" / "work"
+    max_body_bytes: int = 25 * 1024 * 1024
+
+    @field_validator("github_api_url", "github_url", "public_url", "caddy_admin_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.github_webhook_secret is None and not self.pipeline_dev:
+            raise ValueError(
+                "GITHUB_WEBHOOK_SECRET is required (set PIPELINE_DEV=1 only for local development)"
+            )
+        if self.github_app_id is not None and self.private_key is None:
+            raise ValueError(
+                "GITHUB_APP_ID is set but neither GITHUB_PRIVATE_KEY nor GITHUB_PRIVATE_KEY_PATH is"
+            )
+        return self
+
+    @cached_property
+    def private_key(self) -> str | None:
+        if self.github_private_key is not None:
+            return self.github_private_key.get_secret_value().replace("\\n", "\n")
+        if self.github_private_key_path is not None:
+            try:
+                return self.github_private_key_path.read_text()
+            except OSError as exc:
+                raise ValueError(f"GITHUB_PRIVATE_KEY_PATH: cannot read: {exc.strerror}") from None
+        return None
+
+    @property
+    def reporting_enabled(self) -> bool:
+        return self.github_app_id is not None
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self.github_webhook_secret.get_secret_value() if self.github_webhook_secret else None
+
+    @cached_property
+    def fernet_key(self) -> bytes:
+        """A Fernet key derived from SECRET_KEY, so one setting protects sessions and secrets."""
+        secret = self.secret_key.get_secret_value() if self.secret_key else ""
+        if not secret:
+            raise SettingsError("SECRET_KEY is required to store secrets")
+        return base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
+    """Read settings from `environ` (default: the process environment) plus overrides.
+
+    Errors are turned into one readable message naming each variable.
+    """
+    import os
+
+    env = dict(os.environ if environ is None else environ)
+    try:
+        if environ is not None:
+            # pydantic-settings reads os.environ itself; give it exactly `env`.
+            values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+            return Settings.model_validate({**values, **overrides})
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if err["loc"] else message)
+        raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,38 @@
+"""The Flask application factory: settings in, a configured app out; nothing read at import."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.context import Context
+from app.settings import Settings
+
+
+def create_app(settings: Settings | None = None, context: Context | None = None) -> Flask:
+    ctx = context or Context.from_settings(settings)
+    flask_app = Flask(__name__)
+    flask_app.extensions["release_pipeline"] = ctx
+    flask_app.config.update(
+        MAX_CONTENT_LENGTH=ctx.settings.max_body_bytes,
+        SECRET_KEY=ctx.settings.secret_key.get_secret_value() if ctx.settings.secret_key else None,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from app import healthz, receiver
+
+    flask_app.register_blueprint(receiver.bp)
+    flask_app.register_blueprint(healthz.bp)
+
+    @flask_app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify({"error": exc.name.lower(), "reason": exc.description}), exc.code
+
+    @flask_app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        flask_app.logger.exception("unexpected error")
+        return jsonify({"error": "internal error", "reason": "the error was logged"}), 500
+
+    return flask_app
