@@ -45,6 +45,21 @@ class Context:
         )
 
     @cached_property
+    def github(self):
+        """The GitHub App client, or None when reporting is off (no GITHUB_APP_ID)."""
+        if not self.settings.reporting_enabled:
+            return None
+        from app.adapters.github import GitHubApp
+
+        return GitHubApp(self.settings, self.redis)
+
+    @cached_property
+    def box(self):
+        from app.crypto import SecretBox
+
+        return SecretBox(self.settings.fernet_key)
+
+    @cached_property
     def engine(self):
         from app.adapters.docker import Engine
 

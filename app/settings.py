@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     caddy_admin_url: str = "http://127.0.0.1:2019"
     #: Port on which the router serves the phase URLs.
     router_port: int = Field(default=8088, ge=1, le=65535)
+    #: Seconds the old container keeps serving in-flight requests after the switch.
+    drain_seconds: float = Field(default=2.0, ge=0, le=300)
     work_dir: Path = PROJECT_ROOT / "var" / "work"
     max_body_bytes: int = 25 * 1024 * 1024
 

@@ -29,8 +29,13 @@ _COMMAND_LINES = st.builds(
     st.sampled_from([" ", "  ", "\t", "\u00a0"]),
 )
 # Well-formed shapes whose versions may be anything, to reach validation every time.
-_VERSIONS = st.one_of(_ARGUMENTS, st.text(max_size=12), st.from_regex(r"v?\d\.\d\.\d\S*"))
-_PHASE_NAMES = st.sampled_from(["demo", "STAGE", "Live", "prod"])
+_VERSIONS = st.one_of(
+    _ARGUMENTS,
+    st.text(max_size=12),
+    st.from_regex(r"v?[0-9]\.[0-9]\.[0-9][-+.a-z0-9]*", fullmatch=True),
+    st.from_regex(r"[-._a-zA-Z0-9]{1,70}", fullmatch=True),
+)
+_PHASE_NAMES = st.sampled_from(["demo", "STAGE", "Live"])
 _PROMOTIONS = st.builds(
     lambda phase, version, rename: " ".join(["/promote", phase, *version, *rename]),
     _PHASE_NAMES,

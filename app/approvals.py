@@ -1,0 +1,45 @@
+"""Counting a promotion PR's approvals the way a reviewer expects them to count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Only these states change a reviewer's verdict; a later plain comment keeps an approval.
+DECISIVE = {"APPROVED", "CHANGES_REQUESTED", "DISMISSED"}
+
+
+@dataclass(frozen=True)
+class ApprovalCount:
+    approvers: tuple[str, ...]
+    needed: int
+
+    @property
+    def count(self) -> int:
+        return len(self.approvers)
+
+    @property
+    def enough(self) -> bool:
+        return self.count >= self.needed
+
+    def explain(self) -> str:
+        who = f" ({', '.join('@' + a for a in self.approvers)})" if self.approvers else ""
+        return f"{self.count} of {self.needed} required approvals{who}"
+
+
+def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int) -> ApprovalCount:
+    """The latest decisive review per reviewer, excluding the PR author; APPROVED ones count.
+
+    Reviews arrive in chronological order from the reviews API; `submitted_at` breaks ties
+    when a caller hands them in another order.
+    """
+    latest: dict[str, str] = {}
+    ordered = sorted(reviews, key=lambda r: (r.get("submitted_at") or "", r.get("id") or 0))
+    for review in ordered:
+        login = ((review.get("user") or {}).get("login") or "").lower()
+        state = (review.get("state") or "").upper()
+        if not login or state not in DECISIVE or login == (author or "").lower():
+            continue
+        latest[login] = state
+    approvers = tuple(sorted(login for login, state in latest.items() if state == "APPROVED"))
+    return ApprovalCount(approvers=approvers, needed=needed)

@@ -1,0 +1,21 @@
+"""Secrets at rest: Fernet with a key derived from SECRET_KEY; plaintext only in memory."""
+
+from __future__ import annotations
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from app.exceptions import SettingsError
+
+
+class SecretBox:
+    def __init__(self, key: bytes):
+        self._fernet = Fernet(key)
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def open(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise SettingsError("a stored secret cannot be decrypted: was SECRET_KEY changed?") from None

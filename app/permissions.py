@@ -1,0 +1,136 @@
+"""Who may do what: the role each action needs, as one table that slash commands, promotion
+merges, the portal and the API all consult."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from app.exceptions import PermissionDenied
+
+# GitHub's repository roles, weakest first (the collaborator permission API's ``role_name``).
+ROLES = ("none", "read", "triage", "write", "maintain", "admin")
+# Older GitHub payloads (a repository's ``permissions`` object) still say pull and push.
+_ROLE_ALIASES = {"pull": "read", "push": "write"}
+PHASE = "phase"
+
+
+class Action(StrEnum):
+    """Everything a user can ask for, by comment, by merging a promotion or in the portal."""
+
+    DEPLOY = "deploy"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    STATUS = "status"
+    HELP = "help"
+    EDIT_PROFILE = "edit_profile"
+    REMOVE_SERVICES = "remove_services"
+    MERGE_PROMOTION = "merge_promotion"
+    VIEW = "view"
+
+
+# The role each action needs; PHASE means the target phase's configured role.
+RULES: dict[Action, str] = {
+    Action.DEPLOY: PHASE,
+    Action.PROMOTE: PHASE,
+    Action.ROLLBACK: PHASE,
+    Action.EDIT_PROFILE: PHASE,
+    Action.REMOVE_SERVICES: PHASE,
+    Action.MERGE_PROMOTION: PHASE,
+    Action.STATUS: "read",
+    Action.HELP: "read",
+    Action.VIEW: "read",
+}
+# Floors under RULES that no phase configuration lowers. On a public repository everyone
+# has read, so a phase configured as "read" (or "none") must not open deployments to the
+# world; removing backing services destroys data, so it needs maintain anywhere.
+AT_LEAST: dict[Action, str] = {
+    Action.DEPLOY: "triage",
+    Action.PROMOTE: "triage",
+    Action.ROLLBACK: "triage",
+    Action.EDIT_PROFILE: "triage",
+    Action.MERGE_PROMOTION: "triage",
+    Action.REMOVE_SERVICES: "maintain",
+}
+
+_WHAT: dict[Action, str] = {
+    Action.DEPLOY: "deploy to {phase}",
+    Action.PROMOTE: "promote to {phase}",
+    Action.ROLLBACK: "roll back {phase}",
+    Action.EDIT_PROFILE: "edit the {phase} profile",
+    Action.REMOVE_SERVICES: "remove the {phase} backing services",
+    Action.MERGE_PROMOTION: "merge a promotion to {phase}",
+    Action.STATUS: "see the status",
+    Action.HELP: "get help",
+    Action.VIEW: "view this app",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer and, for the reply or the error page, the reason in plain words."""
+
+    allowed: bool
+    required: str
+    reason: str
+
+
+def _canonical(role: str) -> str | None:
+    role = role.lower()
+    role = _ROLE_ALIASES.get(role, role)
+    return role if role in ROLES else None
+
+
+def _rank(role: str) -> int:
+    """Position in ROLES; anything else (an organisation's custom role) ranks as none."""
+    canonical = _canonical(role)
+    return ROLES.index(canonical) if canonical else 0
+
+
+def _known(role: str) -> str:
+    """A required role must be real: treating a typo as "none" would let everyone in."""
+    canonical = _canonical(role)
+    if canonical is None:
+        raise ValueError(f"unknown repository role {role!r}; expected one of {', '.join(ROLES)}")
+    return canonical
+
+
+def role_allows(actual: str, required: str) -> bool:
+    return _rank(actual) >= ROLES.index(_known(required))
+
+
+def required_role(action: Action, phase_role: str | None) -> str:
+    """The role ``action`` needs, given the target phase's role (None for phaseless actions)."""
+    rule = RULES[action]
+    if rule == PHASE:
+        if phase_role is None:
+            raise ValueError(f"{action} needs a phase")
+        rule = phase_role
+    return max(_known(rule), _known(AT_LEAST.get(action, "none")), key=ROLES.index)
+
+
+def check(
+    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str]
+) -> Decision:
+    """Whether a user with ``actor_role`` may do ``action`` on ``phase``, and why.
+
+    ``phase`` must be configured when the action targets one; phaseless actions ignore it.
+    """
+    phase_role = None
+    if RULES[action] == PHASE and phase is not None:
+        if phase not in phase_roles:
+            raise ValueError(f"unknown phase {phase!r}")
+        phase_role = phase_roles[phase]
+    required = required_role(action, phase_role)
+    has = ROLES[_rank(actor_role)]
+    reason = f"{_WHAT[action].format(phase=phase)} needs the {required} role (you have {has})"
+    return Decision(allowed=role_allows(actor_role, required), required=required, reason=reason)
+
+
+def require(
+    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str]
+) -> Decision:
+    """Like check, but raise PermissionDenied (carrying the reason) when not allowed."""
+    decision = check(actor_role, action, phase, phase_roles)
+    if not decision.allowed:
+        raise PermissionDenied(decision.reason)
+    return decision

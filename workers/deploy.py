@@ -1,0 +1,303 @@
+"""The deploy job: a queued deployment becomes the container serving its phase URL.
+
+Order of a rollout (SPEC §7): image (reused by commit or tree, else cloned and built once)
+→ new container → health gate → route switched → old container drained and stopped.
+Anything failing before the switch leaves the previous version serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from urllib.parse import urlparse
+
+from sqlalchemy import select
+
+from app.adapters import git
+from app.adapters.docker import ContainerSpec
+from app.approvals import count_approvals
+from app.context import Context
+from app.exceptions import ReleasePipelineError
+from app.health import wait_healthy
+from app.locks import deploy_lock
+from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
+from app.pipeline import RepoConfig, parse_repo_config
+from app.profiles import container_env, resolve
+from app.versions import is_release_tag
+from workers import runtime
+
+log = logging.getLogger(__name__)
+
+REPO_FILE = ".release-pipeline.yml"
+
+
+class Refused(ReleasePipelineError):
+    """The deployment is not allowed (approvals); nothing was touched."""
+
+
+def run(*, deployment_id: int) -> str:
+    """RQ entry point."""
+    return Rollout(runtime.context(), deployment_id).run()
+
+
+class Rollout:
+    def __init__(self, ctx: Context, deployment_id: int):
+        self.ctx = ctx
+        self.deployment_id = deployment_id
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def load(self, session) -> tuple[App, Deployment]:
+        deployment = session.get(Deployment, self.deployment_id)
+        return deployment.app, deployment
+
+    def update(self, **fields) -> None:
+        with self.ctx.db.session() as session:
+            deployment = session.get(Deployment, self.deployment_id)
+            for key, value in fields.items():
+                setattr(deployment, key, value)
+
+    def say(self, text: str, stream: str = "deploy") -> None:
+        """A line in the deployment log, visible in the portal as it happens."""
+        with self.ctx.db.session() as session:
+            session.add(LogLine(deployment_id=self.deployment_id, stream=stream, text=text[:2000]))
+
+    def report(self, which: str) -> None:
+        """Write the outbox entries for this moment and queue their sending."""
+        with self.ctx.db.session() as session:
+            app, deployment = self.load(session)
+            reports = getattr(self.ctx.reports, which)(session, app, deployment)
+            pending = [r.id for r in reports if r.state == "pending"]
+        for report_id in pending:
+            self.ctx.jobs.report(report_id)
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        with self.ctx.db.session() as session:
+            app, deployment = self.load(session)
+            if deployment is None or DeploymentStatus(deployment.status).finished:
+                return "nothing to do"
+            app_name, phase = app.name, deployment.phase
+        with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}"):
+            newer = self.newer_queued()
+            if newer is not None:
+                self.update(status=DeploymentStatus.SUPERSEDED.value, reason=f"superseded by deployment {newer}",
+                            finished_at=utcnow())
+                self.say(f"superseded by deployment {newer} before it started")
+                self.report("finished")
+                return "superseded"
+            self.update(status=DeploymentStatus.BUILDING.value, started_at=utcnow())
+            try:
+                self.deploy()
+            except Refused as exc:
+                return self.finish(DeploymentStatus.REFUSED, str(exc))
+            except ReleasePipelineError as exc:
+                return self.finish(DeploymentStatus.FAILED, str(exc))
+            except Exception as exc:
+                log.exception("deployment %s failed unexpectedly", self.deployment_id)
+                return self.finish(DeploymentStatus.FAILED, f"internal error: {type(exc).__name__}")
+            return self.finish(DeploymentStatus.SUCCEEDED, "")
+
+    def finish(self, status: DeploymentStatus, reason: str) -> str:
+        self.update(status=status.value, reason=reason[:300], finished_at=utcnow())
+        self.say(f"{status.value}{': ' + reason if reason else ''}")
+        self.report("finished")
+        return status.value
+
+    def newer_queued(self) -> int | None:
+        with self.ctx.db.session() as session:
+            _, deployment = self.load(session)
+            return session.scalar(
+                select(Deployment.id)
+                .where(Deployment.app_id == deployment.app_id, Deployment.phase == deployment.phase,
+                       Deployment.id > deployment.id, Deployment.status == DeploymentStatus.QUEUED.value)
+                .order_by(Deployment.id.desc())
+                .limit(1)
+            )
+
+    def deploy(self) -> None:
+        with self.ctx.db.session() as session:
+            app, deployment = self.load(session)
+            source = session.get(Deployment, deployment.source_id) if deployment.source_id else None
+            app_name, full_name, clone_url = app.name, app.full_name, app.clone_url
+            installation_id = app.installation_id
+        self.check_approvals(installation_id, full_name, deployment)
+        token = self.clone_token(installation_id)
+        if source is not None and source.tree_sha and self.ctx.engine.find_image(app_name, source.tree_sha):
+            sha, tree, image_id, build_id = source.sha, source.tree_sha, source.image_id, source.build_id
+            self.say(f"reusing the image of deployment {source.id} ({source.version}, {source.short_sha})")
+        else:
+            # No source, or its image was pruned: the same commit is built (once) again.
+            sha = (source.sha if source is not None else deployment.sha) or self.resolve_sha(
+                clone_url, deployment.ref, token)
+            self.update(sha=sha)
+            build_id, tree, image_id = self.image_for(app_name, clone_url, sha, token)
+        with self.ctx.db.session() as session:
+            deployment = session.get(Deployment, self.deployment_id)
+            if deployment.trigger == "pull_request":
+                deployment.version = self.tag_version(clone_url, sha, token) or deployment.version
+            deployment.sha, deployment.tree_sha, deployment.image_id, deployment.build_id = sha, tree, image_id, build_id
+            build = session.get(Build, build_id) if build_id else None
+            repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
+            if source is not None:
+                snapshot = source.profile_snapshot
+            else:
+                snapshot = resolve(session, self.ctx.config, deployment.app_id, deployment.phase).snapshot()
+            deployment.profile_snapshot = snapshot
+            deployment.status = DeploymentStatus.DEPLOYING.value
+            version, phase = deployment.version, deployment.phase
+        self.report("started")
+        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def check_approvals(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
+        needed = deployment.required_approvals
+        if not needed:
+            return
+        if self.ctx.github is None or installation_id is None:
+            raise Refused(f"{needed} approval(s) required, but GitHub is not configured to count them")
+        client = self.ctx.github.repo(installation_id, full_name)
+        pull = client.get_pull(deployment.pr_number)
+        counted = count_approvals(client.list_reviews(deployment.pr_number),
+                                  author=(pull.get("user") or {}).get("login"), needed=needed)
+        self.say(f"approvals: {counted.explain()}")
+        if not counted.enough:
+            raise Refused(f"not deployed: {counted.explain()}")
+
+    def clone_token(self, installation_id: int | None) -> str | None:
+        if self.ctx.github is None or installation_id is None:
+            return None
+        return self.ctx.github.installation_token(installation_id)
+
+    def git_options(self) -> dict:
+        settings = self.ctx.settings
+        return {"allowed_host": urlparse(settings.github_url).hostname or "",
+                "allow_file": settings.pipeline_allow_file_clones}
+
+    def resolve_sha(self, clone_url: str, ref: str, token: str | None) -> str:
+        sha = git.resolve_ref(clone_url, ref, token=token, **self.git_options())
+        if sha is None:
+            raise ReleasePipelineError(f"{ref} was not found in the repository")
+        self.say(f"{ref} is {sha[:7]}")
+        return sha
+
+    def tag_version(self, clone_url: str, sha: str, token: str | None) -> str | None:
+        """A promotion PR's version: the release tag on its head, if there is one."""
+        tags = [t for t in git.tags_at(clone_url, sha, token=token, **self.git_options()) if is_release_tag(t)]
+        return sorted(tags)[-1] if tags else None
+
+    def image_for(self, app_name: str, clone_url: str, sha: str, token: str | None) -> tuple[int, str, str]:
+        """Build once, promote the artifact: reuse by commit, then by tree; build otherwise."""
+        engine = self.ctx.engine
+        with self.ctx.db.session() as session:
+            app_id = session.get(Deployment, self.deployment_id).app_id
+            known = session.scalars(
+                select(Build).where(Build.app_id == app_id, Build.commit_sha == sha, Build.status == "succeeded")
+                .order_by(Build.id.desc())
+            ).first()
+            if known is not None and engine.find_image(app_name, known.tree_sha):
+                self.say(f"reusing image {known.image_id[:19]} built for tree {known.tree_sha[:7]}")
+                return known.id, known.tree_sha, known.image_id
+        workdir = tempfile.mkdtemp(prefix="clone-", dir=self._work_dir())
+        try:
+            self.say(f"fetching {sha[:7]}", "build")
+            checkout = git.fetch_commit(clone_url, sha, workdir + "/src", token=token, **self.git_options())
+            with self.ctx.db.session() as session:
+                same_tree = session.scalars(
+                    select(Build).where(Build.app_id == app_id, Build.tree_sha == checkout.tree,
+                                        Build.status == "succeeded").order_by(Build.id.desc())
+                ).first()
+                if same_tree is not None and engine.find_image(app_name, checkout.tree):
+                    self.say(f"tree {checkout.tree[:7]} was already built: reusing its image", "build")
+                    return same_tree.id, checkout.tree, same_tree.image_id
+            repo_config = parse_repo_config(git.read_file(checkout, REPO_FILE), REPO_FILE)
+            with self.ctx.db.session() as session:
+                build = Build(app_id=app_id, tree_sha=checkout.tree, commit_sha=sha,
+                              repo_config=repo_config.model_dump(mode="json"))
+                session.add(build)
+                session.flush()
+                build_id = build.id
+            self.say(f"building {repo_config.dockerfile} (tree {checkout.tree[:7]})", "build")
+            try:
+                image_id = engine.build_image(
+                    app=app_name, tree=checkout.tree, sha=sha,
+                    context_tar=git.archive(checkout, repo_config.context),
+                    dockerfile=repo_config.dockerfile, on_line=lambda line: self.say(line, "build"),
+                )
+            except ReleasePipelineError as exc:
+                self._finish_build(build_id, "failed", str(exc))
+                raise
+            self._finish_build(build_id, "succeeded", "", image_id)
+            return build_id, checkout.tree, image_id
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _finish_build(self, build_id: int, status: str, reason: str, image_id: str | None = None) -> None:
+        with self.ctx.db.session() as session:
+            build = session.get(Build, build_id)
+            build.status, build.reason, build.image_id, build.finished_at = status, reason[:300], image_id, utcnow()
+
+    def _work_dir(self) -> str:
+        self.ctx.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        return str(self.ctx.settings.work_dir)
+
+    def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
+                 repo_config: RepoConfig, snapshot: dict) -> None:
+        engine, router = self.ctx.engine, self.ctx.router
+        previous = engine.list_containers(app=app_name, phase=phase)
+        spec = ContainerSpec(
+            app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
+            image=image_id, env=container_env(snapshot, self.ctx.box), port=repo_config.port,
+            memory=snapshot.get("memory"), cpus=snapshot.get("cpus"),
+        )
+        self.say(f"starting {version} ({image_id[:19]})")
+        started = time.monotonic()
+        container = engine.run_container(spec)
+        self.update(container_id=container.id, container_name=container.name, host_port=container.host_port)
+        health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
+        result = wait_healthy(
+            health_url, timeout=self.ctx.config.health_timeout(phase),
+            is_alive=lambda: engine.container_status(container.id) in ("running", "created", "restarting"),
+        )
+        if not result.ok:
+            evidence = {"health": result.responses, "logs": engine.container_logs(container.id, tail=50)}
+            engine.stop_and_remove(container.id, timeout=2)
+            self.update(evidence=evidence, container_id=None)
+            for line in evidence["logs"][-20:]:
+                self.say(f"container: {line}")
+            raise ReleasePipelineError(result.reason)
+        self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
+        router.switch(app_name, phase, f"127.0.0.1:{container.host_port}")
+        url = router.url_for(app_name, phase)
+        self.update(url=url)
+        self.say(f"{url} now serves {version}")
+        if previous:
+            time.sleep(self.ctx.settings.drain_seconds)
+            for old in previous:
+                engine.stop_and_remove(old.id)
+                self.say(f"stopped the previous container {old.name}")
+        self.prune(app_name)
+
+    def prune(self, app_name: str) -> None:
+        """Keep what each phase can roll back to (its last two good images) plus the newest N."""
+        with self.ctx.db.session() as session:
+            app_id = session.get(Deployment, self.deployment_id).app_id
+            keep: set[str] = set()
+            for phase in self.ctx.config.phase_names:
+                keep.update(session.scalars(
+                    select(Deployment.image_id).where(
+                        Deployment.app_id == app_id, Deployment.phase == phase,
+                        Deployment.status == DeploymentStatus.SUCCEEDED.value, Deployment.image_id.is_not(None))
+                    .order_by(Deployment.id.desc()).limit(2)
+                ).all())
+        keep.add(self.current_image())
+        self.ctx.engine.prune_images(app_name, keep_ids=keep, keep_last=self.ctx.config.images.keep_last)
+
+    def current_image(self) -> str:
+        with self.ctx.db.session() as session:
+            return session.get(Deployment, self.deployment_id).image_id
+
