@@ -142,7 +142,7 @@ class Rollout:
             deployment.sha, deployment.tree_sha, deployment.image_id, deployment.build_id = sha, tree, image_id, build_id
             build = session.get(Build, build_id) if build_id else None
             repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
-            if source is not None and deployment.trigger == "rollback":
+            if source is not None and deployment.trigger in ("rollback", "restore"):
                 snapshot = source.profile_snapshot  # a rollback restores the profile it ran with
             else:
                 snapshot = resolve(session, self.ctx.config, deployment.app_id, deployment.phase).snapshot()

@@ -1,0 +1,142 @@
+"""Make Docker, the router and the database agree again after a crash or restart.
+
+Runs when a worker starts and periodically: deployments left half-done by a killed worker
+are marked failed, containers no deployment expects are removed, routes are restored from
+the database (after a router restart), and a phase whose container vanished is redeployed
+from its last good deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from rq.job import Job
+from sqlalchemy import select
+
+from app.actions import current
+from app.context import Context
+from app.deployments import schedule
+from app.exceptions import ReleasePipelineError
+from app.jobs import job_id
+from app.locks import holder
+from app.models import App, Deployment, DeploymentStatus, LogLine, utcnow
+from app.plans import Deploy, Repo
+from workers import runtime
+
+log = logging.getLogger(__name__)
+
+IN_PROGRESS = (DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
+
+
+@dataclass
+class Findings:
+    failed: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    removed_containers: list[str] = field(default_factory=list)
+    restored_routes: list[str] = field(default_factory=list)
+    redeployed: list[int] = field(default_factory=list)
+
+
+def run() -> dict:
+    """RQ entry point (periodic)."""
+    return reconcile(runtime.context()).__dict__
+
+
+def on_worker_start(ctx: Context) -> None:
+    try:
+        findings = reconcile(ctx)
+    except ReleasePipelineError as exc:
+        log.error("reconcile on start failed: %s", exc)
+        return
+    log.info("reconciled on start: %s", findings)
+
+
+def reconcile(ctx: Context) -> Findings:
+    findings = Findings()
+    _settle_interrupted(ctx, findings)
+    _requeue_lost(ctx, findings)
+    _converge_containers(ctx, findings)
+    return findings
+
+
+def _settle_interrupted(ctx: Context, findings: Findings) -> None:
+    """A deployment in progress whose lock is gone was interrupted (worker killed)."""
+    pending: list[int] = []
+    with ctx.db.session() as session:
+        stuck = session.scalars(select(Deployment).where(Deployment.status.in_(IN_PROGRESS))).all()
+        for deployment in stuck:
+            if holder(ctx.redis, deployment.app.name, deployment.phase) is not None:
+                continue  # still being deployed by a live worker
+            deployment.status = DeploymentStatus.FAILED.value
+            deployment.reason = "the worker stopped during the deploy; the previous version kept serving"
+            deployment.finished_at = utcnow()
+            session.add(LogLine(deployment_id=deployment.id, stream="deploy", text=f"failed: {deployment.reason}"))
+            if deployment.container_id:
+                ctx.engine.stop_and_remove(deployment.container_id, timeout=1)
+                deployment.container_id = None
+            reports = ctx.reports.finished(session, deployment.app, deployment)
+            findings.failed.append(deployment.id)
+            pending += [r.id for r in reports if r.state == "pending"]
+    for report_id in pending:
+        ctx.jobs.report(report_id)
+
+
+def _requeue_lost(ctx: Context, findings: Findings) -> None:
+    """A queued deployment whose job is gone from Redis (flushed, expired) is queued again."""
+    with ctx.db.session() as session:
+        queued = session.scalars(select(Deployment.id).where(Deployment.status == DeploymentStatus.QUEUED.value)).all()
+    for deployment_id in queued:
+        if Job.exists(job_id("deploy", deployment_id), connection=ctx.redis):
+            continue
+        ctx.jobs.deploy(deployment_id)
+        findings.requeued.append(deployment_id)
+
+
+def _converge_containers(ctx: Context, findings: Findings) -> None:
+    engine, router = ctx.engine, ctx.router
+    containers = engine.list_containers()
+    by_id = {c.id: c for c in containers}
+    expected: set[str] = set()
+    redeploy: list[tuple[App, Deployment]] = []
+    with ctx.db.session() as session:
+        in_progress = session.scalars(select(Deployment.container_id).where(
+            Deployment.status.in_(IN_PROGRESS), Deployment.container_id.is_not(None))).all()
+        expected.update(in_progress)
+        for app in session.scalars(select(App).where(App.active.is_(True))).all():
+            for phase in ctx.config.phase_names:
+                serving = current(session, app.id, phase)
+                if serving is None:
+                    continue
+                container = by_id.get(serving.container_id or "")
+                if container is None:
+                    if _restore_pending(session, app.id, phase):
+                        continue
+                    redeploy.append((app, serving))
+                    continue
+                expected.add(container.id)
+                if container.host_port and container.host_port != serving.host_port:
+                    serving.host_port = container.host_port  # the engine re-published it on restart
+                upstream = f"127.0.0.1:{container.host_port}"
+                if container.host_port and router.routes().get((app.name, phase)) != upstream:
+                    router.switch(app.name, phase, upstream)
+                    findings.restored_routes.append(f"{app.name}/{phase}")
+        for app, serving in redeploy:
+            deployment = schedule(session, app, Deploy(
+                repo=Repo(app.full_name, app.clone_url, app.default_branch), phase=serving.phase,
+                ref=serving.sha, sha=serving.sha, version=serving.version, trigger="restore",
+                actor="release-pipeline"), source_id=serving.id)
+            session.flush()
+            findings.redeployed.append(deployment.id)
+    for container in containers:
+        if container.id not in expected:
+            engine.stop_and_remove(container.id, timeout=2)
+            findings.removed_containers.append(container.name)
+    for deployment_id in findings.redeployed:
+        ctx.jobs.deploy(deployment_id)
+
+
+def _restore_pending(session, app_id: int, phase: str) -> bool:
+    return session.scalar(select(Deployment.id).where(
+        Deployment.app_id == app_id, Deployment.phase == phase,
+        Deployment.status.in_((DeploymentStatus.QUEUED.value, *IN_PROGRESS)))) is not None
