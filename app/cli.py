@@ -67,6 +67,22 @@ def worker(burst: bool) -> None:
     Worker(list(QUEUES), connection=ctx.redis).work(burst=burst, with_scheduler=True)
 
 
+@main.command()
+def scheduler() -> None:
+    """Enqueue the periodic jobs: reconcile, report catch-up, redelivery of missed webhooks."""
+    from rq.cron import CronScheduler
+
+    from app.jobs import DEPLOYS, REPORTS
+    from workers import reconcile, redeliver, report
+
+    ctx = _context()
+    cron = CronScheduler(connection=ctx.redis, name=f"release-pipeline-{ctx.settings.pipeline_instance}")
+    cron.register(reconcile.run, DEPLOYS, interval=60, job_timeout=300)
+    cron.register(report.catch_up, REPORTS, interval=120, job_timeout=120)
+    cron.register(redeliver.run, REPORTS, interval=300, job_timeout=120)
+    cron.start()
+
+
 def _secret_file(name: str) -> str:
     """A generated secret kept in var/ so `up` is repeatable without configuration."""
     path = VAR / name
@@ -118,6 +134,7 @@ def up(port: int) -> None:
     exe = [sys.executable, "-m", "app.cli"]
     children.append(subprocess.Popen([*exe, "serve", "--port", str(port)]))
     children.append(subprocess.Popen([*exe, "worker"]))
+    children.append(subprocess.Popen([*exe, "scheduler"]))
     click.echo(f"Release Pipeline is up: webhooks at http://localhost:{port}/api/github/webhooks, "
                f"portal at http://localhost:{port}/")
 

@@ -15,6 +15,7 @@ from rq.job import Job
 from sqlalchemy import select
 
 from app.actions import current
+from app.adapters.docker import LABEL_DEPLOYMENT
 from app.context import Context
 from app.deployments import schedule
 from app.exceptions import ReleasePipelineError
@@ -100,9 +101,10 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
     expected: set[str] = set()
     redeploy: list[tuple[App, Deployment]] = []
     with ctx.db.session() as session:
-        in_progress = session.scalars(select(Deployment.container_id).where(
-            Deployment.status.in_(IN_PROGRESS), Deployment.container_id.is_not(None))).all()
-        expected.update(in_progress)
+        # A deployment in progress may have started its container before recording it.
+        in_progress = {str(i) for i in session.scalars(
+            select(Deployment.id).where(Deployment.status.in_(IN_PROGRESS))).all()}
+        expected.update(c.id for c in containers if c.labels.get(LABEL_DEPLOYMENT) in in_progress)
         for app in session.scalars(select(App).where(App.active.is_(True))).all():
             for phase in ctx.config.phase_names:
                 serving = current(session, app.id, phase)
