@@ -90,8 +90,13 @@ class Actions:
         return Outcome(False, f"there is no phase {phase!r} (phases: {', '.join(self.config.phase_names)})")
 
     def promote(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
-                version: str | None = None, rename_to: str | None = None) -> Outcome:
-        """Put an already-built version on `phase`: by default what the previous phase serves."""
+                version: str | None = None, rename_to: str | None = None,
+                pr_number: int | None = None, comment_id: int | None = None) -> Outcome:
+        """Put an already-built version on `phase`: by default what the previous phase serves.
+
+        `pr_number` and `comment_id` name the command that asked, so the deployment's outcome
+        edits that command's reply.
+        """
         problem = self._unknown_phase(phase) or self._refusal(role, Action.PROMOTE, phase)
         if problem:
             return problem
@@ -111,7 +116,12 @@ class Actions:
         except InvalidVersion as exc:
             return Outcome(False, str(exc))
         settings = self.config.phase(phase)
-        if settings.approvals > 0 and settings.branch:
+        if settings.approvals > 0 and not settings.branch:
+            # Approvals are counted on a promotion PR; without a branch to open one into, a
+            # direct deployment would skip them.
+            return Outcome(False, f"{phase} needs {settings.approvals} approval(s) but has no branch "
+                                  "to open a promotion pull request into")
+        if settings.approvals > 0:
             return Outcome(
                 True,
                 f"{phase} needs {settings.approvals} approval(s): opening a promotion pull request",
@@ -120,12 +130,14 @@ class Actions:
         deployment = schedule(session, app, Deploy(
             repo=_repo(app), phase=phase, ref=source.sha, sha=source.sha, version=new_version,
             trigger=trigger, actor=actor), source_id=source.id)
+        _answer_to(deployment, pr_number, comment_id)
         renamed = f" as {new_version}" if new_version != source.version else ""
-        return Outcome(True, f"promoting {source.version} ({source.short_sha}) from {source.phase} to "
-                             f"{phase}{renamed}", deployment.id)
+        return Outcome(True, f"promoting {_label(source)} from {source.phase} to {phase}{renamed}",
+                       deployment.id)
 
     def rollback(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
-                 to_version: str | None = None) -> Outcome:
+                 to_version: str | None = None, pr_number: int | None = None,
+                 comment_id: int | None = None) -> Outcome:
         """Redeploy an earlier successful deployment of `phase`: its image and its profile."""
         problem = self._unknown_phase(phase) or self._refusal(role, Action.ROLLBACK, phase)
         if problem:
@@ -144,6 +156,7 @@ class Actions:
         deployment = schedule(session, app, Deploy(
             repo=_repo(app), phase=phase, ref=target.sha, sha=target.sha, version=target.version,
             trigger="rollback", actor=actor), source_id=target.id)
+        _answer_to(deployment, pr_number, comment_id)
         return Outcome(True, f"rolling back {phase}: {describe_change(now, target)}", deployment.id)
 
     @staticmethod
@@ -156,7 +169,8 @@ class Actions:
         return candidate
 
     def deploy_commit(self, session: Session, app: App, phase: str | None, *, sha: str, actor: str, role: str,
-                      trigger: str, pr_number: int | None = None, version: str | None = None) -> Outcome:
+                      trigger: str, pr_number: int | None = None, version: str | None = None,
+                      comment_id: int | None = None) -> Outcome:
         """Deploy a commit (a PR's head, say) to a phase; the first phase when none is named."""
         phase = phase or self.config.phase_names[0]
         problem = self._unknown_phase(phase) or self._refusal(role, Action.DEPLOY, phase)
@@ -167,16 +181,32 @@ class Actions:
         deployment = schedule(session, app, Deploy(
             repo=_repo(app), phase=phase, ref=sha, sha=sha, version=version or sha[:7], trigger=trigger,
             actor=actor, pr_number=pr_number))
+        _answer_to(deployment, pr_number, comment_id)
         return Outcome(True, f"deploying {sha[:7]} to {phase}", deployment.id)
+
+
+def _answer_to(deployment: Deployment, pr_number: int | None, comment_id: int | None) -> None:
+    """Remember the PR (and command comment) that asked, for the outcome's reply."""
+    if pr_number is not None:
+        deployment.pr_number = pr_number
+    if comment_id is not None:
+        deployment.comment_id = comment_id
 
 
 def describe_change(now: Deployment, target: Deployment) -> str:
     """What a rollback changes: version, image and profile differences (secrets by name only)."""
-    parts = [f"{now.version} ({now.short_sha}) → {target.version} ({target.short_sha})"]
+    parts = [f"{_label(now)} → {_label(target)}"]
     if now.image_id != target.image_id:
         parts.append(f"image {(now.image_id or '?')[7:19]} → {(target.image_id or '?')[7:19]}")
     parts.extend(profile_differences(now.profile_snapshot or {}, target.profile_snapshot or {}))
     return "; ".join(parts)
+
+
+def _label(deployment: Deployment) -> str:
+    """A version with its commit, once when the version is the short sha itself."""
+    if deployment.version == deployment.short_sha:
+        return deployment.version
+    return f"{deployment.version} ({deployment.short_sha})"
 
 
 def profile_differences(before: dict, after: dict) -> list[str]:
@@ -194,3 +224,17 @@ def profile_differences(before: dict, after: dict) -> list[str]:
             elif old[name] != new[name]:
                 changes.append(f"{name} changed" if secret else f"{name} {old[name]} → {new[name]}")
     return changes
+
+
+def rollback_target(session: Session, app_id: int, phase: str,
+                    to_version: str | None = None) -> tuple[Deployment | None, Deployment | None]:
+    """(what `phase` serves now, what a rollback would restore): the portal's preview.
+
+    Chooses exactly as `Actions.rollback` does, so the preview is what will happen.
+    """
+    now = current(session, app_id, phase)
+    if now is None:
+        return None, None
+    if to_version is not None:
+        return now, successful(session, app_id, phase=phase, version=to_version)
+    return now, Actions._previous_distinct(session, app_id, phase, now)

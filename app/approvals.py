@@ -36,7 +36,9 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int)
     latest: dict[str, str] = {}
     ordered = sorted(reviews, key=lambda r: (r.get("submitted_at") or "", r.get("id") or 0))
     for review in ordered:
-        login = ((review.get("user") or {}).get("login") or "").lower()
+        # The adapter's reviews carry the login itself; GitHub's JSON a user object.
+        user = review.get("user")
+        login = ((user.get("login") if isinstance(user, dict) else user) or "").lower()
         state = (review.get("state") or "").upper()
         if not login or state not in DECISIVE or login == (author or "").lower():
             continue

@@ -60,7 +60,7 @@ def worker(burst: bool) -> None:
     from rq import Worker
 
     from app.jobs import QUEUES
-    from workers import reconcile
+    from workers import command, reconcile  # noqa: F401  (command: fails fast if a command has no runner)
 
     ctx = _context()
     reconcile.on_worker_start(ctx)
@@ -118,6 +118,10 @@ def _start_caddy(settings) -> subprocess.Popen | None:
 @click.option("--port", default=8000, show_default=True)
 def up(port: int) -> None:
     """Everything on one machine: migrations, router, web and worker, until Ctrl-C."""
+    from app.github_setup import ENV_FILE, load_env_file
+
+    if load_env_file(ENV_FILE):  # written by the manifest flow (/github/register); set variables win
+        click.echo(f"GitHub App settings loaded from {ENV_FILE}")
     os.environ.setdefault("SECRET_KEY", _secret_file("secret_key"))
     if not os.environ.get("GITHUB_WEBHOOK_SECRET") and not os.environ.get("PIPELINE_DEV"):
         os.environ["GITHUB_WEBHOOK_SECRET"] = _secret_file("webhook_secret")

@@ -7,12 +7,72 @@ or undoes a deployment and reports catch up afterwards.
 
 from __future__ import annotations
 
+import logging
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 
+log = logging.getLogger(__name__)
+
 STATUS_CONTEXT = "release-pipeline/{phase}"
+#: GitHub rejects longer status and deployment-status descriptions.
 DESCRIPTION_LIMIT = 140
+
+
+def short(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """One line of at most `limit` characters (GitHub's limit), cut with an ellipsis."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def status_state(deployment: Deployment) -> str:
+    """The commit status of a finished deployment.
+
+    `failure` when the version itself did not make it (build, health check, missing
+    approvals); `error` when the pipeline did not get to judge it (superseded by a newer
+    deployment, an internal error).
+    """
+    if deployment.status == DeploymentStatus.SUCCEEDED.value:
+        return "success"
+    if deployment.status == DeploymentStatus.SUPERSEDED.value:
+        return "error"
+    if (deployment.reason or "").startswith("internal error"):
+        return "error"
+    return "failure"
+
+
+def describe(kind: str, body: dict, repo: str) -> str:
+    """What a report would do on GitHub, in one line without secrets (for the log)."""
+    if kind == "status":
+        return (f"commit status {body['state']} {body['context']} on {repo}@{(body.get('sha') or '')[:7]}: "
+                f"{body.get('description')!r} -> {body.get('target_url')}")
+    if kind == "deployment":
+        return (f"GitHub deployment of {repo}@{(body.get('ref') or '')[:7]} to {body.get('environment')} "
+                f"(version {(body.get('payload') or {}).get('version')}), status {body.get('state')}")
+    if kind == "deployment_status":
+        url = body.get("environment_url")
+        return (f"deployment status {body['state']} on {repo}: {body.get('description')!r}"
+                + (f", environment_url {url}" if url else "") + f", log_url {body.get('log_url')}")
+    if kind == "comment":
+        return f"comment on {repo}#{body.get('pr_number')} ({body.get('topic')}): {short(body.get('body', ''), 100)!r}"
+    if kind == "reaction":
+        return f"reaction {body.get('content')} on {repo} comment {body.get('comment_id')}"
+    return f"{kind} on {repo}"
+
+
+def command_topic(comment_id: int) -> str:
+    """The topic of the one bot reply to a command comment, edited as its work progresses."""
+    return f"command-{comment_id}"
+
+
+def reply_topic(deployment: Deployment) -> str:
+    """Where a deployment's outcome goes on its PR: the reply to the command that asked for it,
+    else one comment per phase (a merged promotion PR)."""
+    if deployment.comment_id:
+        return command_topic(deployment.comment_id)
+    return f"deploy-{deployment.phase}"
 
 
 class Reports:
@@ -36,7 +96,16 @@ class Reports:
         )
         session.add(report)
         session.flush()
+        if not self.enabled:
+            log.info("reporting is off (no GITHUB_APP_ID): report %s recorded, would have sent %s",
+                     report.id, describe(kind, body, app.full_name))
         return report
+
+    @staticmethod
+    def _earlier(session: Session, deployment: Deployment, kind: str) -> list[Report]:
+        return list(session.scalars(
+            select(Report).where(Report.deployment_id == deployment.id, Report.kind == kind).order_by(Report.id)
+        ))
 
     def _status(self, session, app, deployment, state: str, description: str, target_url: str) -> Report:
         return self._add(
@@ -47,7 +116,7 @@ class Reports:
                 "sha": deployment.sha,
                 "state": state,
                 "context": STATUS_CONTEXT.format(phase=deployment.phase),
-                "description": description[:DESCRIPTION_LIMIT],
+                "description": short(description),
                 "target_url": target_url,
             },
             deployment,
@@ -65,9 +134,14 @@ class Reports:
         ]
 
     def started(self, session: Session, app: App, deployment: Deployment) -> list[Report]:
-        """Once the sha is known and the deploy begins: a GitHub Deployment, in progress."""
+        """Once the sha is known and the deploy begins: a GitHub Deployment, in progress.
+
+        The commit gets its pending status here when intake could not give it one (the sha
+        was resolved by the worker) or the deployment is not a plain push (a rollback,
+        promotion or command says what it is doing now).
+        """
         reports = []
-        if deployment.trigger in ("tag", "command", "portal", "rollback") and deployment.sha:
+        if deployment.sha and self._needs_deploying_status(session, deployment):
             reports.append(
                 self._status(
                     session, app, deployment, "pending",
@@ -75,38 +149,57 @@ class Reports:
                     self.deployment_page(app, deployment),
                 )
             )
-        reports.append(
-            self._add(
-                session,
-                app,
-                "deployment",
-                {
-                    "ref": deployment.sha,
-                    "environment": deployment.phase,
-                    "description": f"{deployment.version} to {deployment.phase}"[:DESCRIPTION_LIMIT],
-                    "payload": {"version": deployment.version, "deployment": deployment.id},
-                    "production_environment": deployment.phase == self.last_phase,
-                    "state": "in_progress",
-                    "log_url": self.deployment_page(app, deployment),
-                },
-                deployment,
-            )
-        )
+        if deployment.sha:
+            reports.append(self._deployment(session, app, deployment))
+        if deployment.pr_number and deployment.comment_id:
+            reports.append(self.progress_reply(session, app, deployment))
         return reports
 
+    def _needs_deploying_status(self, session: Session, deployment: Deployment) -> bool:
+        earlier = [r.body.get("sha") for r in self._earlier(session, deployment, "status")]
+        return deployment.trigger != "push" or deployment.sha not in earlier
+
+    def _deployment(self, session: Session, app: App, deployment: Deployment) -> Report:
+        """One GitHub Deployment per deployment (created in_progress; see workers.report)."""
+        return self._add(
+            session,
+            app,
+            "deployment",
+            {
+                "ref": deployment.sha,
+                "environment": deployment.phase,
+                "description": short(f"{deployment.version} to {deployment.phase}"),
+                "payload": {"version": deployment.version, "deployment": deployment.id, "app": app.name},
+                "production_environment": deployment.phase == self.last_phase,
+                "state": "in_progress",
+                "log_url": self.deployment_page(app, deployment),
+            },
+            deployment,
+        )
+
     def finished(self, session: Session, app: App, deployment: Deployment) -> list[Report]:
-        """The outcome: commit status, deployment status and, for PR-driven ones, the PR reply."""
+        """The outcome: commit status, deployment status and, for PR-driven ones, the PR reply.
+
+        A deployment that failed before it started (clone, build) still gets its GitHub
+        Deployment, so the environment's history shows the failure; one that never ran
+        (superseded, refused) gets none.
+        """
         succeeded = deployment.status == DeploymentStatus.SUCCEEDED.value
         page = self.deployment_page(app, deployment)
         reports: list[Report] = []
         if deployment.sha:
             if succeeded:
-                description = f"{deployment.version} {deployment.phase}"
+                description = f"{deployment.version} live"
                 reports.append(self._status(session, app, deployment, "success", description, deployment.url or page))
             else:
-                state = "error" if deployment.status == DeploymentStatus.REFUSED.value else "failure"
-                reports.append(self._status(session, app, deployment, state, deployment.reason or "failed", page))
-            if deployment.status != DeploymentStatus.REFUSED.value:
+                reports.append(self._status(session, app, deployment, status_state(deployment),
+                                            deployment.reason or deployment.status, page))
+            ran = deployment.status not in (DeploymentStatus.REFUSED.value, DeploymentStatus.SUPERSEDED.value)
+            has_github_deployment = bool(self._earlier(session, deployment, "deployment"))
+            if ran and not has_github_deployment:
+                reports.append(self._deployment(session, app, deployment))
+                has_github_deployment = True
+            if has_github_deployment:
                 reports.append(
                     self._add(
                         session,
@@ -116,23 +209,51 @@ class Reports:
                             "state": "success" if succeeded else "failure",
                             "environment_url": deployment.url if succeeded else None,
                             "log_url": page,
-                            "description": (deployment.reason or f"{deployment.version} {deployment.phase}")[
-                                :DESCRIPTION_LIMIT
-                            ],
+                            "description": short(
+                                f"{deployment.version} live" if succeeded
+                                else (deployment.reason or deployment.status)
+                            ),
                         },
                         deployment,
                     )
                 )
         if deployment.pr_number:
-            reports.append(self.comment(session, app, deployment.pr_number, f"deploy-{deployment.phase}",
-                                        outcome_text(deployment, page), deployment))
+            reports.append(self.progress_reply(session, app, deployment))
         return reports
 
     def comment(
-        self, session: Session, app: App, pr_number: int, topic: str, body: str, deployment: Deployment | None = None
+        self, session: Session, app: App, pr_number: int, topic: str, body: str, deployment: Deployment | None = None,
+        *, intro: str | None = None,
     ) -> Report:
-        """One comment per PR and topic, edited in place on later updates."""
-        return self._add(session, app, "comment", {"pr_number": pr_number, "topic": topic, "body": body}, deployment)
+        """One comment per PR and topic, edited in place on later updates.
+
+        `intro` (a command reply's own words, e.g. what a rollback changes) is kept with the
+        report so later edits of the same reply can repeat it above the deployment's progress.
+        """
+        body_fields = {"pr_number": pr_number, "topic": topic, "body": body}
+        if intro:
+            body_fields["intro"] = intro
+        return self._add(session, app, "comment", body_fields, deployment)
+
+    def command_reply(self, session: Session, app: App, pr_number: int, comment_id: int, intro: str,
+                      deployment: Deployment | None = None) -> Report:
+        """The reply to a slash-command; with a deployment, its progress follows `intro` and
+        the deployment's later reports edit this same comment."""
+        if deployment is None:
+            return self.comment(session, app, pr_number, command_topic(comment_id), intro)
+        body = f"{intro}\n\n{outcome_text(deployment, self.deployment_page(app, deployment))}"
+        return self.comment(session, app, pr_number, command_topic(comment_id), body, deployment, intro=intro)
+
+    def progress_reply(self, session: Session, app: App, deployment: Deployment) -> Report:
+        """The deployment's state on its PR, in the reply it already has (keeping its intro)."""
+        first = session.scalars(
+            select(Report).where(Report.deployment_id == deployment.id, Report.kind == "comment")
+            .order_by(Report.id).limit(1)
+        ).first()
+        intro = (first.body or {}).get("intro", "") if first is not None else ""
+        text = outcome_text(deployment, self.deployment_page(app, deployment))
+        return self.comment(session, app, deployment.pr_number, reply_topic(deployment),
+                            f"{intro}\n\n{text}" if intro else text, deployment, intro=intro or None)
 
     def reaction(self, session: Session, app: App, comment_id: int, content: str) -> Report:
         return self._add(session, app, "reaction", {"comment_id": comment_id, "content": content}, None)

@@ -21,18 +21,27 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from app import healthz, receiver
+    from app import github_setup, healthz, receiver
 
     flask_app.register_blueprint(receiver.bp)
     flask_app.register_blueprint(healthz.bp)
+    flask_app.register_blueprint(github_setup.bp)
+
+    from app import portal
+
+    portal.init_app(flask_app)
 
     @flask_app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if portal.wants_html():
+            return portal.error_page(exc.code, exc.name, exc.description)
         return jsonify({"error": exc.name.lower(), "reason": exc.description}), exc.code
 
     @flask_app.errorhandler(Exception)
     def unexpected(exc: Exception):
         flask_app.logger.exception("unexpected error")
+        if portal.wants_html():
+            return portal.error_page(500, "Something went wrong", "The error was logged.")
         return jsonify({"error": "internal error", "reason": "the error was logged"}), 500
 
     return flask_app

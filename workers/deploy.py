@@ -19,7 +19,7 @@ from app.adapters import git
 from app.adapters.docker import ContainerSpec
 from app.approvals import count_approvals
 from app.context import Context
-from app.exceptions import ReleasePipelineError
+from app.exceptions import GitHubError, ReleasePipelineError
 from app.health import wait_healthy
 from app.locks import deploy_lock
 from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
@@ -171,7 +171,11 @@ class Rollout:
     def clone_token(self, installation_id: int | None) -> str | None:
         if self.ctx.github is None or installation_id is None:
             return None
-        return self.ctx.github.installation_token(installation_id)
+        try:
+            return self.ctx.github.installation_token(installation_id)
+        except GitHubError as exc:  # a GitHub API outage must not fail a deploy that needs no token
+            self.say(f"no installation token ({exc}); cloning without one")
+            return None
 
     def git_options(self) -> dict:
         settings = self.ctx.settings

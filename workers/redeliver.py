@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from app.context import Context
+from app.exceptions import GitHubError, TransientGitHubError
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 #: GitHub keeps deliveries for redelivery for three days; stay safely inside that.
 WINDOW = timedelta(days=3) - timedelta(hours=1)
 ASKED_KEY = "rp:redelivery:asked:{guid}"
+#: An event whose deliveries failed this often is left alone (it fails for a reason).
+MAX_ATTEMPTS = 5
+#: Our own deliberate answers (bad request, too large, …) fail again when redelivered.
+FINAL_CLIENT_ERRORS = range(400, 500)
+RETRYABLE_CLIENT_ERRORS = {401, 408, 429}
 
 
 def run() -> list[int]:
@@ -31,7 +37,7 @@ def redeliver_failed(ctx: Context, now: datetime | None = None) -> list[int]:
         return []
     now = now or datetime.now(timezone.utc)
     attempts_by_event: dict[str, list[dict]] = {}
-    for delivery in ctx.github.list_hook_deliveries():
+    for delivery in ctx.github.list_hook_deliveries(since=now - WINDOW):
         attempts_by_event.setdefault(delivery.get("guid") or str(delivery["id"]), []).append(delivery)
     asked = []
     for guid, attempts in attempts_by_event.items():
@@ -39,12 +45,20 @@ def redeliver_failed(ctx: Context, now: datetime | None = None) -> list[int]:
             continue
         latest = max(attempts, key=lambda a: a.get("delivered_at") or "")
         delivered_at = datetime.fromisoformat(latest["delivered_at"].replace("Z", "+00:00"))
-        if now - delivered_at > WINDOW:
+        if now - delivered_at > WINDOW or len(attempts) >= MAX_ATTEMPTS or _final(latest):
             continue
         # One request per failed attempt: the next sweep asks again only if that one failed too.
-        if not ctx.redis.set(ASKED_KEY.format(guid=guid) + f":{latest['id']}", "1", nx=True, ex=int(WINDOW.total_seconds())):
+        key = ASKED_KEY.format(guid=guid) + f":{latest['id']}"
+        if not ctx.redis.set(key, "1", nx=True, ex=int(WINDOW.total_seconds())):
             continue
-        ctx.github.redeliver(int(latest["id"]))
+        try:
+            ctx.github.redeliver(int(latest["id"]))
+        except TransientGitHubError:
+            ctx.redis.delete(key)  # not asked after all: the next sweep tries again
+            raise
+        except GitHubError as exc:
+            log.warning("GitHub refused to redeliver %s (attempt %s): %s", guid, latest["id"], exc)
+            continue
         log.info("asked GitHub to redeliver %s (%s, attempt %s)", guid, latest.get("event"), latest["id"])
         asked.append(int(latest["id"]))
     return asked
@@ -52,3 +66,8 @@ def redeliver_failed(ctx: Context, now: datetime | None = None) -> list[int]:
 
 def _succeeded(delivery: dict) -> bool:
     return 200 <= int(delivery.get("status_code") or 0) < 300
+
+
+def _final(delivery: dict) -> bool:
+    code = int(delivery.get("status_code") or 0)
+    return code in FINAL_CLIENT_ERRORS and code not in RETRYABLE_CLIENT_ERRORS

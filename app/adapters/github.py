@@ -15,10 +15,11 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from cryptography.fernet import Fernet, InvalidToken
-from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy, UnauthAuthStrategy
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import (
     RateLimitExceeded,
@@ -109,11 +110,48 @@ def _retry_after_header(response: httpx.Response) -> float | None:
         return None
 
 
+def _next_cursor(link_header: str) -> str | None:
+    """The `cursor` of the rel="next" link, if there is one."""
+    match = re.search(r'<([^>]+)>\s*;\s*rel="next"', link_header)
+    if match is None:
+        return None
+    values = parse_qs(urlsplit(match.group(1)).query).get("cursor")
+    return values[0] if values else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _split_repo(full_name: str) -> tuple[str, str]:
     owner, _, repo = full_name.partition("/")
     if not owner or not repo or "/" in repo:
         raise GitHubError(f"not a repository name: {full_name!r}")
     return owner, repo
+
+
+def convert_manifest_code(api_url: str, code: str) -> dict:
+    """The manifest flow's last step: trade the one-time `code` for the new App's credentials.
+
+    Returns GitHub's answer: id, slug, html_url, pem, webhook_secret, client_id,
+    client_secret, … — secrets the caller stores and never shows.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", code or ""):
+        raise GitHubError("not a manifest code")
+    client = GitHub(
+        UnauthAuthStrategy(),
+        base_url=api_url,
+        auto_retry=False,
+        http_cache=False,
+        timeout=REQUEST_TIMEOUT_SECONDS,
+        user_agent="release-pipeline",
+    )
+    with _github_errors():
+        response = client.rest.apps.create_from_manifest(code)
+    return response.json()
 
 
 class GitHubApp:
@@ -183,10 +221,29 @@ class GitHubApp:
             response = self._app_client.rest.apps.get_repo_installation(owner, repo)
         return int(response.json()["id"])
 
-    def list_hook_deliveries(self, per_page: int = PAGE_SIZE) -> list[dict]:
-        with _github_errors():
-            response = self._app_client.rest.apps.list_webhook_deliveries(per_page=per_page)
-        return response.json()
+    def list_hook_deliveries(
+        self, since: datetime | None = None, per_page: int = PAGE_SIZE, max_pages: int = 50
+    ) -> list[dict]:
+        """The app's webhook deliveries, newest first, back to `since` (else one page).
+
+        GitHub pages this list with a cursor (`Link: <…?cursor=…>; rel="next"`); after a long
+        outage of this service there are more than a page of them.
+        """
+        deliveries: list[dict] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            options = {"per_page": per_page} | ({"cursor": cursor} if cursor else {})
+            with _github_errors():
+                response = self._app_client.rest.apps.list_webhook_deliveries(**options)
+            page = response.json()
+            deliveries.extend(page)
+            cursor = _next_cursor(response.headers.get("link", ""))
+            if since is None or not page or cursor is None:
+                break
+            oldest = _parse_time(page[-1].get("delivered_at"))
+            if oldest is not None and oldest < since:
+                break
+        return deliveries
 
     def redeliver(self, delivery_id: int) -> None:
         with _github_errors():

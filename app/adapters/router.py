@@ -9,6 +9,7 @@ the switch cannot be seamless.
 from __future__ import annotations
 
 import re
+import time
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
@@ -16,6 +17,8 @@ import requests
 
 from app.exceptions import RouterError
 
+_ADMIN_ATTEMPTS = 4
+_ADMIN_RETRY_PAUSE = 0.05
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _UPSTREAM = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 
@@ -64,6 +67,9 @@ class CaddyRouter:
         self.request_timeout = request_timeout
         self._session = requests.Session()
         self._session.trust_env = False  # a proxy from the environment must not see the admin API
+        # Caddy restarts its admin endpoint with every config change, closing idle connections:
+        # a reused one can be reset under the next request.
+        self._session.headers["Connection"] = "close"
 
     def url_for(self, app: str, phase: str) -> str:
         return self.url_template.format(
@@ -140,17 +146,7 @@ class CaddyRouter:
     def _request(
         self, method: str, path: str, body: object = None, *, ok: tuple[int, ...] = ()
     ) -> requests.Response:
-        try:
-            response = self._session.request(
-                method,
-                self.admin_url + quote(path),
-                json=body,
-                timeout=self.request_timeout,
-            )
-        except requests.RequestException as exc:
-            raise RouterError(
-                f"Caddy admin API at {self.admin_url} unreachable: {type(exc).__name__}"
-            ) from None
+        response = self._send(method, path, body)
         if response.ok or response.status_code in ok:
             return response
         try:
@@ -160,6 +156,26 @@ class CaddyRouter:
         raise RouterError(
             f"Caddy refused {method} {path}: {response.status_code} {str(detail).strip()[:300]}"
         )
+
+    def _send(self, method: str, path: str, body: object) -> requests.Response:
+        for attempt in range(1, _ADMIN_ATTEMPTS + 1):
+            try:
+                return self._session.request(
+                    method, self.admin_url + quote(path), json=body, timeout=self.request_timeout
+                )
+            except requests.ConnectionError as exc:
+                # While the admin endpoint restarts after a change, a new connection can land on
+                # the closing listener and be reset before it is read: send the request again.
+                # (A change that did apply makes a repeated PATCH/DELETE a no-op, and a repeated
+                # POST/PUT fail on the duplicate id or key with a readable RouterError.)
+                if attempt == _ADMIN_ATTEMPTS:
+                    failure = _reason(exc)
+                    break
+                time.sleep(_ADMIN_RETRY_PAUSE * attempt)
+            except requests.RequestException as exc:
+                failure = _reason(exc)
+                break
+        raise RouterError(f"Caddy admin API at {self.admin_url} unreachable ({method} {path}): {failure}")
 
 
 class DirectRouter:
@@ -194,6 +210,18 @@ class DirectRouter:
 
     def ensure_server(self) -> None:
         """Nothing to install."""
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The innermost cause of a failed request in a few words (urllib3 wraps it several times)."""
+    cause: BaseException = exc
+    while True:
+        inner = getattr(cause, "reason", None)
+        inner = inner if isinstance(inner, BaseException) else cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    return (f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__)[:200]
 
 
 def _slug(value: str, what: str) -> str:

@@ -1,0 +1,1 @@
+"""The JSON API (`/api/v1/`), sharing the portal's sign-in, permission checks and actions."""

@@ -1,0 +1,186 @@
+"""The OpenAPI 3.1 description of /api/v1, written by hand next to the code it describes.
+
+A test compares its paths and methods with Flask's URL map, so an endpoint cannot be added
+without being documented here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "Invalid input (the reason names the field)", 401: "Not signed in, or a wrong token",
+             403: "Your repository role does not allow this", 404: "No such app, phase or deployment",
+             409: "Not possible in the current state (nothing to promote or roll back to)",
+             503: "The job queue is unavailable; nothing was done"}
+    return {str(code): _json(_ref("Error"), words[code]) for code in codes}
+
+
+APP = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+       "description": "The app's slug, as in the portal's URLs"}
+PHASE = {"name": "phase", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "A phase of the pipeline"}
+DEPLOYMENT = {"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _op(summary: str, responses: dict, *, parameters: list | None = None, body: dict | None = None,
+        errors: tuple[int, ...] = (401, 403, 404), description: str | None = None) -> dict:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_errors(*errors)}}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def document(server_url: str, phases: list[str]) -> dict:
+    phase_enum = {"type": "string", "enum": phases}
+    nullable_str = {"type": ["string", "null"]}
+    schemas = {
+        "Error": {"type": "object", "required": ["error", "reason"],
+                  "properties": {"error": {"type": "string"}, "reason": {"type": "string"}}},
+        "Deployment": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "app": {"type": "string"}, "phase": phase_enum,
+            "version": {"type": "string"}, "sha": nullable_str, "ref": nullable_str,
+            "status": {"type": "string",
+                       "enum": ["queued", "building", "deploying", "succeeded", "failed", "superseded", "refused"]},
+            "reason": {"type": "string"}, "trigger": {"type": "string"}, "actor": {"type": "string"},
+            "url": nullable_str, "image": nullable_str, "source_deployment": {"type": ["integer", "null"]},
+            "pr_number": {"type": ["integer", "null"]}, "queued_at": nullable_str, "started_at": nullable_str,
+            "finished_at": nullable_str, "finished": {"type": "boolean"}}},
+        "LogLine": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "stream": {"type": "string"}, "text": {"type": "string"},
+            "at": {"type": "string", "format": "date-time"}}},
+        "Sourced": {"type": "object", "properties": {
+            "value": {}, "source": {"type": "string",
+                                    "description": "The phase whose profile sets the value, or 'pipeline'"}}},
+        "Profile": {"type": "object", "properties": {
+            "app": {"type": "string"}, "phase": phase_enum,
+            "inherits_from": {"type": "array", "items": {"type": "string"}},
+            "can_edit": {"type": "boolean"},
+            "effective": {"type": "object", "properties": {
+                "env": {"type": "object", "additionalProperties": _ref("Sourced")},
+                "secrets": {"type": "object", "additionalProperties": _ref("Sourced"),
+                            "description": "Values are always masked"},
+                "sizing": {"type": "object", "additionalProperties": _ref("Sourced")}}},
+            "own": {"type": "object", "description": "What this phase sets itself (secrets masked)"},
+            "updated_by": nullable_str, "updated_at": nullable_str}},
+        "ProfileChange": {"type": "object", "additionalProperties": False, "properties": {
+            "env": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                    "description": "PUT: the phase's variables, replacing its own; PATCH: set (string) or "
+                                   "remove (null) the named ones"},
+            "secrets": {"type": "object", "additionalProperties": {"type": ["string", "null"]},
+                        "description": "Write-only. Both methods set (string) or remove (null) only the "
+                                       "named secrets; others are kept"},
+            "memory": {"type": ["string", "null"], "pattern": "^[0-9]+[bkmg]$"},
+            "cpus": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 64},
+            "replicas": {"type": ["integer", "null"], "minimum": 1, "maximum": 20}},
+            "description": "Sizing null means inherit; PUT resets sizing fields it does not name"},
+        "ActionResult": {"type": "object", "properties": {
+            "message": {"type": "string"},
+            "deployment": {"oneOf": [_ref("Deployment"), {"type": "null"}]},
+            "promotion": {"type": ["object", "null"], "description": "Set when the phase needs approvals: "
+                          "a promotion pull request must be opened and approved instead"}}},
+    }
+    profile_params = [APP, PHASE]
+    paths = {
+        "/api/v1/me": {"get": _op("Who the request is authenticated as",
+                                  {"200": _json({"type": "object"}, "The user")}, errors=(401,))},
+        "/api/v1/apps": {"get": _op("Apps you can see, with each phase's version and health",
+                                    {"200": _json({"type": "object"}, "Apps")}, errors=(401,))},
+        "/api/v1/apps/{name}": {"get": _op(
+            "An app's pipeline: per phase the current deployment, URL, health, what you may do",
+            {"200": _json({"type": "object"}, "The app")}, parameters=[APP])},
+        "/api/v1/apps/{name}/deployments": {"get": _op(
+            "Deployments of an app, newest first", {"200": _json({"type": "object", "properties": {
+                "deployments": {"type": "array", "items": _ref("Deployment")},
+                "next_before": {"type": ["integer", "null"]}}}, "A page of deployments")},
+            parameters=[APP, _query("phase", phase_enum, "Only this phase"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size (50)"),
+                        _query("before", {"type": "integer"}, "Only deployments with a smaller id")],
+            errors=(400, 401, 403, 404))},
+        "/api/v1/apps/{name}/deployments/{deployment_id}": {"get": _op(
+            "A deployment with its log lines and, when it failed its health check, the evidence",
+            {"200": _json({"allOf": [_ref("Deployment"), {"type": "object", "properties": {
+                "evidence": {"type": "object"}, "log": {"type": "array", "items": _ref("LogLine")}}}]},
+                "The deployment")},
+            parameters=[APP, DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")],
+            errors=(400, 401, 403, 404))},
+        "/api/v1/apps/{name}/compare": {"get": _op(
+            "Versions in one phase not yet in the next (default: the last two phases)",
+            {"200": _json({"type": "object"}, "The comparison")},
+            parameters=[APP, _query("from", phase_enum, "Source phase"), _query("to", phase_enum, "Target phase")])},
+        "/api/v1/apps/{name}/audit": {"get": _op(
+            "Who changed what (profiles, pushes, rollbacks), newest first",
+            {"200": _json({"type": "object"}, "Audit entries")},
+            parameters=[APP, _query("phase", phase_enum, "Only this phase"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "How many (100)")],
+            errors=(400, 401, 403, 404))},
+        "/api/v1/apps/{name}/phases/{phase}/profile": {
+            "get": _op("A phase's profile: effective values with their source; secrets masked",
+                       {"200": _json(_ref("Profile"), "The profile")}, parameters=profile_params),
+            "put": _op("Replace the phase's own variables and sizing; set or remove named secrets",
+                       {"200": _json({"type": "object", "properties": {
+                           "changes": {"type": "array", "items": {"type": "string"}},
+                           "profile": _ref("Profile")}}, "What changed, and the profile now")},
+                       parameters=profile_params, body=_ref("ProfileChange"), errors=(400, 401, 403, 404)),
+            "patch": _op("Change named variables, secrets or sizing of the phase's own profile",
+                         {"200": _json({"type": "object"}, "What changed, and the profile now")},
+                         parameters=profile_params, body=_ref("ProfileChange"), errors=(400, 401, 403, 404)),
+        },
+        "/api/v1/apps/{name}/phases/{phase}/promote": {"post": _op(
+            "Push a version to this phase (default: what the previous phase serves), optionally renamed",
+            {"202": _json(_ref("ActionResult"), "A deployment was queued"),
+             "200": _json(_ref("ActionResult"), "The phase needs approvals: a promotion pull request is needed")},
+            parameters=[APP, PHASE],
+            body={"type": "object", "additionalProperties": False, "properties": {
+                "version": {"type": "string", "description": "A version deployed successfully before"},
+                "rename_to": {"type": "string", "description": "The version's name on this phase"}}},
+            errors=(400, 401, 403, 404, 409, 503))},
+        "/api/v1/apps/{name}/phases/{phase}/rollback": {
+            "get": _op("Preview a rollback: what would change (version, image, profile)",
+                       {"200": _json({"type": "object"}, "The preview")},
+                       parameters=[APP, PHASE, _query("to_version", {"type": "string"}, "Roll back to this version")],
+                       errors=(401, 403, 404, 409)),
+            "post": _op("Roll back: redeploy an earlier deployment's image and profile",
+                        {"202": _json(_ref("ActionResult"), "A deployment was queued")},
+                        parameters=[APP, PHASE],
+                        body={"type": "object", "additionalProperties": False, "properties": {
+                            "to_version": {"type": "string"}}},
+                        errors=(400, 401, 403, 404, 409, 503)),
+        },
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Release Pipeline API", "version": "1",
+                 "description": "Apps, phases, deployments, profiles and actions. Authenticate with "
+                                "`Authorization: Bearer <ADMIN_TOKEN>` or a portal session (then send the "
+                                "CSRF token in `X-CSRFToken` on changes). Errors are JSON {error, reason}."},
+        "servers": [{"url": server_url}],
+        "security": [{"adminToken": []}, {"session": []}],
+        "components": {
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "release_pipeline_session"},
+            },
+            "schemas": schemas,
+        },
+        "paths": paths,
+    }

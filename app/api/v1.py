@@ -1,0 +1,336 @@
+"""JSON API v1: apps, phases, deployments, profiles and actions (OpenAPI at /api/v1/openapi.json).
+
+Authentication: `Authorization: Bearer <ADMIN_TOKEN>`, or the portal's signed-in session
+(then unsafe methods also need the session's CSRF token in `X-CSRFToken`). Permissions and
+actions go through `app.portal.changes`, exactly like the portal's forms. Errors are JSON
+`{"error", "reason"}` with 400/401/403/404/409.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, current_app, g, jsonify, request
+from sqlalchemy import select
+
+from app.actions import profile_differences, rollback_target
+from app.models import Profile
+from app.permissions import Action, check
+from app.portal import auth, changes, csrf, queries
+from app.profiles import resolve
+
+bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+
+PUBLIC = {"api_v1.openapi"}
+SIZING = ("memory", "cpus", "replicas")
+MAX_LIMIT = 200
+
+
+def _ctx():
+    return current_app.extensions["release_pipeline"]
+
+
+@bp.before_request
+def authenticate():
+    if request.endpoint in PUBLIC:
+        return
+    user = auth.user_from_bearer()
+    if user is not None:
+        g.user = user
+        return
+    if auth.current_user() is None:
+        abort(401, description="sign in, or send Authorization: Bearer <admin token>")
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        csrf.protect()  # a session cookie alone must not be enough to act
+
+
+def _actor() -> str:
+    return auth.current_user().login
+
+
+def _view(app) -> str:
+    role = auth.role_for(app)
+    decision = check(role, Action.VIEW, None, _ctx().config.roles)
+    if not decision.allowed:
+        abort(403, description=decision.reason)
+    return role
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        abort(400, description=f"{name}: must be a whole number")
+    if not low <= value <= high:
+        abort(400, description=f"{name}: must be from {low} to {high}")
+    return value
+
+
+def _body(allowed: set[str]) -> dict[str, Any]:
+    """The JSON object sent (empty when nothing was), with only the fields we know."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        abort(400, description="the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        abort(400, description=f"{', '.join(unknown)}: not a known field (known: {', '.join(sorted(allowed))})")
+    return body
+
+
+def _optional_str(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        abort(400, description=f"{key}: must be a string")
+    return value
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+@bp.get("/me")
+def me():
+    user = auth.current_user()
+    return jsonify({"login": user.login, "signed_in_with": user.description,
+                    "admin_everywhere": user.is_admin_everywhere})
+
+
+@bp.get("/apps")
+def list_apps():
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        apps = [app for app in queries.list_apps(session)
+                if check(auth.role_for(app), Action.VIEW, None, ctx.config.roles).allowed]
+        index = queries.containers(ctx.engine) if apps else {}
+        out = []
+        for row in queries.summaries(ctx, session, apps, index):
+            out.append({
+                **queries.app_json(row.app),
+                "phases": {
+                    phase: {
+                        "version": serving.version if serving else None,
+                        "sha": serving.sha if serving else None,
+                        "url": serving.url if serving else None,
+                        "deployed_at": queries.iso(serving.finished_at) if serving else None,
+                        "in_progress": moving.version if moving else None,
+                        "health": health.state,
+                    }
+                    for phase, serving, moving, health in row.phases
+                },
+            })
+    return jsonify({"apps": out, "phases": ctx.config.phase_names})
+
+
+@bp.get("/apps/<name>")
+def app_detail(name: str):
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _view(app)
+        index = queries.containers(ctx.engine, app.name)
+        columns = queries.board(ctx, session, app, role, index)
+        return jsonify({**queries.app_json(app), "your_role": role,
+                        "phases": [queries.phase_json(app, view) for view in columns]})
+
+
+@bp.get("/apps/<name>/deployments")
+def deployments(name: str):
+    ctx = _ctx()
+    phase = request.args.get("phase") or None
+    limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    before = _int_arg("before", None, 1, 2**62)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        if phase is not None:
+            queries.require_phase(ctx.config, phase)
+        rows = queries.history(session, app, phase, limit=limit, before=before)
+        return jsonify({
+            "deployments": [queries.deployment_json(app, d) for d in rows],
+            "next_before": rows[-1].id if len(rows) == limit else None,
+        })
+
+
+@bp.get("/apps/<name>/deployments/<int:deployment_id>")
+def deployment_detail(name: str, deployment_id: int):
+    ctx = _ctx()
+    after = _int_arg("after", 0, 0, 2**62)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        d = queries.get_deployment(session, app, deployment_id)
+        lines = queries.log_lines(session, d.id, after=after, limit=5000)
+        return jsonify({
+            **queries.deployment_json(app, d),
+            "evidence": d.evidence or {},
+            "log": [{"id": line.id, "stream": line.stream, "text": line.text, "at": queries.iso(line.at)}
+                    for line in lines],
+        })
+
+
+@bp.get("/apps/<name>/compare")
+def compare(name: str):
+    ctx = _ctx()
+    names = ctx.config.phase_names
+    source = request.args.get("from", names[-2] if len(names) > 1 else names[0])
+    target = request.args.get("to", names[-1])
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        queries.require_phase(ctx.config, source)
+        queries.require_phase(ctx.config, target)
+        c = queries.compare(ctx, session, app, source, target)
+        return jsonify({
+            "from": {"phase": source, "current": queries.deployment_json(app, c.source_current)
+                     if c.source_current else None},
+            "to": {"phase": target, "current": queries.deployment_json(app, c.target_current)
+                   if c.target_current else None},
+            "pending": [{**queries.deployment_json(app, p.deployment), "was_in_target": p.was_in_target}
+                        for p in c.pending],
+            "profile_differences": [{"name": p.name, "kind": p.kind, "from": p.source, "to": p.target}
+                                    for p in c.profile],
+            "compare_url": c.compare_url,
+        })
+
+
+@bp.get("/apps/<name>/audit")
+def audit(name: str):
+    ctx = _ctx()
+    phase = request.args.get("phase") or None
+    limit = _int_arg("limit", 100, 1, MAX_LIMIT)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        if phase is not None:
+            queries.require_phase(ctx.config, phase)
+        return jsonify({"entries": [
+            {"id": e.id, "at": queries.iso(e.at), "actor": e.actor, "phase": e.phase, "action": e.action,
+             "detail": e.detail} for e in queries.audit_log(session, app, phase, limit)]})
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def _profile_document(name: str, phase: str) -> dict:
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _view(app)
+        queries.require_phase(ctx.config, phase)
+        own = session.scalar(select(Profile).where(Profile.app_id == app.id, Profile.phase == phase))
+        return {
+            "app": app.name,
+            "phase": phase,
+            "inherits_from": ctx.config.previous_phases(phase),
+            "can_edit": check(role, Action.EDIT_PROFILE, phase, ctx.config.roles).allowed,
+            "effective": queries.profile_json(resolve(session, ctx.config, app.id, phase)),
+            "own": {
+                "env": dict(sorted((own.env or {}).items())) if own else {},
+                "secrets": {k: queries.MASK for k in sorted(own.secrets or {})} if own else {},
+                **{k: getattr(own, k) if own else None for k in SIZING},
+            },
+            "updated_by": own.updated_by if own else None,
+            "updated_at": queries.iso(own.updated_at) if own else None,
+        }
+
+
+@bp.get("/apps/<name>/phases/<phase>/profile")
+def get_profile(name: str, phase: str):
+    return jsonify(_profile_document(name, phase))
+
+
+@bp.route("/apps/<name>/phases/<phase>/profile", methods=["PUT", "PATCH"])
+def change_profile(name: str, phase: str):
+    body = _body({"env", "secrets", *SIZING})
+    if not body:
+        abort(400, description="send a JSON object with env, secrets, memory, cpus or replicas")
+    replace = request.method == "PUT"
+    env = body.get("env", {} if replace else None)
+    secrets = body.get("secrets", {})
+    if env is not None and not isinstance(env, dict):
+        abort(400, description="env: must be an object of NAME: value")
+    if not isinstance(secrets, dict):
+        abort(400, description="secrets: must be an object of NAME: value (null removes)")
+    change = changes.ProfileChange(
+        secrets_set={k: v for k, v in secrets.items() if v is not None},
+        secrets_remove={k for k, v in secrets.items() if v is None},
+        sizing={k: body.get(k) for k in SIZING} if replace else {k: body[k] for k in SIZING if k in body},
+    )
+    if replace:
+        change.env = env
+    elif env is not None:
+        change.env_set = {k: v for k, v in env.items() if v is not None}
+        change.env_remove = {k for k, v in env.items() if v is None}
+    changed = changes.update_profile(_ctx(), name, phase, change, actor=_actor(), role_of=auth.role_for)
+    return jsonify({"changes": changed, "profile": _profile_document(name, phase)})
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+def _action_response(name: str, result: changes.Result):
+    if result.deployment_id is None:
+        p = result.promotion
+        return jsonify({"message": result.message, "deployment": None, "promotion": {
+            "phase": p.phase, "version": p.version, "sha": p.sha, "source_deployment": p.source_id,
+            "head_branch": p.head_branch, "base_branch": p.branch, "title": p.title} if p else None}), 200
+    with _ctx().db.session() as session:
+        app = queries.get_app(session, name)
+        d = queries.get_deployment(session, app, result.deployment_id)
+        return jsonify({"message": result.message, "deployment": queries.deployment_json(app, d),
+                        "promotion": None}), 202
+
+
+@bp.post("/apps/<name>/phases/<phase>/promote")
+def promote(name: str, phase: str):
+    body = _body({"version", "rename_to"})
+    result = changes.promote(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for,
+                             version=_optional_str(body, "version"), rename_to=_optional_str(body, "rename_to"))
+    return _action_response(name, result)
+
+
+@bp.get("/apps/<name>/phases/<phase>/rollback")
+def rollback_preview(name: str, phase: str):
+    ctx = _ctx()
+    wanted = request.args.get("to_version") or None
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _view(app)
+        queries.require_phase(ctx.config, phase)
+        now, target = rollback_target(session, app.id, phase, to_version=wanted)
+        if now is None:
+            abort(409, description=f"{phase} has no successful deployment to roll back from")
+        if target is None:
+            abort(409, description=f"{wanted} was never deployed successfully to {phase}" if wanted else
+                  f"{phase} has no earlier successful deployment to roll back to")
+        return jsonify({
+            "phase": phase,
+            "allowed": check(role, Action.ROLLBACK, phase, ctx.config.roles).allowed,
+            "current": queries.deployment_json(app, now),
+            "target": queries.deployment_json(app, target),
+            "changes": {
+                "version": [now.version, target.version],
+                "sha": [now.sha, target.sha],
+                "image": [now.image_id, target.image_id],
+                "profile": profile_differences(now.profile_snapshot or {}, target.profile_snapshot or {}),
+            },
+        })
+
+
+@bp.post("/apps/<name>/phases/<phase>/rollback")
+def rollback(name: str, phase: str):
+    body = _body({"to_version"})
+    result = changes.rollback(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for,
+                              to_version=_optional_str(body, "to_version"))
+    return _action_response(name, result)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from app.api.openapi import document
+
+    return jsonify(document(_ctx().settings.public_url, _ctx().config.phase_names))

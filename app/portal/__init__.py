@@ -1,0 +1,114 @@
+"""The Apps Portal and its JSON API, wired into the Flask app in one place (`init_app`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+from flask import Flask, render_template, request
+from flask_wtf.csrf import CSRFProtect
+
+from app.portal.queries import aware, iso
+
+csrf = CSRFProtect()
+
+UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+STATUS_TONE = {
+    "succeeded": "ok",
+    "failed": "bad",
+    "refused": "bad",
+    "queued": "wait",
+    "building": "busy",
+    "deploying": "busy",
+    "superseded": "muted",
+}
+
+
+def init_app(flask_app: Flask) -> None:
+    from app.api import v1
+    from app.portal import auth, views
+
+    ctx = flask_app.extensions["release_pipeline"]
+    flask_app.config.update(
+        # Forms are checked by the portal's own before_request (below), so other endpoints —
+        # the webhook, token-authenticated API calls — are never affected by CSRF checks.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        # The token lives as long as the session: a board left open over lunch still works.
+        WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=urlsplit(ctx.settings.public_url).scheme == "https",
+        SESSION_COOKIE_NAME="release_pipeline_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+    )
+    csrf.init_app(flask_app)
+    flask_app.register_blueprint(auth.bp)
+    flask_app.register_blueprint(views.bp)
+    flask_app.register_blueprint(v1.bp)
+
+    flask_app.jinja_env.filters.update(ago=ago, timestamp=timestamp, iso=iso, duration=duration, tone=tone,
+                                       source_label=source_label)
+
+    @flask_app.context_processor
+    def portal_globals():
+        return {"current_user": auth.current_user(), "sign_in_methods": auth.methods(),
+                "phase_names": ctx.config.phase_names}
+
+
+def protect_forms() -> None:
+    """Every form posts a CSRF token (the portal's blueprints call this before each request)."""
+    if request.method in UNSAFE:
+        csrf.protect()
+
+
+def wants_html() -> bool:
+    """Browsers get pages; API clients, the webhook sender and JSON askers get JSON."""
+    if request.path.startswith("/api/") or request.path == "/healthz":
+        return False
+    accept = request.accept_mimetypes
+    return not accept or accept.best_match(["text/html", "application/json"]) == "text/html"
+
+
+def error_page(code: int, title: str, reason: str):
+    return render_template("error.html", code=code, title=title, reason=reason), code
+
+
+# --- template filters ------------------------------------------------------------------------------
+
+
+def ago(moment: datetime | None) -> str:
+    moment = aware(moment)
+    if moment is None:
+        return "—"
+    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
+    if seconds < 45:
+        return "just now"
+    for size, unit in ((86400 * 30, "mo"), (86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "1 min ago"
+
+
+def timestamp(moment: datetime | None) -> str:
+    moment = aware(moment)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+
+
+def duration(deployment) -> str:
+    start, end = aware(deployment.started_at or deployment.queued_at), aware(deployment.finished_at)
+    if start is None or end is None:
+        return "—"
+    seconds = max(0, int((end - start).total_seconds()))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def tone(status: str) -> str:
+    return STATUS_TONE.get(status, "muted")
+
+
+def source_label(source: str, phase: str) -> str:
+    if source == phase:
+        return "set here"
+    if source == "pipeline":
+        return "pipeline default"
+    return f"inherited from {source.capitalize()}"

@@ -1,0 +1,319 @@
+"""Who is asking, and with which role: GitHub sign-in, the admin token, or development mode.
+
+A person signs in once (GitHub OAuth web flow, or the admin token in a form); the session
+then carries only their login and how they signed in. Their role on an app comes from the
+repository's collaborator permission, asked through the GitHub App and cached in the session
+for a few minutes, so a permission removed on GitHub stops working here soon after. API
+clients may instead send the admin token as a bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from app.exceptions import GitHubError, TransientGitHubError
+from app.models import App
+from app.portal import protect_forms
+
+log = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__)
+bp.before_request(protect_forms)
+
+#: How long a repository role read from GitHub is trusted before asking again.
+ROLE_TTL_SECONDS = 300
+#: Roles of at most this many repositories are kept in the (cookie) session.
+ROLE_CACHE_SIZE = 40
+OAUTH_TIMEOUT_SECONDS = 10
+
+
+class Kind:
+    GITHUB = "github"
+    TOKEN = "token"
+    DEV = "dev"
+
+
+@dataclass(frozen=True)
+class User:
+    login: str
+    kind: str
+
+    @property
+    def is_admin_everywhere(self) -> bool:
+        """The admin token and development sign-in act as repository admin on every app."""
+        return self.kind in (Kind.TOKEN, Kind.DEV)
+
+    @property
+    def description(self) -> str:
+        return {Kind.GITHUB: "GitHub", Kind.TOKEN: "admin token", Kind.DEV: "development sign-in"}[self.kind]
+
+
+@dataclass(frozen=True)
+class Methods:
+    """The sign-in methods this installation offers."""
+
+    github: bool
+    token: bool
+    dev: bool
+
+    @property
+    def any(self) -> bool:
+        return self.github or self.token or self.dev
+
+
+def _ctx():
+    return current_app.extensions["release_pipeline"]
+
+
+def methods() -> Methods:
+    settings = _ctx().settings
+    github = bool(settings.github_client_id and settings.github_client_secret)
+    token = bool(settings.admin_token and settings.admin_token.get_secret_value())
+    return Methods(github=github, token=token, dev=settings.pipeline_dev and not (github or token))
+
+
+def _admin_token_matches(candidate: str) -> bool:
+    token = _ctx().settings.admin_token
+    if not token or not token.get_secret_value() or not candidate:
+        return False
+    return hmac.compare_digest(candidate.encode(), token.get_secret_value().encode())
+
+
+# --- the current user --------------------------------------------------------------------
+
+
+def bearer_token() -> str | None:
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None
+
+
+def user_from_bearer() -> User | None:
+    """The API's token authentication; None when no bearer token was sent.
+
+    A wrong token is a 401, never a silent fall-back to the session.
+    """
+    token = bearer_token()
+    if token is None:
+        return None
+    if not _admin_token_matches(token):
+        abort(401, description="the bearer token is not the admin token")
+    return User(login="admin", kind=Kind.TOKEN)
+
+
+def user_from_session() -> User | None:
+    data = session.get("user")
+    if not isinstance(data, dict) or data.get("kind") not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV):
+        return None
+    user = User(login=str(data.get("login", "")), kind=data["kind"])
+    # A session from a sign-in method since switched off (token removed, dev mode off) ends.
+    offered = methods()
+    if (user.kind == Kind.TOKEN and not offered.token) or (user.kind == Kind.DEV and not offered.dev) or (
+            user.kind == Kind.GITHUB and not offered.github):
+        return None
+    return user
+
+
+def current_user() -> User | None:
+    if "user" not in g:
+        g.user = user_from_session()
+    return g.user
+
+
+def role_for(app: App) -> str:
+    """The signed-in user's repository role on `app` ("none" when unknown)."""
+    user = current_user()
+    if user is None:
+        return "none"
+    if user.is_admin_everywhere:
+        return "admin"
+    cache = session.get("roles") or {}
+    cached = cache.get(app.full_name)
+    now = time.time()
+    if isinstance(cached, list) and len(cached) == 2 and cached[1] > now:
+        return cached[0]
+    role, cacheable = _github_role(app, user.login)
+    if cacheable:
+        fresh = {name: entry for name, entry in cache.items() if isinstance(entry, list) and entry[1] > now}
+        fresh[app.full_name] = [role, now + ROLE_TTL_SECONDS]
+        session["roles"] = dict(sorted(fresh.items(), key=lambda item: item[1][1])[-ROLE_CACHE_SIZE:])
+    return role
+
+
+def _github_role(app: App, login: str) -> tuple[str, bool]:
+    """(role, whether to cache it): a GitHub outage must not be remembered as "none"."""
+    github = _ctx().github
+    if github is None or app.installation_id is None:
+        return "none", True
+    try:
+        return github.repo(app.installation_id, app.full_name).collaborator_permission(login), True
+    except TransientGitHubError as exc:
+        log.warning("cannot read %s's permission on %s: %s", login, app.full_name, exc)
+        return "none", False
+    except GitHubError as exc:
+        log.warning("cannot read %s's permission on %s: %s", login, app.full_name, exc)
+        return "none", True
+
+
+def sign_in(user: User) -> None:
+    session.clear()  # a fresh session (and CSRF token) for the new identity
+    session.permanent = True
+    session["user"] = {"login": user.login, "kind": user.kind}
+    g.user = user
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: `next` must not turn sign-in into an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("portal.apps")
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else url_for("portal.apps")
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin():
+    if not current_app.secret_key:
+        abort(503, description="Sign-in needs SECRET_KEY (it signs the session cookie); set it and restart.")
+    offered = methods()
+    next_url = safe_next(request.values.get("next"))
+    if request.method == "POST":
+        if not offered.token:
+            abort(404)
+        if _admin_token_matches(request.form.get("token", "")):
+            sign_in(User(login="admin", kind=Kind.TOKEN))
+            return redirect(next_url)
+        flash("That is not the admin token.", "error")
+        return render_template("signin.html", methods=offered, next=next_url), 401
+    if current_user() is not None:
+        return redirect(next_url)
+    return render_template("signin.html", methods=offered, next=next_url)
+
+
+@bp.post("/signin/dev")
+def signin_dev():
+    if not methods().dev:
+        abort(404)
+    login = (request.form.get("login") or "developer").strip()[:39] or "developer"
+    sign_in(User(login=login, kind=Kind.DEV))
+    return redirect(safe_next(request.form.get("next")))
+
+
+@bp.post("/signout")
+def signout():
+    session.clear()
+    flash("Signed out.", "info")
+    return redirect(url_for("auth.signin"))
+
+
+def _callback_url() -> str:
+    return f"{_ctx().settings.public_url}{url_for('auth.github_callback')}"
+
+
+@bp.get("/signin/github")
+def github_start():
+    if not methods().github:
+        abort(404)
+    settings = _ctx().settings
+    state = secrets.token_urlsafe(24)
+    session["oauth_state"] = state
+    session["oauth_next"] = safe_next(request.args.get("next"))
+    query = urlencode({
+        "client_id": settings.github_client_id,
+        "redirect_uri": _callback_url(),
+        "state": state,
+        "allow_signup": "false",
+    })
+    return redirect(f"{settings.github_url}/login/oauth/authorize?{query}")
+
+
+@bp.get("/signin/github/callback")
+def github_callback():
+    if not methods().github:
+        abort(404)
+    expected = session.pop("oauth_state", None)
+    next_url = session.pop("oauth_next", None) or url_for("portal.apps")
+    state = request.args.get("state", "")
+    if not expected or not hmac.compare_digest(expected.encode(), state.encode()):
+        flash("The sign-in link expired or was not started here. Please try again.", "error")
+        return redirect(url_for("auth.signin"))
+    if request.args.get("error"):
+        flash(f"GitHub did not sign you in: {request.args.get('error_description') or request.args['error']}"[:200],
+              "error")
+        return redirect(url_for("auth.signin"))
+    code = request.args.get("code", "")
+    try:
+        login = _github_login(_exchange_code(code))
+    except OAuthFailed as exc:
+        log.warning("GitHub sign-in failed: %s", exc)
+        flash(f"GitHub sign-in failed: {exc}", "error")
+        return redirect(url_for("auth.signin"))
+    sign_in(User(login=login, kind=Kind.GITHUB))
+    return redirect(safe_next(next_url))
+
+
+class OAuthFailed(Exception):
+    """The OAuth exchange did not produce a user; the message is safe to show."""
+
+
+def _exchange_code(code: str) -> str:
+    settings = _ctx().settings
+    if not code:
+        raise OAuthFailed("GitHub sent no code")
+    try:
+        response = requests.post(
+            f"{settings.github_url}/login/oauth/access_token",
+            data={
+                "client_id": settings.github_client_id,
+                "client_secret": settings.github_client_secret.get_secret_value(),
+                "code": code,
+                "redirect_uri": _callback_url(),
+            },
+            headers={"Accept": "application/json"},
+            timeout=OAUTH_TIMEOUT_SECONDS,
+        )
+        body = response.json()
+    except (requests.RequestException, ValueError):
+        raise OAuthFailed("GitHub could not be reached") from None
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not token:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise OAuthFailed(f"GitHub refused the code ({error or response.status_code})")
+    return token
+
+
+def _github_login(access_token: str) -> str:
+    """The user's login; the access token is used for this one request and then forgotten."""
+    settings = _ctx().settings
+    try:
+        response = requests.get(
+            f"{settings.github_api_url}/user",
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/vnd.github+json"},
+            timeout=OAUTH_TIMEOUT_SECONDS,
+        )
+        body = response.json()
+    except (requests.RequestException, ValueError):
+        raise OAuthFailed("GitHub could not be reached") from None
+    login = body.get("login") if isinstance(body, dict) and response.ok else None
+    if not isinstance(login, str) or not login:
+        raise OAuthFailed(f"GitHub did not say who you are ({response.status_code})")
+    return login

@@ -1,0 +1,276 @@
+"""What the portal and the API change: pushes, rollbacks and profile edits.
+
+Pages and API handlers call these functions and nothing else to act, so both go the same
+way: permission check (`app.permissions`), scheduling (`app.actions`, shared with git
+events and slash-commands), commit, then enqueue (`ctx.jobs`) and an audit entry. Problems
+surface as HTTP errors (400/403/404/409/503) that each caller renders its own way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, ServiceUnavailable
+
+from app.actions import Actions, Outcome, PromotionRequest
+from app.exceptions import InvalidVersion
+from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
+from app.permissions import Action, check
+from app.pipeline import MEMORY
+from app.portal.queries import get_app, require_phase
+from app.versions import validate_version
+
+log = logging.getLogger(__name__)
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_VALUE_LENGTH = 8192
+MAX_VARIABLES = 200
+TRIGGER = "portal"
+
+RoleOf = Callable[[App], str]
+
+
+@dataclass(frozen=True)
+class Result:
+    message: str
+    deployment_id: int | None = None
+    promotion: PromotionRequest | None = None
+
+
+def _require(role: str, action: Action, phase: str, config) -> None:
+    decision = check(role, action, phase, config.roles)
+    if not decision.allowed:
+        raise Forbidden(decision.reason)
+
+
+def _version(value: str | None, field_name: str) -> str | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return validate_version(str(value).strip())
+    except InvalidVersion as exc:
+        raise BadRequest(f"{field_name}: {exc}") from None
+
+
+def _audit(session, actor: str, app: App, phase: str, action: str, detail: dict) -> None:
+    session.add(AuditEntry(actor=actor, app_id=app.id, phase=phase, action=action, detail=detail))
+
+
+def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, action: Action, audit_action: str,
+               run: Callable[[Any, App], Outcome]) -> Result:
+    """Check, schedule and record in one transaction; enqueue only once it is committed."""
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        require_phase(ctx.config, phase)
+        _require(role_of(app), action, phase, ctx.config)
+        outcome = run(session, app)
+        if not outcome.ok:
+            raise Conflict(outcome.message)
+        reports: list[int] = []
+        if outcome.deployment_id is not None:
+            session.flush()
+            deployment = session.get(Deployment, outcome.deployment_id)
+            reports = [r.id for r in ctx.reports.queued(session, app, deployment) if r.state == "pending"]
+            _audit(session, actor, app, phase, audit_action,
+                   {"deployment": deployment.id, "version": deployment.version, "sha": deployment.sha,
+                    "message": outcome.message})
+        elif outcome.promotion is not None:
+            p = outcome.promotion
+            _audit(session, actor, app, phase, f"{audit_action}.requested",
+                   {"version": p.version, "sha": p.sha, "message": outcome.message})
+    if outcome.deployment_id is not None:
+        try:
+            ctx.jobs.deploy(outcome.deployment_id)
+            for report_id in reports:
+                ctx.jobs.report(report_id)
+        except RedisError:
+            log.error("queue unavailable: deployment %s could not be enqueued", outcome.deployment_id)
+            with ctx.db.session() as session:
+                deployment = session.get(Deployment, outcome.deployment_id)
+                deployment.status = DeploymentStatus.FAILED.value
+                deployment.reason = "the job queue (Redis) was unavailable; nothing was deployed"
+                deployment.finished_at = utcnow()
+            raise ServiceUnavailable("the job queue is unavailable; nothing was deployed, try again") from None
+    return Result(outcome.message, outcome.deployment_id, outcome.promotion)
+
+
+def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, version: str | None = None,
+            rename_to: str | None = None) -> Result:
+    """Push to `phase` what the previous phase serves (or `version`), optionally renamed."""
+    version, rename_to = _version(version, "version"), _version(rename_to, "rename_to")
+    result = _scheduled(ctx, app_name, phase, actor, role_of, Action.PROMOTE, "promote",
+                        lambda session, app: Actions(ctx.config).promote(
+                            session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
+                            version=version, rename_to=rename_to))
+    if result.promotion is not None:
+        p = result.promotion
+        needed = ctx.config.phase(phase).approvals
+        command = f"/promote {phase}" + (f" {version}" if version else "") + (f" as {rename_to}" if rename_to else "")
+        return Result(
+            f"{phase.capitalize()} needs {needed} approval{'s' if needed != 1 else ''}, so {p.version} goes "
+            f"there through a promotion pull request ({p.head_branch} → {p.branch}). Comment “{command}” "
+            f"on a pull request to open it; merging it once approved deploys {p.version}.",
+            promotion=p)
+    return result
+
+
+def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_version: str | None = None) -> Result:
+    to_version = _version(to_version, "to_version")
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.ROLLBACK, "rollback",
+                      lambda session, app: Actions(ctx.config).rollback(
+                          session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
+                          to_version=to_version))
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ProfileChange:
+    """An edit of one phase's own profile. Absent parts stay as they are."""
+
+    #: Replaces the phase's own variables entirely (None: keep, then apply env_set/env_remove).
+    env: dict[str, str] | None = None
+    env_set: dict[str, str] = field(default_factory=dict)
+    env_remove: set[str] = field(default_factory=set)
+    #: Plaintext only on the way in: sealed at once, never stored, logged or returned.
+    secrets_set: dict[str, str] = field(default_factory=dict)
+    secrets_remove: set[str] = field(default_factory=set)
+    #: memory / cpus / replicas → value, or None to inherit again.
+    sizing: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not ENV_NAME.match(name):
+        raise BadRequest(f"{where}: {str(name)[:60]!r} is not a valid name "
+                         "(letters, digits and _, not starting with a digit)")
+    return name
+
+
+def _check_value(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: must be a string")
+    if len(value) > MAX_VALUE_LENGTH or "\x00" in value:
+        raise BadRequest(f"{where}: must be at most {MAX_VALUE_LENGTH} characters, without NUL")
+    return value
+
+
+def parse_sizing(key: str, value: Any) -> Any:
+    """One sizing value from a form or JSON; None (or blank) means inherit."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    where = f"sizing/{key}"
+    if key == "memory":
+        text = str(value).strip().lower()
+        if not re.match(MEMORY, text):
+            raise BadRequest(f"{where}: must be a number with a unit b, k, m or g (e.g. 512m)")
+        return text
+    if key == "cpus":
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number <= 64:
+            raise BadRequest(f"{where}: must be a number greater than 0 and at most 64")
+        return number
+    if key == "replicas":
+        try:
+            number = int(value) if not isinstance(value, (bool, float)) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 1 <= number <= 20:
+            raise BadRequest(f"{where}: must be a whole number from 1 to 20")
+        return number
+    raise BadRequest(f"sizing/{key}: not a setting (memory, cpus, replicas)")
+
+
+def validate(change: ProfileChange) -> ProfileChange:
+    if change.env is not None:
+        for name, value in change.env.items():
+            _check_value(value, f"env/{_check_name(name, 'env')}")
+    for name, value in change.env_set.items():
+        _check_value(value, f"env/{_check_name(name, 'env')}")
+    for name in change.env_remove:
+        _check_name(name, "env")
+    for name, value in change.secrets_set.items():
+        _check_name(name, "secrets")
+        _check_value(value, f"secrets/{name}")
+        if not value:
+            raise BadRequest(f"secrets/{name}: must not be empty (remove the secret instead)")
+    for name in change.secrets_remove:
+        _check_name(name, "secrets")
+    change.sizing = {key: parse_sizing(key, value) for key, value in change.sizing.items()}
+    return change
+
+
+def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, actor: str,
+                   role_of: RoleOf) -> list[str]:
+    """Apply `change` to the phase's own profile; returns what changed (as the audit says it)."""
+    validate(change)
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        require_phase(ctx.config, phase)
+        _require(role_of(app), Action.EDIT_PROFILE, phase, ctx.config)
+        profile = session.scalar(select(Profile).where(Profile.app_id == app.id, Profile.phase == phase))
+        if profile is None:
+            profile = Profile(app_id=app.id, phase=phase, env={}, secrets={})
+            session.add(profile)
+        old_env, old_secrets = dict(profile.env or {}), dict(profile.secrets or {})
+        env = dict(change.env) if change.env is not None else dict(old_env)
+        env.update(change.env_set)
+        for name in change.env_remove:
+            env.pop(name, None)
+        secrets = dict(old_secrets)
+        for name in change.secrets_remove:
+            secrets.pop(name, None)
+        for name, plaintext in change.secrets_set.items():
+            secrets[name] = ctx.box.seal(plaintext)
+        if len(env) > MAX_VARIABLES or len(secrets) > MAX_VARIABLES:
+            raise BadRequest(f"at most {MAX_VARIABLES} variables and {MAX_VARIABLES} secrets per phase")
+        described = _describe(old_env, env, old_secrets, secrets, set(change.secrets_set),
+                              {k: getattr(profile, k) for k in change.sizing}, change.sizing)
+        if not described:
+            session.rollback()
+            return []
+        profile.env, profile.secrets = env, secrets
+        for key, value in change.sizing.items():
+            setattr(profile, key, value)
+        profile.updated_by = actor
+        _audit(session, actor, app, phase, "profile.update", {"changes": described})
+    log.info("%s changed the %s profile of %s: %d change(s)", actor, phase, app_name, len(described))
+    return described
+
+
+def _describe(old_env: dict, env: dict, old_secrets: dict, secrets: dict, resealed: set[str],
+              old_sizing: dict, sizing: dict) -> list[str]:
+    """The audit's words for a change: variable values, secret names only ("changed")."""
+    changes = []
+    for key, value in sizing.items():
+        before = old_sizing.get(key)
+        if before != value:
+            changes.append(f"{key} {_or_inherited(before)} → {_or_inherited(value)}")
+    for name in sorted(set(old_env) | set(env)):
+        if name not in env:
+            changes.append(f"env {name} removed")
+        elif name not in old_env:
+            changes.append(f"env {name}={env[name]} added")
+        elif old_env[name] != env[name]:
+            changes.append(f"env {name} {old_env[name]} → {env[name]}")
+    for name in sorted(set(old_secrets) | set(secrets)):
+        if name not in secrets:
+            changes.append(f"secret {name} removed")
+        elif name not in old_secrets:
+            changes.append(f"secret {name} added")
+        elif name in resealed:
+            changes.append(f"secret {name} changed")
+    return changes
+
+
+def _or_inherited(value: Any) -> str:
+    return "inherited" if value is None else str(value)

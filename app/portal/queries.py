@@ -1,0 +1,390 @@
+"""What the portal and the API show: apps, phase boards, history, comparisons, health.
+
+Read-only; pages and the JSON API build on the same functions, so both always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import NotFound
+
+from app.actions import current, rollback_target
+from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE
+from app.models import App, AuditEntry, Deployment, DeploymentStatus, LogLine
+from app.permissions import Action, Decision, check
+from app.pipeline import PipelineConfig
+from app.profiles import ResolvedProfile, resolve
+
+log = logging.getLogger(__name__)
+
+IN_PROGRESS = (DeploymentStatus.QUEUED.value, DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
+MASK = "••••••••"
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def iso(moment: datetime | None) -> str | None:
+    moment = aware(moment)
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def is_finished(deployment: Deployment) -> bool:
+    try:
+        return DeploymentStatus(deployment.status).finished
+    except ValueError:
+        return True
+
+
+# --- apps -------------------------------------------------------------------------------------
+
+
+def list_apps(session: Session) -> list[App]:
+    return list(session.scalars(select(App).where(App.active.is_(True)).order_by(App.name)))
+
+
+def get_app(session: Session, name: str) -> App:
+    app = session.scalar(select(App).where(App.name == name))
+    if app is None:
+        raise NotFound(f"there is no app named {name!r}")
+    return app
+
+
+def require_phase(config: PipelineConfig, phase: str) -> str:
+    if phase not in config.phases:
+        raise NotFound(f"there is no phase {phase!r} (phases: {', '.join(config.phase_names)})")
+    return phase
+
+
+def get_deployment(session: Session, app: App, deployment_id: int) -> Deployment:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.app_id != app.id:
+        raise NotFound(f"{app.name} has no deployment {deployment_id}")
+    return deployment
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health:
+    #: healthy | unhealthy | stopped | missing | unknown | idle
+    state: str
+    label: str
+
+
+Containers = dict[tuple[str, str], list[Any]] | None
+
+
+def containers(engine, app_name: str | None = None) -> Containers:
+    """Every container of this installation (or of one app), by (app, phase): one engine call.
+
+    None when the engine cannot be asked: the portal then says "unknown" rather than failing.
+    """
+    try:
+        found = engine.list_containers(app=app_name)
+    except Exception as exc:  # any engine trouble only makes health unknown
+        log.warning("cannot list containers: %s", exc)
+        return None
+    index: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for info in found:
+        index[(info.labels.get(LABEL_APP, ""), info.labels.get(LABEL_PHASE, ""))].append(info)
+    return index
+
+
+def health_of(index: Containers, app_name: str, phase: str, serving: Deployment | None) -> Health:
+    if serving is None:
+        return Health("idle", "Not deployed")
+    if index is None:
+        return Health("unknown", "Health unknown")
+    found = index.get((app_name, phase), [])
+    mine = [c for c in found if c.id == serving.container_id or c.labels.get(LABEL_DEPLOYMENT) == str(serving.id)]
+    candidates = mine or [c for c in found if c.status == "running"]
+    if not candidates:
+        return Health("missing", "Container missing")
+    status = candidates[0].status
+    if status == "running":
+        return Health("healthy", "Running")
+    if status in ("restarting", "dead"):
+        return Health("unhealthy", status.capitalize())
+    return Health("stopped", status.capitalize() if status else "Stopped")
+
+
+# --- the board --------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseView:
+    name: str
+    index: int
+    role: str
+    approvals: int
+    previous: str | None
+    next: str | None
+    current: Deployment | None
+    in_progress: Deployment | None
+    last_failure: Deployment | None
+    health: Health
+    profile: ResolvedProfile
+    #: May the user push what this phase serves into the next one?
+    promote: Decision | None
+    rollback: Decision
+    edit_profile: Decision
+    #: The deployment a rollback would restore (None: nothing to roll back to).
+    rollback_to: Deployment | None = None
+    #: What the serving deployment runs with (its snapshot), else the profile as it is now.
+    running_profile: dict[str, Any] = field(default_factory=dict)
+    #: The profile was edited since the serving deployment: the next deployment applies it.
+    profile_pending: bool = False
+
+
+def phase_view(ctx, session: Session, app: App, phase: str, role: str, index: Containers) -> PhaseView:
+    config: PipelineConfig = ctx.config
+    names = config.phase_names
+    position = names.index(phase)
+    serving = current(session, app.id, phase)
+    in_progress = session.scalars(
+        select(Deployment).where(Deployment.app_id == app.id, Deployment.phase == phase,
+                                 Deployment.status.in_(IN_PROGRESS)).order_by(Deployment.id.desc())
+    ).first()
+    failure_query = select(Deployment).where(
+        Deployment.app_id == app.id, Deployment.phase == phase, Deployment.status == DeploymentStatus.FAILED.value)
+    if serving is not None:
+        failure_query = failure_query.where(Deployment.id > serving.id)
+    last_failure = session.scalars(failure_query.order_by(Deployment.id.desc())).first()
+    nxt = config.next_phase(phase)
+    _, target = rollback_target(session, app.id, phase)
+    profile = resolve(session, config, app.id, phase)
+    running = serving.profile_snapshot if serving is not None and serving.profile_snapshot else None
+    return PhaseView(
+        name=phase,
+        index=position,
+        role=config.phase(phase).role,
+        approvals=config.phase(phase).approvals,
+        previous=names[position - 1] if position else None,
+        next=nxt,
+        current=serving,
+        in_progress=in_progress,
+        last_failure=last_failure,
+        health=health_of(index, app.name, phase, serving),
+        profile=profile,
+        promote=check(role, Action.PROMOTE, nxt, config.roles) if nxt else None,
+        rollback=check(role, Action.ROLLBACK, phase, config.roles),
+        edit_profile=check(role, Action.EDIT_PROFILE, phase, config.roles),
+        rollback_to=target,
+        running_profile=running or profile.snapshot(),
+        profile_pending=running is not None and running != profile.snapshot(),
+    )
+
+
+def board(ctx, session: Session, app: App, role: str, index: Containers) -> list[PhaseView]:
+    return [phase_view(ctx, session, app, phase, role, index) for phase in ctx.config.phase_names]
+
+
+@dataclass(frozen=True)
+class AppSummary:
+    app: App
+    phases: list[tuple[str, Deployment | None, Deployment | None, Health]]
+    last_activity: datetime | None
+
+
+def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list[AppSummary]:
+    """Per app and phase: what it serves, what is on its way, and whether it runs."""
+    result = []
+    for app in apps:
+        phases = []
+        for phase in ctx.config.phase_names:
+            serving = current(session, app.id, phase)
+            moving = session.scalars(
+                select(Deployment).where(Deployment.app_id == app.id, Deployment.phase == phase,
+                                         Deployment.status.in_(IN_PROGRESS)).order_by(Deployment.id.desc())
+            ).first()
+            phases.append((phase, serving, moving, health_of(index, app.name, phase, serving)))
+        latest = session.scalar(
+            select(Deployment.queued_at).where(Deployment.app_id == app.id).order_by(Deployment.id.desc()).limit(1))
+        result.append(AppSummary(app, phases, aware(latest)))
+    return result
+
+
+def history(session: Session, app: App, phase: str | None = None, limit: int = 50,
+            before: int | None = None) -> list[Deployment]:
+    query = select(Deployment).where(Deployment.app_id == app.id)
+    if phase is not None:
+        query = query.where(Deployment.phase == phase)
+    if before is not None:
+        query = query.where(Deployment.id < before)
+    return list(session.scalars(query.order_by(Deployment.id.desc()).limit(limit)))
+
+
+def log_lines(session: Session, deployment_id: int, after: int = 0, limit: int = 1000) -> list[LogLine]:
+    return list(session.scalars(
+        select(LogLine).where(LogLine.deployment_id == deployment_id, LogLine.id > after)
+        .order_by(LogLine.id).limit(limit)))
+
+
+def audit_log(session: Session, app: App, phase: str | None = None, limit: int = 100) -> list[AuditEntry]:
+    query = select(AuditEntry).where(AuditEntry.app_id == app.id)
+    if phase is not None:
+        query = query.where(AuditEntry.phase == phase)
+    return list(session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)))
+
+
+# --- comparing two phases ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pending:
+    deployment: Deployment
+    #: The target phase ran this commit before (it was rolled back since).
+    was_in_target: bool
+
+
+@dataclass(frozen=True)
+class ProfileDifference:
+    name: str
+    kind: str  # env | secret | sizing
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    source: str
+    target: str
+    source_current: Deployment | None
+    target_current: Deployment | None
+    pending: list[Pending]
+    profile: list[ProfileDifference]
+    compare_url: str | None
+
+
+def compare(ctx, session: Session, app: App, source: str, target: str, limit: int = 50) -> Comparison:
+    """Which versions the source phase ran since what the target phase serves now.
+
+    Built from deployment records (no git): the source phase's successful deployments,
+    newest first and one per commit, down to the commit the target phase serves.
+    """
+    source_now, target_now = current(session, app.id, source), current(session, app.id, target)
+    in_target = set(session.scalars(select(Deployment.sha).where(
+        Deployment.app_id == app.id, Deployment.phase == target,
+        Deployment.status == DeploymentStatus.SUCCEEDED.value)))
+    seen: set[str | None] = set()
+    pending: list[Pending] = []
+    rows = session.scalars(select(Deployment).where(
+        Deployment.app_id == app.id, Deployment.phase == source,
+        Deployment.status == DeploymentStatus.SUCCEEDED.value).order_by(Deployment.id.desc()).limit(500))
+    for row in rows:
+        if target_now is not None and row.sha == target_now.sha:
+            break
+        if row.sha in seen:
+            continue
+        seen.add(row.sha)
+        pending.append(Pending(row, row.sha in in_target))
+        if len(pending) >= limit:
+            break
+    compare_url = None
+    if app.html_url and source_now and target_now and source_now.sha and target_now.sha \
+            and source_now.sha != target_now.sha:
+        compare_url = f"{app.html_url}/compare/{target_now.sha}...{source_now.sha}"
+    return Comparison(source, target, source_now, target_now, pending,
+                      profile_differences(resolve(session, ctx.config, app.id, source),
+                                          resolve(session, ctx.config, app.id, target)),
+                      compare_url)
+
+
+def profile_differences(source: ResolvedProfile, target: ResolvedProfile) -> list[ProfileDifference]:
+    """Effective values that differ between two phases; secrets only as set or not set."""
+    out = []
+    for key in ("memory", "cpus", "replicas"):
+        a, b = source.sizing.get(key), target.sizing.get(key)
+        if (a and a.value) != (b and b.value):
+            out.append(ProfileDifference(key, "sizing", _shown(a), _shown(b)))
+    for name in sorted(set(source.env) | set(target.env)):
+        a, b = source.env.get(name), target.env.get(name)
+        if (a and a.value) != (b and b.value):
+            out.append(ProfileDifference(name, "env", _shown(a), _shown(b)))
+    for name in sorted(set(source.secrets) ^ set(target.secrets)):
+        out.append(ProfileDifference(name, "secret", "set" if name in source.secrets else "not set",
+                                     "set" if name in target.secrets else "not set"))
+    return out
+
+
+def _shown(sourced) -> str:
+    return "not set" if sourced is None else str(sourced.value)
+
+
+# --- JSON shapes ------------------------------------------------------------------------------
+
+
+def deployment_json(app: App, d: Deployment) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "app": app.name,
+        "phase": d.phase,
+        "version": d.version,
+        "sha": d.sha,
+        "ref": d.ref,
+        "status": d.status,
+        "reason": d.reason,
+        "trigger": d.trigger,
+        "actor": d.actor,
+        "url": d.url,
+        "image": d.image_id,
+        "source_deployment": d.source_id,
+        "pr_number": d.pr_number,
+        "queued_at": iso(d.queued_at),
+        "started_at": iso(d.started_at),
+        "finished_at": iso(d.finished_at),
+        "finished": is_finished(d),
+    }
+
+
+def profile_json(resolved: ResolvedProfile) -> dict[str, Any]:
+    """Effective values with where each comes from; secrets as names with a mask."""
+    return {
+        "phase": resolved.phase,
+        "env": {k: {"value": v.value, "source": v.source} for k, v in sorted(resolved.env.items())},
+        "secrets": {k: {"value": MASK, "source": v.source} for k, v in sorted(resolved.secrets.items())},
+        "sizing": {k: {"value": v.value, "source": v.source} for k, v in resolved.sizing.items()},
+    }
+
+
+def phase_json(app: App, view: PhaseView) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "role": view.role,
+        "approvals": view.approvals,
+        "next": view.next,
+        "current": deployment_json(app, view.current) if view.current else None,
+        "in_progress": deployment_json(app, view.in_progress) if view.in_progress else None,
+        "last_failure": deployment_json(app, view.last_failure) if view.last_failure else None,
+        "url": view.current.url if view.current else None,
+        "health": {"state": view.health.state, "label": view.health.label},
+        "allowed": {
+            "promote_to_next": bool(view.promote and view.promote.allowed),
+            "rollback": view.rollback.allowed,
+            "edit_profile": view.edit_profile.allowed,
+        },
+        "rollback_to": deployment_json(app, view.rollback_to) if view.rollback_to else None,
+        "profile_changed_since_deployed": view.profile_pending,
+    }
+
+
+def app_json(app: App) -> dict[str, Any]:
+    return {
+        "name": app.name,
+        "repository": app.full_name,
+        "html_url": app.html_url,
+        "default_branch": app.default_branch,
+    }

@@ -1,0 +1,351 @@
+"""The portal's pages: apps, the pipeline board, history, deployments (live log), profiles.
+
+Every page needs a signed-in user with at least read access to the app; every form posts
+through `app.portal.changes`, the same functions the JSON API uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+
+from app.actions import current, profile_differences, rollback_target
+from app.models import Deployment, DeploymentStatus, Profile
+from app.permissions import Action, check
+from app.portal import changes, protect_forms, queries
+from app.portal.auth import current_user, role_for
+from app.profiles import SIZING, resolve
+
+bp = Blueprint("portal", __name__)
+bp.before_request(protect_forms)
+
+#: How often the log stream looks for new lines, and how long one stream lasts before the
+#: browser reconnects (with Last-Event-ID): a stream holds a server thread while open.
+POLL_SECONDS = 0.5
+STREAM_SECONDS = 120.0
+HEARTBEAT_SECONDS = 15.0
+LOG_PAGE_LINES = 5000
+
+
+def _ctx():
+    return current_app.extensions["release_pipeline"]
+
+
+@bp.before_request
+def require_sign_in():
+    if current_user() is None:
+        if request.endpoint == "portal.deployment_events":
+            return {"error": "unauthorized", "reason": "sign in first"}, 401
+        return redirect(url_for("auth.signin", next=request.full_path.rstrip("?")))
+    return None
+
+
+def _actor() -> str:
+    return current_user().login
+
+
+def _require_view(app) -> str:
+    role = role_for(app)
+    decision = check(role, Action.VIEW, None, _ctx().config.roles)
+    if not decision.allowed:
+        abort(403, description=f"You cannot see {app.full_name}: {decision.reason}.")
+    return role
+
+
+def _form_failure(exc: HTTPException, target: str):
+    """A refused form: say why on the page the user came from (post/redirect/get)."""
+    flash(exc.description, "error")
+    return redirect(target, code=303)
+
+
+# --- pages ----------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def apps():
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        visible = [app for app in queries.list_apps(session)
+                   if check(role_for(app), Action.VIEW, None, ctx.config.roles).allowed]
+        index = queries.containers(ctx.engine) if visible else {}
+        rows = queries.summaries(ctx, session, visible, index)
+    return render_template("apps.html", rows=rows, phases=ctx.config.phase_names, health_known=index is not None)
+
+
+@bp.get("/apps/<name>")
+def board(name: str):
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        index = queries.containers(ctx.engine, app.name)
+        columns = queries.board(ctx, session, app, role, index)
+        recent = queries.history(session, app, limit=12)
+    return render_template("board.html", app=app, role=role, columns=columns, recent=recent,
+                           health_known=index is not None)
+
+
+@bp.get("/apps/<name>/phases/<phase>")
+def phase_history(name: str, phase: str):
+    ctx = _ctx()
+    before = request.args.get("before", type=int)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        queries.require_phase(ctx.config, phase)
+        rows = queries.history(session, app, phase, limit=50, before=before)
+        serving = current(session, app.id, phase)
+        audit = queries.audit_log(session, app, phase, limit=20)
+    return render_template("history.html", app=app, role=role, phase=phase, rows=rows, serving=serving,
+                           audit=audit, older=rows[-1].id if len(rows) == 50 else None)
+
+
+@bp.get("/apps/<name>/deployments/<int:deployment_id>")
+def deployment(name: str, deployment_id: int):
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _require_view(app)
+        d = queries.get_deployment(session, app, deployment_id)
+        lines = queries.log_lines(session, d.id, limit=LOG_PAGE_LINES)
+        source = session.get(Deployment, d.source_id) if d.source_id else None
+    return render_template("deployment.html", app=app, d=d, lines=lines, source=source,
+                           live=not queries.is_finished(d), last_id=lines[-1].id if lines else 0)
+
+
+@bp.get("/apps/<name>/deployments/<int:deployment_id>/events")
+def deployment_events(name: str, deployment_id: int):
+    """Server-sent events: `line` per log line, `status` on each change, `done` at the end."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _require_view(app)
+        queries.get_deployment(session, app, deployment_id)
+    after = request.headers.get("Last-Event-ID", type=int) or request.args.get("after", type=int) or 0
+    return Response(_stream(ctx, deployment_id, max(after, 0)), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event(kind: str, data: dict, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _stream(ctx, deployment_id: int, after: int):
+    last, last_status = after, None
+    started = quiet_since = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        with ctx.db.session() as session:
+            lines = queries.log_lines(session, deployment_id, after=last, limit=500)
+            d = session.get(Deployment, deployment_id)
+            if d is None:  # removed while we watched (an app uninstalled): nothing more to say
+                yield _event("done", {"status": "gone", "reason": "the deployment no longer exists", "url": None})
+                return
+            status, reason, finished = d.status, d.reason, queries.is_finished(d)
+            url = d.url
+        for line in lines:
+            last = line.id
+            yield _event("line", {"id": line.id, "stream": line.stream, "text": line.text,
+                                  "at": queries.iso(line.at)}, line.id)
+        changed = status != last_status
+        if changed:
+            last_status = status
+            yield _event("status", {"status": status, "reason": reason, "url": url})
+        if lines or changed:
+            quiet_since = time.monotonic()
+        if finished and not lines:
+            yield _event("done", {"status": status, "reason": reason, "url": url})
+            return
+        now = time.monotonic()
+        if now - started > STREAM_SECONDS:
+            return  # the browser reconnects, resuming after Last-Event-ID
+        if now - quiet_since > HEARTBEAT_SECONDS:
+            quiet_since = now
+            yield ": still here\n\n"
+        if not lines:
+            time.sleep(POLL_SECONDS)
+
+
+@bp.get("/apps/<name>/compare")
+def compare(name: str):
+    ctx = _ctx()
+    names = ctx.config.phase_names
+    default_source, default_target = (names[-2], names[-1]) if len(names) > 1 else (names[0], names[0])
+    source = request.args.get("from", default_source)
+    target = request.args.get("to", default_target)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _require_view(app)
+        queries.require_phase(ctx.config, source)
+        queries.require_phase(ctx.config, target)
+        result = queries.compare(ctx, session, app, source, target)
+    return render_template("compare.html", app=app, c=result, phases=names)
+
+
+@bp.get("/apps/<name>/audit")
+def audit(name: str):
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _require_view(app)
+        entries = queries.audit_log(session, app, limit=200)
+    return render_template("audit.html", app=app, entries=entries)
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+@bp.post("/apps/<name>/phases/<phase>/promote")
+def promote(name: str, phase: str):
+    back = url_for("portal.board", name=name)
+    try:
+        result = changes.promote(_ctx(), name, phase, actor=_actor(), role_of=role_for,
+                                 rename_to=request.form.get("rename_to"))
+    except HTTPException as exc:
+        if exc.code == 404:
+            raise
+        return _form_failure(exc, back)
+    if result.deployment_id is None:
+        flash(result.message, "info")
+        return redirect(back, code=303)
+    flash(result.message[:1].upper() + result.message[1:] + ".", "success")
+    return redirect(url_for("portal.deployment", name=name, deployment_id=result.deployment_id), code=303)
+
+
+@bp.route("/apps/<name>/phases/<phase>/rollback", methods=["GET", "POST"])
+def rollback(name: str, phase: str):
+    ctx = _ctx()
+    if request.method == "POST":
+        back = url_for("portal.rollback", name=name, phase=phase)
+        try:
+            result = changes.rollback(ctx, name, phase, actor=_actor(), role_of=role_for,
+                                      to_version=request.form.get("to_version"))
+        except HTTPException as exc:
+            if exc.code == 404:
+                raise
+            return _form_failure(exc, back)
+        flash(result.message[:1].upper() + result.message[1:] + ".", "success")
+        return redirect(url_for("portal.deployment", name=name, deployment_id=result.deployment_id), code=303)
+    wanted = (request.args.get("to") or "").strip() or None
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        queries.require_phase(ctx.config, phase)
+        now, target = rollback_target(session, app.id, phase, to_version=wanted)
+        choices = []
+        if now is not None:
+            seen = {now.version}
+            for d in queries.history(session, app, phase, limit=200):
+                if d.status == DeploymentStatus.SUCCEEDED.value and d.id < now.id and d.version not in seen:
+                    seen.add(d.version)
+                    choices.append(d)
+        differences = [
+            # A snapshot without a sizing value ran with none set; say so rather than "None".
+            re.sub(r"\bNone\b", "not set", change) if change.split(" ", 1)[0] in SIZING else change
+            for change in profile_differences(now.profile_snapshot or {}, target.profile_snapshot or {})
+        ] if now and target else []
+    decision = check(role, Action.ROLLBACK, phase, ctx.config.roles)
+    return render_template("rollback.html", app=app, phase=phase, now=now, target=target, choices=choices,
+                           wanted=wanted, differences=differences, decision=decision)
+
+
+@bp.route("/apps/<name>/phases/<phase>/profile", methods=["GET", "POST"])
+def profile(name: str, phase: str):
+    ctx = _ctx()
+    if request.method == "POST":
+        here = url_for("portal.profile", name=name, phase=phase)
+        try:
+            changed = changes.update_profile(ctx, name, phase, _profile_change_from_form(), actor=_actor(),
+                                             role_of=role_for)
+        except HTTPException as exc:
+            if exc.code == 404:
+                raise
+            return _form_failure(exc, here)
+        if changed:
+            flash(f"Saved the {phase} profile: " + "; ".join(changed) + ". "
+                  "It applies from the next deployment to this phase.", "success")
+        else:
+            flash("Nothing changed.", "info")
+        return redirect(here, code=303)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        queries.require_phase(ctx.config, phase)
+        resolved = resolve(session, ctx.config, app.id, phase)
+        own = session.scalar(select(Profile).where(Profile.app_id == app.id, Profile.phase == phase))
+        audit = queries.audit_log(session, app, phase, limit=10)
+    decision = check(role, Action.EDIT_PROFILE, phase, ctx.config.roles)
+    inherited_sizing = _inherited_sizing(ctx, name, phase)
+    return render_template(
+        "profile.html", app=app, phase=phase, resolved=resolved, decision=decision, audit=audit,
+        own_env=dict(sorted((own.env or {}).items())) if own else {},
+        own_secrets=sorted((own.secrets or {}).keys()) if own else [],
+        own_sizing={k: getattr(own, k) for k in ("memory", "cpus", "replicas")} if own else {},
+        inherited_sizing=inherited_sizing, previous=ctx.config.previous_phases(phase))
+
+
+def _inherited_sizing(ctx, name: str, phase: str) -> dict:
+    """What each sizing field would be without this phase's own value (for placeholders)."""
+    previous = ctx.config.previous_phases(phase)
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        rows = {p.phase: p for p in session.scalars(select(Profile).where(Profile.app_id == app.id))}
+    out = {}
+    for key in ("memory", "cpus", "replicas"):
+        for earlier in previous:
+            row = rows.get(earlier)
+            if row is not None and getattr(row, key) is not None:
+                out[key] = (getattr(row, key), earlier)
+                break
+        else:
+            for pipeline_profile in (ctx.config.phase(phase).profile, ctx.config.defaults.profile):
+                if getattr(pipeline_profile, key) is not None:
+                    out[key] = (getattr(pipeline_profile, key), "pipeline")
+                    break
+    return out
+
+
+def _profile_change_from_form() -> changes.ProfileChange:
+    form = request.form
+    removed = set(form.getlist("env_remove"))
+    env: dict[str, str] = {}
+    for raw_name, value in zip(form.getlist("env_name"), form.getlist("env_value"), strict=False):
+        name = raw_name.strip()
+        if not name or name in removed:
+            continue
+        if name in env:
+            abort(400, description=f"env/{name}: given twice")
+        env[name] = value
+    secrets_set: dict[str, str] = {}
+    for name, value in zip(form.getlist("secret_update_name"), form.getlist("secret_update_value"), strict=False):
+        if value:
+            secrets_set[name] = value
+    for raw_name, value in zip(form.getlist("secret_name"), form.getlist("secret_value"), strict=False):
+        name = raw_name.strip()
+        if not name and not value:
+            continue
+        if not value:
+            abort(400, description=f"secrets/{name}: needs a value")
+        secrets_set[name] = value
+    return changes.ProfileChange(
+        env=env,
+        secrets_set=secrets_set,
+        secrets_remove=set(form.getlist("secret_remove")) - set(secrets_set),
+        sizing={key: form.get(key, "") for key in ("memory", "cpus", "replicas")},
+    )

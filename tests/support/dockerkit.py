@@ -1,0 +1,206 @@
+"""Real things for tests: a tiny busybox web app, a git repository holding it, Docker and Caddy.
+
+The sample app builds `FROM scratch` in well under a second and needs no registry. It serves
+  /healthz          200 when built healthy, 404 otherwise
+  /version          the `version_text` it was built with
+  /cgi-bin/info     APP_VERSION, APP_PHASE and the profile variable GREETING, one per line
+Import the fixtures you use into your test module (`from tests.support.dockerkit import docker_engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.adapters.docker import Engine
+
+BUSYBOX = Path("/bin/busybox")
+PROFILE_VARIABLE = "GREETING"
+APP_PORT = 8080
+
+_DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+# PID 1 ignores SIGTERM unless it traps it: exit at once so `docker stop` is quick.
+CMD ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p \\"$PORT\\" -h /www & wait"]
+"""
+
+_CGI_INFO = """\
+#!/bin/busybox sh
+echo "Content-Type: text/plain"
+echo ""
+echo "APP_VERSION=$APP_VERSION"
+echo "APP_PHASE=$APP_PHASE"
+echo "{profile}=${profile}"
+echo "BUILD="{version}
+"""
+
+
+def write_sample_app(
+    path: Path,
+    *,
+    version_text: str = "1.0.0",
+    healthy: bool = True,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write (or rewrite) the sample app's build context into `path` and return it."""
+    path = Path(path)
+    (path / "www" / "cgi-bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, path / "busybox")
+    (path / "Dockerfile").write_text(_DOCKERFILE)
+    (path / "www" / "version").write_text(version_text + "\n")
+    health = path / "www" / "healthz"
+    if healthy:
+        health.write_text("ok\n")
+    else:
+        health.unlink(missing_ok=True)
+    info = path / "www" / "cgi-bin" / "info"
+    info.write_text(_CGI_INFO.format(profile=PROFILE_VARIABLE, version=shlex.quote(version_text)))
+    info.chmod(0o755)
+    for relative, text in (extra_files or {}).items():
+        target = path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return path
+
+
+def context_tar(directory: Path) -> bytes:
+    """`directory` as an uncompressed tar with paths relative to it (a Docker build context)."""
+    buffer = BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for child in sorted(Path(directory).iterdir()):
+            tar.add(child, arcname=child.name)
+    return buffer.getvalue()
+
+
+def make_sample_repo(
+    path: Path,
+    *,
+    version_text: str = "1.0.0",
+    healthy: bool = True,
+    tag: str | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Commit the sample app into a git repository at `path` (created on first use).
+
+    Calling it again on the same path adds a commit on `main`. `tag` adds an annotated tag.
+    Returns (file:// clone URL, commit sha).
+    """
+    path = Path(path)
+    if not (path / ".git").exists():
+        path.mkdir(parents=True, exist_ok=True)
+        _git(path, "init", "--quiet", "--initial-branch=main")
+    write_sample_app(path, version_text=version_text, healthy=healthy, extra_files=extra_files)
+    _git(path, "add", "--all")
+    _git(path, "commit", "--quiet", "--allow-empty", "-m", f"Sample app {version_text}")
+    if tag:
+        _git(path, "tag", "-a", tag, "-m", f"Release {tag}")
+    sha = _git(path, "rev-parse", "HEAD")
+    return path.resolve().as_uri(), sha
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Sample Author",
+        "GIT_AUTHOR_EMAIL": "author@example.test",
+        "GIT_COMMITTER_NAME": "Sample Author",
+        "GIT_COMMITTER_EMAIL": "author@example.test",
+    }
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True
+    )
+    return result.stdout.strip()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def unique_instance() -> str:
+    """An instance name no other test run on this engine uses."""
+    return "t" + secrets.token_hex(3)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    """A Docker engine adapter with its own instance label; its objects are removed afterwards."""
+    engine = Engine(instance=unique_instance())
+    if not engine.ping():
+        pytest.skip("no Docker engine reachable")
+    try:
+        yield engine
+    finally:
+        engine.remove_instance_objects()
+
+
+@dataclass(frozen=True)
+class CaddyServer:
+    admin_url: str
+    http_port: int
+
+
+@pytest.fixture(scope="session")
+def caddy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaddyServer]:
+    """A private `caddy run` whose admin API and HTTP server use random free ports."""
+    if shutil.which("caddy") is None:
+        pytest.skip("caddy is not installed")
+    home = tmp_path_factory.mktemp("caddy")
+    admin_port, http_port = free_port(), free_port()
+    config = home / "caddy.json"
+    config.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{admin_port}"}}))
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_DATA_HOME": str(home / "data"),
+    }
+    log = (home / "caddy.log").open("wb")
+    process = subprocess.Popen(
+        ["caddy", "run", "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    admin_url = f"http://127.0.0.1:{admin_port}"
+    try:
+        _wait_for(f"{admin_url}/config/", process)
+        yield CaddyServer(admin_url=admin_url, http_port=http_port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"caddy exited with {process.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"caddy admin API did not answer at {url}")

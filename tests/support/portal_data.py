@@ -1,0 +1,93 @@
+"""Seeding the database for portal and API tests, plus a stand-in Docker engine for health.
+
+Deployments are written as rows (the deploy job has its own end-to-end tests); the portal
+only reads them, so tests describe exactly the state they need.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, ContainerInfo
+from app.models import App, Deployment, LogLine, Profile, utcnow
+
+ADMIN_TOKEN = "admin-token-for-portal-tests-7f3a"
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class StubEngine:
+    """Answers `list_containers` from a list; `broken` makes it fail like an unreachable engine."""
+
+    def __init__(self):
+        self.containers: list[ContainerInfo] = []
+        self.broken = False
+        self.calls = 0
+
+    def run(self, app: str, phase: str, deployment_id: int, status: str = "running") -> None:
+        self.containers.append(ContainerInfo(
+            id=f"c{deployment_id}", name=f"{app}-{phase}-{deployment_id}",
+            labels={LABEL_APP: app, LABEL_PHASE: phase, LABEL_DEPLOYMENT: str(deployment_id)},
+            status=status, host_port=32000 + deployment_id))
+
+    def list_containers(self, app: str | None = None, phase: str | None = None) -> list[ContainerInfo]:
+        self.calls += 1
+        if self.broken:
+            raise ConnectionError("engine unreachable")
+        return [c for c in self.containers
+                if (app is None or c.labels[LABEL_APP] == app) and (phase is None or c.labels[LABEL_PHASE] == phase)]
+
+    def ping(self) -> bool:
+        return not self.broken
+
+
+def add_app(ctx, name: str = "shop", full_name: str = "acme/shop", installation_id: int | None = 77) -> int:
+    with ctx.db.session() as session:
+        app = App(full_name=full_name, name=name, installation_id=installation_id,
+                  html_url=f"https://github.com/{full_name}",
+                  clone_url=f"https://github.com/{full_name}.git")
+        session.add(app)
+        session.flush()
+        return app.id
+
+
+def add_deployment(ctx, app_id: int, phase: str, version: str, sha_char: str = "a", *, status: str = "succeeded",
+                   minutes_ago: int = 10, actor: str = "alice", trigger: str = "push", image: str | None = None,
+                   snapshot: dict | None = None, **fields) -> int:
+    now = utcnow()
+    finished = status in ("succeeded", "failed", "superseded", "refused")
+    with ctx.db.session() as session:
+        deployment = Deployment(
+            app_id=app_id, phase=phase, version=version, sha=sha_char * 40, ref=sha_char * 40,
+            trigger=trigger, actor=actor, status=status,
+            image_id=image or f"sha256:{(sha_char * 64)[:64]}",
+            url=f"http://{phase}.example.test" if status == "succeeded" else None,
+            profile_snapshot=snapshot or {"env": {}, "secrets": {}, "memory": "256m", "cpus": 0.5, "replicas": 1},
+            queued_at=now - timedelta(minutes=minutes_ago + 1),
+            started_at=now - timedelta(minutes=minutes_ago + 1),
+            finished_at=now - timedelta(minutes=minutes_ago) if finished else None,
+            **fields)
+        session.add(deployment)
+        session.flush()
+        return deployment.id
+
+
+def add_log(ctx, deployment_id: int, *texts: str, stream: str = "deploy") -> list[int]:
+    with ctx.db.session() as session:
+        rows = [LogLine(deployment_id=deployment_id, stream=stream, text=text) for text in texts]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+def set_profile(ctx, app_id: int, phase: str, *, env: dict | None = None, secrets: dict | None = None,
+                **sizing) -> None:
+    with ctx.db.session() as session:
+        session.add(Profile(app_id=app_id, phase=phase, env=env or {},
+                            secrets={k: ctx.box.seal(v) for k, v in (secrets or {}).items()}, **sizing))
+
+
+def csrf_from(html: str) -> str:
+    match = CSRF_INPUT.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)

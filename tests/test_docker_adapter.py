@@ -1,0 +1,207 @@
+"""The Docker adapter against the real engine, with the busybox sample app (never pulls)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from app.adapters.docker import (
+    LABEL_APP,
+    LABEL_INSTANCE,
+    LABEL_PHASE,
+    LABEL_TREE,
+    ContainerSpec,
+    Engine,
+)
+from app.exceptions import BuildFailed, DeployFailed
+from tests.support.dockerkit import (
+    APP_PORT,
+    PROFILE_VARIABLE,
+    context_tar,
+    docker_engine,  # noqa: F401 (fixture)
+    unique_instance,
+    write_sample_app,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def built(docker_engine, tmp_path_factory):  # noqa: F811
+    """The sample app built once for this module: (image id, streamed lines, tree)."""
+    lines: list[str] = []
+    tree = "a" * 40
+    context = context_tar(write_sample_app(tmp_path_factory.mktemp("app"), version_text="2.0.0"))
+    image_id = docker_engine.build_image(
+        app="sample", tree=tree, sha="b" * 40, context_tar=context, on_line=lines.append
+    )
+    return image_id, lines, tree
+
+
+def test_build_streams_lines_and_labels_the_image(docker_engine, built):  # noqa: F811
+    image_id, lines, tree = built
+    assert image_id.startswith("sha256:")
+    assert any(line.startswith("Step 1/") for line in lines)
+    assert all(line and not line.endswith("\n") for line in lines)
+    image = docker_engine.client.images.get(image_id)
+    assert image.labels[LABEL_INSTANCE] == docker_engine.instance
+    assert image.labels[LABEL_APP] == "sample" and image.labels[LABEL_TREE] == tree
+    assert f"{docker_engine.instance}-sample:{tree[:12]}" in image.tags
+
+
+def test_find_image_reuses_the_build_for_the_same_tree(docker_engine, built):  # noqa: F811
+    image_id, _, tree = built
+    assert docker_engine.find_image("sample", tree) == image_id
+    assert docker_engine.find_image("sample", "c" * 40) is None
+    assert docker_engine.find_image("other-app", tree) is None
+    assert Engine(instance=unique_instance()).find_image("sample", tree) is None
+
+
+def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built):  # noqa: F811
+    image_id, _, _ = built
+    spec = ContainerSpec(
+        app="sample", phase="demo", version="2.0.0", sha="b" * 40, deployment_id=7,
+        image=image_id, env={PROFILE_VARIABLE: "hello demo", "PORT": "ignored"}, port=APP_PORT,
+        memory="64m", cpus=0.5,
+    )
+    running = docker_engine.run_container(spec)
+    try:
+        assert running.name == f"{docker_engine.instance}-sample-demo-7"
+        body = _get_when_up(f"http://127.0.0.1:{running.host_port}/cgi-bin/info")
+        assert "APP_VERSION=2.0.0" in body
+        assert "APP_PHASE=demo" in body
+        assert f"{PROFILE_VARIABLE}=hello demo" in body
+        assert "BUILD=2.0.0" in body
+
+        attrs = docker_engine.client.api.inspect_container(running.id)
+        assert attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+        assert attrs["HostConfig"]["NanoCpus"] == 500_000_000
+        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert attrs["NetworkSettings"]["Ports"][f"{APP_PORT}/tcp"][0]["HostIp"] == "127.0.0.1"
+        assert f"PORT={APP_PORT}" in attrs["Config"]["Env"]
+        labels = attrs["Config"]["Labels"]
+        assert labels[LABEL_INSTANCE] == docker_engine.instance
+        assert {labels[k] for k in ("release-pipeline.version", "release-pipeline.sha")} == {
+            "2.0.0", "b" * 40,
+        }
+        assert labels["release-pipeline.deployment"] == "7" and labels[LABEL_PHASE] == "demo"
+
+        assert docker_engine.container_status(running.id) == "running"
+        listed = docker_engine.list_containers(app="sample", phase="demo")
+        assert [(c.id, c.name, c.status, c.host_port) for c in listed] == [
+            (running.id, running.name, "running", running.host_port)
+        ]
+        assert docker_engine.list_containers(app="sample", phase="live") == []
+        assert Engine(instance=unique_instance()).list_containers() == []
+        assert isinstance(docker_engine.container_logs(running.id), list)
+    finally:
+        docker_engine.stop_and_remove(running.id, timeout=5)
+    assert docker_engine.container_status(running.id) is None
+    assert docker_engine.container_logs(running.id) == []
+    docker_engine.stop_and_remove(running.id)  # already gone: fine
+
+
+def test_another_instance_cannot_touch_our_container(docker_engine, built):  # noqa: F811
+    running = docker_engine.run_container(_spec(built[0], deployment_id=8))
+    try:
+        stranger = Engine(instance=unique_instance())
+        stranger.stop_and_remove(running.id)
+        stranger.remove_instance_objects()
+        assert stranger.container_status(running.id) is None
+        assert docker_engine.container_status(running.id) == "running"
+    finally:
+        docker_engine.stop_and_remove(running.id, timeout=5)
+
+
+def test_a_container_that_cannot_start_is_removed(docker_engine, built):  # noqa: F811
+    spec = _spec(built[0], deployment_id=9, command=["/no/such/binary"])
+    with pytest.raises(DeployFailed, match="cannot start"):
+        docker_engine.run_container(spec)
+    assert docker_engine.list_containers(app="sample", phase="demo") == []
+    with pytest.raises(DeployFailed, match="cannot create"):
+        docker_engine.run_container(_spec("sha256:" + "0" * 64, deployment_id=10))
+
+
+def test_failing_build_raises_build_failed(docker_engine, tmp_path):  # noqa: F811
+    app = write_sample_app(tmp_path / "broken")
+    (app / "Dockerfile").write_text("FROM scratch\nCOPY no-such-file /x\n")
+    lines: list[str] = []
+    with pytest.raises(BuildFailed, match="no-such-file") as failure:
+        docker_engine.build_image(
+            app="broken", tree="d" * 40, sha="d" * 40, context_tar=context_tar(app), on_line=lines.append
+        )
+    assert "\n" not in str(failure.value)
+    assert lines  # the steps before the failure were streamed
+    (app / "Dockerfile").write_text("FROMM scratch\n")
+    with pytest.raises(BuildFailed, match="(?i)unknown instruction"):
+        docker_engine.build_image(
+            app="broken", tree="e" * 40, sha="e" * 40, context_tar=context_tar(app), on_line=lines.append
+        )
+
+
+def test_prune_keeps_what_is_asked(docker_engine, tmp_path):  # noqa: F811
+    ids = []
+    for number in range(4):
+        context = context_tar(write_sample_app(tmp_path / str(number), version_text=f"0.{number}"))
+        ids.append(docker_engine.build_image(
+            app="pruned", tree=f"{number:040x}", sha=f"{number:040x}", context_tar=context,
+            on_line=lambda line: None,
+        ))
+    oldest, kept_by_id, in_use, newest = ids
+    running = docker_engine.run_container(_spec(in_use, deployment_id=11, app="pruned"))
+    try:
+        removed = docker_engine.prune_images("pruned", keep_ids={kept_by_id}, keep_last=1)
+        assert removed == [oldest]
+        remaining = {image.id for image in docker_engine.client.images.list(
+            filters={"label": f"{LABEL_APP}=pruned"})}
+        assert remaining == {kept_by_id, in_use, newest}
+    finally:
+        docker_engine.stop_and_remove(running.id, timeout=5)
+
+
+def test_remove_instance_objects_clears_everything(tmp_path):
+    engine = Engine(instance=unique_instance())
+    context = context_tar(write_sample_app(tmp_path / "app"))
+    image = engine.build_image(app="gone", tree="f" * 40, sha="f" * 40, context_tar=context,
+                               on_line=lambda line: None)
+    engine.run_container(_spec(image, deployment_id=1, app="gone"))
+    engine.client.networks.create(f"{engine.instance}-net", labels={LABEL_INSTANCE: engine.instance})
+    engine.client.volumes.create(f"{engine.instance}-vol", labels={LABEL_INSTANCE: engine.instance})
+    engine.remove_instance_objects()
+    label = {"label": f"{LABEL_INSTANCE}={engine.instance}"}
+    assert engine.list_containers() == []
+    assert engine.client.images.list(filters=label) == []
+    assert engine.client.networks.list(filters=label) == []
+    assert engine.client.volumes.list(filters=label) == []
+
+
+def test_ping_and_lazy_client():
+    engine = Engine(instance=unique_instance())
+    assert engine._client is None
+    assert engine.ping()
+    assert not Engine(base_url="unix:///nonexistent.sock").ping()
+    with pytest.raises(ValueError):
+        Engine(instance="Bad_Name")
+
+
+def _spec(image: str, *, deployment_id: int, app: str = "sample", command=None) -> ContainerSpec:
+    return ContainerSpec(
+        app=app, phase="demo", version="1.0.0", sha="b" * 40, deployment_id=deployment_id,
+        image=image, env={}, port=APP_PORT, memory="64m", cpus=0.5, command=command,
+    )
+
+
+def _get_when_up(url: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.ok:
+                return response.text
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer")
+        time.sleep(0.05)

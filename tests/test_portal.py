@@ -1,0 +1,630 @@
+"""The Apps Portal's pages through the Flask test client: sign-in, CSRF, permissions, board,
+profiles with inheritance, actions, the live log, and that secrets never come back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from rq import Queue
+from sqlalchemy import select
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from app.context import Context
+from app.models import AuditEntry, Deployment, Profile
+from app.portal import views
+from app.web import create_app
+from tests.support.portal_data import (
+    ADMIN_TOKEN,
+    StubEngine,
+    add_app,
+    add_deployment,
+    add_log,
+    csrf_from,
+    set_profile,
+)
+
+SECRET = "pl41ntext-secret-value-never-shown"
+
+
+@pytest.fixture
+def engine() -> StubEngine:
+    return StubEngine()
+
+
+@pytest.fixture
+def build(make_settings, database_url, redis_conn, engine):
+    """A portal app for the given settings, on this test's database, Redis DB and engine stub."""
+
+    def make(**overrides):
+        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides))
+        ctx.__dict__["engine"] = engine
+        return ctx, create_app(context=ctx)
+
+    return make
+
+
+@pytest.fixture
+def pctx_app(build):
+    return build(ADMIN_TOKEN=ADMIN_TOKEN)
+
+
+@pytest.fixture
+def pctx(pctx_app):
+    return pctx_app[0]
+
+
+@pytest.fixture
+def web(pctx_app):
+    return pctx_app[1].test_client()
+
+
+def sign_in(client, token: str = ADMIN_TOKEN):
+    page = client.get("/signin")
+    return client.post("/signin", data={"token": token, "csrf_token": csrf_from(page.text)})
+
+
+@pytest.fixture
+def admin(web):
+    response = sign_in(web)
+    assert response.status_code == 302
+    return web
+
+
+def token_of(client, path: str) -> str:
+    return csrf_from(client.get(path).text)
+
+
+def deployments(ctx, **where) -> list[Deployment]:
+    with ctx.db.session() as session:
+        query = select(Deployment)
+        for key, value in where.items():
+            query = query.where(getattr(Deployment, key) == value)
+        return list(session.scalars(query.order_by(Deployment.id)))
+
+
+def audit_entries(ctx) -> list[AuditEntry]:
+    with ctx.db.session() as session:
+        return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+
+
+def deploy_jobs(redis_conn) -> list[str]:
+    return Queue("deploys", connection=redis_conn).job_ids
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+
+def test_every_page_requires_sign_in(web, pctx):
+    add_app(pctx)
+    for path in ("/", "/apps/shop", "/apps/shop/phases/demo", "/apps/shop/phases/stage/profile",
+                 "/apps/shop/compare", "/apps/shop/audit", "/apps/shop/phases/live/rollback"):
+        response = web.get(path)
+        assert response.status_code == 302, path
+        assert response.location.startswith("/signin?next="), path
+    events = web.get("/apps/shop/deployments/1/events")
+    assert events.status_code == 401 and events.get_json()["error"] == "unauthorized"
+
+
+def test_admin_token_signs_in_and_a_wrong_one_does_not(web, pctx):
+    add_app(pctx)
+    wrong = sign_in(web, "not-the-token")
+    assert wrong.status_code == 401 and "That is not the admin token." in wrong.text
+    assert web.get("/").status_code == 302
+
+    right = sign_in(web)
+    assert right.status_code == 302 and right.location == "/"
+    home = web.get("/")
+    assert home.status_code == 200 and "shop" in home.text and "admin token" in home.text
+
+    signout = web.post("/signout", data={"csrf_token": csrf_from(home.text)})
+    assert signout.status_code == 302 and web.get("/").status_code == 302
+
+
+def test_sign_in_returns_to_the_page_asked_for_but_never_off_site(web, pctx):
+    add_app(pctx)
+    page = web.get("/signin?next=/apps/shop")
+    response = web.post("/signin", data={"token": ADMIN_TOKEN, "next": "/apps/shop",
+                                         "csrf_token": csrf_from(page.text)})
+    assert response.location == "/apps/shop"
+    web.post("/signout", data={"csrf_token": token_of(web, "/")})
+    for evil in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        page = web.get("/signin")
+        response = web.post("/signin", data={"token": ADMIN_TOKEN, "next": evil, "csrf_token": csrf_from(page.text)})
+        assert response.location == "/", evil
+        web.post("/signout", data={"csrf_token": token_of(web, "/")})
+
+
+def test_session_cookie_is_http_only_and_lax_and_secure_behind_https(build):
+    _, flask_app = build(ADMIN_TOKEN=ADMIN_TOKEN)
+    response = sign_in(flask_app.test_client())
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+
+    _, secure_app = build(ADMIN_TOKEN=ADMIN_TOKEN, PUBLIC_URL="https://pipeline.example.com")
+    client = secure_app.test_client()
+    page = client.get("/signin", base_url="https://pipeline.example.com")
+    response = client.post("/signin", base_url="https://pipeline.example.com",
+                           headers={"Referer": "https://pipeline.example.com/signin"},
+                           data={"token": ADMIN_TOKEN, "csrf_token": csrf_from(page.text)})
+    assert response.status_code == 302
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_dev_sign_in_only_without_other_methods_and_says_so(build):
+    ctx, flask_app = build(PIPELINE_DEV="1")
+    add_app(ctx)
+    client = flask_app.test_client()
+    page = client.get("/signin")
+    assert "Development mode" in page.text and 'name="token"' not in page.text
+    response = client.post("/signin/dev", data={"login": "dana", "csrf_token": csrf_from(page.text)})
+    assert response.status_code == 302
+    board = client.get("/apps/shop")
+    assert board.status_code == 200 and "Development sign-in." in board.text and "dana" in board.text
+
+    # With an admin token configured, the dev door is closed.
+    _, with_token = build(PIPELINE_DEV="1", ADMIN_TOKEN=ADMIN_TOKEN)
+    other = with_token.test_client()
+    page = other.get("/signin")
+    assert "Development mode" not in page.text
+    assert other.post("/signin/dev", data={"csrf_token": csrf_from(page.text)}).status_code == 404
+
+
+def test_without_any_sign_in_method_the_page_says_how_to_configure_one(build):
+    _, flask_app = build()
+    page = flask_app.test_client().get("/signin")
+    assert "No sign-in is configured" in page.text and "ADMIN_TOKEN" in page.text
+
+
+class FakeOAuth:
+    """GitHub's OAuth endpoints and GET /user, on a real local port."""
+
+    def __init__(self):
+        self.codes = {"good-code": "gho_user_token_1"}
+        self.exchanges: list[dict] = []
+        self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @Request.application
+    def wsgi(self, request: Request) -> Response:
+        if request.path == "/login/oauth/access_token" and request.method == "POST":
+            self.exchanges.append(dict(request.form))
+            token = self.codes.get(request.form.get("code"))
+            body = {"access_token": token, "token_type": "bearer"} if token else {"error": "bad_verification_code"}
+            return Response(__import__("json").dumps(body), content_type="application/json")
+        if request.path == "/user":
+            if request.headers.get("Authorization") == "Bearer gho_user_token_1":
+                return Response('{"login": "octocat", "id": 1}', content_type="application/json")
+            return Response('{"message": "Bad credentials"}', status=401, content_type="application/json")
+        return Response("not found", status=404)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def oauth():
+    fake = FakeOAuth()
+    yield fake
+    fake.stop()
+
+
+def test_github_oauth_web_flow(build, oauth):
+    _, flask_app = build(GITHUB_CLIENT_ID="Iv1.client", GITHUB_CLIENT_SECRET="client-secret-xyz",
+                         GITHUB_URL=oauth.url, GITHUB_API_URL=oauth.url)
+    client = flask_app.test_client()
+    assert "Sign in with GitHub" in client.get("/signin").text
+
+    start = client.get("/signin/github?next=/apps/shop")
+    assert start.status_code == 302
+    target = urlsplit(start.location)
+    query = {k: v[0] for k, v in parse_qs(target.query).items()}
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{oauth.url}/login/oauth/authorize"
+    assert query["client_id"] == "Iv1.client"
+    assert query["redirect_uri"] == "http://portal.test/signin/github/callback"
+
+    forged = client.get(f"/signin/github/callback?code=good-code&state=forged")
+    assert forged.status_code == 302 and forged.location == "/signin"
+    assert oauth.exchanges == []  # a forged state never reaches GitHub
+
+    start = client.get("/signin/github?next=/apps/shop")
+    state = parse_qs(urlsplit(start.location).query)["state"][0]
+    done = client.get(f"/signin/github/callback?code=good-code&state={state}")
+    assert done.status_code == 302 and done.location == "/apps/shop"
+    assert oauth.exchanges[-1]["client_secret"] == "client-secret-xyz"
+    home = client.get("/")
+    assert "octocat" in home.text and "GitHub" in home.text
+
+    # A bad code is refused with a message, not an error page.
+    client.post("/signout", data={"csrf_token": csrf_from(home.text)})
+    start = client.get("/signin/github")
+    state = parse_qs(urlsplit(start.location).query)["state"][0]
+    refused = client.get(f"/signin/github/callback?code=bad&state={state}", follow_redirects=True)
+    assert "GitHub sign-in failed" in refused.text and "bad_verification_code" in refused.text
+
+
+# --- CSRF -------------------------------------------------------------------------------------
+
+
+def test_csrf_is_enforced_on_every_form(web, pctx, redis_conn):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "demo", "a1b2c3d")
+    page = web.get("/signin")
+    assert web.post("/signin", data={"token": ADMIN_TOKEN}).status_code == 400
+    assert web.post("/signin", data={"token": ADMIN_TOKEN, "csrf_token": "forged"}).status_code == 400
+    web.post("/signin", data={"token": ADMIN_TOKEN, "csrf_token": csrf_from(page.text)})
+
+    for path, data in [
+        ("/apps/shop/phases/stage/promote", {"rename_to": ""}),
+        ("/apps/shop/phases/demo/rollback", {}),
+        ("/apps/shop/phases/stage/profile", {"memory": "1g"}),
+        ("/signout", {}),
+    ]:
+        response = web.post(path, data=data)
+        assert response.status_code == 400, path
+        assert "CSRF" in response.text, path
+    assert len(deployments(pctx)) == 1 and deploy_jobs(redis_conn) == []
+    assert audit_entries(pctx) == []
+
+
+def test_webhook_endpoint_is_not_subject_to_csrf(post_delivery):
+    response = post_delivery("ping", {"zen": "Keep it logically awesome.", "hook_id": 1})
+    assert response.status_code == 200
+
+
+# --- board and permissions ----------------------------------------------------------------------
+
+
+def test_board_shows_each_phase_with_version_url_health_who_and_actions(admin, pctx, engine):
+    app_id = add_app(pctx)
+    demo = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a", actor="alice")
+    stage = add_deployment(pctx, app_id, "stage", "v1.4.0", "b", actor="bob", trigger="tag")
+    engine.run("shop", "demo", demo)
+    engine.run("shop", "stage", stage, status="exited")
+    page = admin.get("/apps/shop")
+    html = page.text
+    assert page.status_code == 200
+    assert "a1b2c3d" in html and "v1.4.0" in html
+    assert 'href="http://demo.example.test"' in html and 'href="http://stage.example.test"' in html
+    assert "Running" in html and "Exited" in html and "Not deployed" not in html.split('data-phase="live"')[0]
+    assert "alice" in html and "bob" in html
+    assert "Push to Stage" in html and "Request to Live" in html
+    assert engine.calls == 1  # one engine call per page
+
+
+def test_unknown_health_when_the_engine_is_unreachable(admin, pctx, engine):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "demo", "a1b2c3d")
+    engine.broken = True
+    page = admin.get("/apps/shop")
+    assert page.status_code == 200 and "Health unknown" in page.text and "cannot be reached" in page.text
+    assert admin.get("/").status_code == 200
+
+
+@pytest.fixture
+def as_github_user(build, github):
+    """A portal whose users sign in with GitHub; their role comes from the stand-in."""
+
+    def make(login: str, role: str | None):
+        ctx, flask_app = build(GITHUB_CLIENT_ID="Iv1.client", GITHUB_CLIENT_SECRET="s", **github.environ)
+        if role is not None:
+            github.permissions[("acme/shop", login)] = role
+        client = flask_app.test_client()
+        with client.session_transaction() as session:
+            session["user"] = {"login": login, "kind": "github"}
+        return ctx, client
+
+    return make
+
+
+def test_a_reader_cannot_push_or_roll_back(as_github_user, github, redis_conn):
+    ctx, client = as_github_user("rita", "read")
+    app_id = add_app(ctx)
+    add_deployment(ctx, app_id, "demo", "a1b2c3d", "a")
+    add_deployment(ctx, app_id, "stage", "v1.3.0", "b", minutes_ago=60)
+    add_deployment(ctx, app_id, "stage", "v1.4.0", "c")
+    add_deployment(ctx, app_id, "live", "v1.3.0", "b", minutes_ago=50)
+    add_deployment(ctx, app_id, "live", "v1.4.0", "c")
+
+    board = client.get("/apps/shop")
+    assert board.status_code == 200 and "rita" in board.text
+    assert "Needs the maintain role." in board.text and "Needs the admin role." in board.text
+    assert "Roll back (needs admin)" in board.text
+
+    token = csrf_from(board.text)
+    for path in ("/apps/shop/phases/live/promote", "/apps/shop/phases/stage/promote",
+                 "/apps/shop/phases/live/rollback"):
+        response = client.post(path, data={"csrf_token": token}, follow_redirects=True)
+        assert response.status_code == 200
+        assert "needs the" in response.text and "(you have read)" in response.text, path
+    profile = client.post("/apps/shop/phases/live/profile", data={"csrf_token": token, "memory": "1g"},
+                          follow_redirects=True)
+    assert "edit the live profile needs the admin role (you have read)" in profile.text
+    assert len(deployments(ctx)) == 5 and deploy_jobs(redis_conn) == []
+    # The role was asked from GitHub once, then cached in the session.
+    assert len(github.calls_to("GET", "/repos/acme/shop/collaborators/rita/permission")) == 1
+
+
+def test_a_maintainer_pushes_to_stage_but_not_to_live(as_github_user, redis_conn):
+    ctx, client = as_github_user("mia", "maintain")
+    app_id = add_app(ctx)
+    add_deployment(ctx, app_id, "demo", "a1b2c3d", "a")
+    add_deployment(ctx, app_id, "stage", "v1.4.0", "c")
+    token = csrf_from(client.get("/apps/shop").text)
+    pushed = client.post("/apps/shop/phases/stage/promote", data={"csrf_token": token, "rename_to": "v1.5.0"})
+    assert pushed.status_code == 303
+    live = client.post("/apps/shop/phases/live/promote", data={"csrf_token": token}, follow_redirects=True)
+    assert "promote to live needs the admin role (you have maintain)" in live.text
+    assert [d.version for d in deployments(ctx, status="queued")] == ["v1.5.0"]
+
+
+def test_without_access_an_app_is_hidden_and_forbidden(as_github_user):
+    ctx, client = as_github_user("nobody", None)  # the stand-in answers 404: not a collaborator
+    add_app(ctx)
+    home = client.get("/")
+    assert home.status_code == 200 and "/apps/shop" not in home.text and "No apps yet" in home.text
+    page = client.get("/apps/shop")
+    assert page.status_code == 403 and "You cannot see acme/shop" in page.text
+    assert "text/html" in page.content_type
+
+
+# --- actions ------------------------------------------------------------------------------------
+
+
+def test_push_to_next_phase_schedules_one_deployment_and_enqueues_it(admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    source = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a")
+    token = token_of(admin, "/apps/shop")
+    response = admin.post("/apps/shop/phases/stage/promote", data={"csrf_token": token, "rename_to": "v1.4.0"})
+    assert response.status_code == 303
+    [queued] = deployments(pctx, phase="stage")
+    assert (queued.status, queued.version, queued.sha, queued.trigger, queued.actor, queued.source_id) == (
+        "queued", "v1.4.0", "a" * 40, "portal", "admin", source)
+    assert response.location == f"/apps/shop/deployments/{queued.id}"
+    assert deploy_jobs(redis_conn) == [f"deploy-{queued.id}"]
+    [entry] = audit_entries(pctx)
+    assert (entry.actor, entry.phase, entry.action, entry.detail["version"]) == ("admin", "stage", "promote", "v1.4.0")
+    page = admin.get(response.location)
+    assert "Promoting a1b2c3d" in page.text and "as v1.4.0" in page.text
+
+
+def test_push_with_an_invalid_name_or_nothing_to_push_is_explained(admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    token = token_of(admin, "/apps/shop")
+    empty = admin.post("/apps/shop/phases/stage/promote", data={"csrf_token": token}, follow_redirects=True)
+    assert "nothing to promote: demo has no successful deployment yet" in empty.text
+    add_deployment(pctx, app_id, "demo", "a1b2c3d")
+    bad = admin.post("/apps/shop/phases/stage/promote", data={"csrf_token": token, "rename_to": "../etc"},
+                     follow_redirects=True)
+    assert "rename_to: A version must be semver" in bad.text
+    assert admin.post("/apps/shop/phases/nope/promote", data={"csrf_token": token}).status_code == 404
+    assert deployments(pctx, phase="stage") == [] and deploy_jobs(redis_conn) == []
+
+
+def test_pushing_to_a_phase_with_approvals_says_a_promotion_pull_request_is_needed(admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "stage", "v1.4.0", "c")
+    token = token_of(admin, "/apps/shop")
+    response = admin.post("/apps/shop/phases/live/promote", data={"csrf_token": token}, follow_redirects=True)
+    assert "Live needs 1 approval" in response.text and "promote/live/v1.4.0" in response.text
+    assert "/promote live" in response.text
+    assert deployments(pctx, phase="live") == [] and deploy_jobs(redis_conn) == []
+    assert [e.action for e in audit_entries(pctx)] == ["promote.requested"]
+
+
+def test_rollback_preview_shows_what_changes_and_rollback_schedules_it(admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    old = add_deployment(pctx, app_id, "live", "v1.3.0", "b", minutes_ago=120, image="sha256:" + "1" * 64,
+                         snapshot={"env": {"LOG_LEVEL": "info"}, "secrets": {"TOKEN": "x"}, "memory": "256m"})
+    add_deployment(pctx, app_id, "live", "v1.4.0", "c", image="sha256:" + "2" * 64,
+                   snapshot={"env": {"LOG_LEVEL": "warn", "NEW_FLAG": "on"}, "secrets": {"TOKEN": "y"},
+                             "memory": "512m"})
+    preview = admin.get("/apps/shop/phases/live/rollback")
+    html = preview.text
+    assert preview.status_code == 200
+    assert "v1.4.0" in html and "v1.3.0" in html and "Roll back Live to v1.3.0" in html
+    for change in ("memory 512m → 256m", "LOG_LEVEL warn → info", "NEW_FLAG removed", "TOKEN changed",
+                   "222222222222", "111111111111"):
+        assert change in html, change
+    response = admin.post("/apps/shop/phases/live/rollback", data={"csrf_token": csrf_from(html)})
+    assert response.status_code == 303
+    [queued] = deployments(pctx, status="queued")
+    assert (queued.phase, queued.version, queued.trigger, queued.source_id) == ("live", "v1.3.0", "rollback", old)
+    assert deploy_jobs(redis_conn) == [f"deploy-{queued.id}"]
+    assert audit_entries(pctx)[-1].action == "rollback"
+
+
+def test_rollback_with_nothing_earlier_is_explained(admin, pctx):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "live", "v1.4.0", "c")
+    page = admin.get("/apps/shop/phases/live/rollback")
+    assert "Nothing to roll back to" in page.text
+    response = admin.post("/apps/shop/phases/live/rollback", data={"csrf_token": csrf_from(page.text)},
+                          follow_redirects=True)
+    assert "live has no earlier successful deployment to roll back to" in response.text
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def test_profile_pages_show_where_each_value_comes_from(admin, pctx):
+    app_id = add_app(pctx)
+    set_profile(pctx, app_id, "demo", env={"LOG_LEVEL": "debug", "FEATURE_X": "on"}, secrets={"API_KEY": SECRET},
+                memory="384m")
+    set_profile(pctx, app_id, "stage", env={"LOG_LEVEL": "info"}, cpus=1.5)
+    stage = admin.get("/apps/shop/phases/stage/profile").text
+    row = lambda html, name: html.split(f'data-env="{name}"')[1].split("</tr>")[0]  # noqa: E731
+    assert "inherited from Demo" in row(stage, "FEATURE_X")
+    assert "set here" in row(stage, "LOG_LEVEL") and 'value="info"' in row(stage, "LOG_LEVEL")
+    assert "inherited from Demo" in stage.split('data-secret="API_KEY"')[1].split("</tr>")[0]
+    assert 'data-effective="memory">384m</strong> <span class="src src-inherited">inherited from Demo' in stage
+    assert 'data-effective="cpus">1.5</strong> <span class="src src-here">set here' in stage
+    assert 'data-effective="replicas">1</strong> <span class="src src-pipeline">pipeline default' in stage
+    live = admin.get("/apps/shop/phases/live/profile").text
+    assert "inherited from Stage" in row(live, "LOG_LEVEL") and "inherited from Demo" in row(live, "FEATURE_X")
+    assert SECRET not in stage + live
+
+
+def test_editing_a_profile_saves_it_encrypts_secrets_and_writes_the_audit(admin, pctx):
+    app_id = add_app(pctx)
+    set_profile(pctx, app_id, "demo", env={"LOG_LEVEL": "debug"})
+    token = token_of(admin, "/apps/shop/phases/stage/profile")
+    response = admin.post("/apps/shop/phases/stage/profile", data={
+        "csrf_token": token,
+        "env_name": ["LOG_LEVEL", ""], "env_value": ["info", ""],
+        "secret_name": ["DB_PASSWORD"], "secret_value": [SECRET],
+        "memory": "1G", "cpus": "", "replicas": "2",
+    })
+    assert response.status_code == 303
+    page = admin.get(response.location)
+    assert "Saved the stage profile" in page.text and "secret DB_PASSWORD added" in page.text
+    with pctx.db.session() as session:
+        profile = session.scalar(select(Profile).where(Profile.phase == "stage"))
+        assert profile.env == {"LOG_LEVEL": "info"} and (profile.memory, profile.cpus, profile.replicas) == ("1g", None, 2)
+        assert SECRET not in profile.secrets["DB_PASSWORD"] and pctx.box.open(profile.secrets["DB_PASSWORD"]) == SECRET
+        assert profile.updated_by == "admin"
+    [entry] = audit_entries(pctx)
+    assert (entry.actor, entry.app_id, entry.phase, entry.action) == ("admin", app_id, "stage", "profile.update")
+    assert entry.detail["changes"] == ["memory inherited → 1g", "replicas inherited → 2", "env LOG_LEVEL=info added",
+                                       "secret DB_PASSWORD added"]
+
+    # Changing the secret and removing a variable: the audit says "changed", never the value.
+    token = csrf_from(page.text)
+    admin.post("/apps/shop/phases/stage/profile", data={
+        "csrf_token": token, "env_name": ["LOG_LEVEL"], "env_value": ["info"], "env_remove": ["LOG_LEVEL"],
+        "secret_update_name": ["DB_PASSWORD"], "secret_update_value": [SECRET + "-2"],
+        "memory": "1g", "replicas": "2"})
+    last = audit_entries(pctx)[-1]
+    assert last.detail["changes"] == ["env LOG_LEVEL removed", "secret DB_PASSWORD changed"]
+    # Nothing changed: no audit entry.
+    admin.post("/apps/shop/phases/stage/profile", data={"csrf_token": token, "memory": "1g", "replicas": "2",
+                                                         "secret_update_name": ["DB_PASSWORD"],
+                                                         "secret_update_value": [""]})
+    assert len(audit_entries(pctx)) == 2
+
+    for path in ("/", "/apps/shop", "/apps/shop/phases/stage/profile", "/apps/shop/phases/live/profile",
+                 "/apps/shop/audit", "/apps/shop/phases/stage", "/apps/shop/compare?from=stage&to=live",
+                 "/api/v1/apps/shop/phases/stage/profile", "/api/v1/apps/shop/audit"):
+        body = admin.get(path).get_data(as_text=True)
+        assert SECRET not in body, path
+
+
+def test_invalid_profile_input_is_refused_with_the_field_named(admin, pctx):
+    add_app(pctx)
+    token = token_of(admin, "/apps/shop/phases/stage/profile")
+    cases = [
+        ({"memory": "lots"}, "sizing/memory: must be a number with a unit"),
+        ({"cpus": "0"}, "sizing/cpus: must be a number greater than 0"),
+        ({"replicas": "99"}, "sizing/replicas: must be a whole number from 1 to 20"),
+        ({"env_name": ["1BAD"], "env_value": ["x"]}, "is not a valid name"),
+        ({"env_name": ["A", "A"], "env_value": ["1", "2"]}, "env/A: given twice"),
+        ({"secret_name": ["TOKEN"], "secret_value": [""]}, "secrets/TOKEN: needs a value"),
+    ]
+    for data, message in cases:
+        response = admin.post("/apps/shop/phases/stage/profile", data={"csrf_token": token, **data},
+                              follow_redirects=True)
+        assert response.status_code == 200 and message in response.text, message
+    assert audit_entries(pctx) == []
+
+
+# --- deployment page and the live log -----------------------------------------------------------
+
+
+def test_deployment_page_escapes_log_text_and_shows_failure_evidence(admin, pctx):
+    app_id = add_app(pctx)
+    failed = add_deployment(pctx, app_id, "demo", "a1b2c3d", status="failed",
+                            reason="health check failed: 500 Internal Server Error on /healthz after 30s",
+                            evidence={"health": ["connection refused", "500 Internal Server Error"],
+                                      "logs": ["KeyError: 'DATABASE_URL'", "<b>not bold</b>"]})
+    add_log(pctx, failed, "starting a1b2c3d", "<script>alert(1)</script>")
+    page = admin.get(f"/apps/shop/deployments/{failed}")
+    html = page.text
+    assert page.status_code == 200 and "Why it failed" in html
+    assert "500 Internal Server Error on /healthz" in html and "connection refused" in html
+    assert "KeyError: &#39;DATABASE_URL&#39;" in html and "&lt;b&gt;not bold&lt;/b&gt;" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    assert 'data-live="0"' in html
+    assert admin.get("/apps/shop/deployments/999").status_code == 404
+    other = add_app(pctx, name="other", full_name="acme/other")
+    foreign = add_deployment(pctx, other, "demo", "zzz")
+    assert admin.get(f"/apps/shop/deployments/{foreign}").status_code == 404
+
+
+def _events(body: str) -> list[tuple[str, str]]:
+    out = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            out.append((fields["event"], fields.get("data", "")))
+    return out
+
+
+def test_log_stream_sends_lines_after_the_last_id_and_ends_when_finished(admin, pctx):
+    app_id = add_app(pctx)
+    done = add_deployment(pctx, app_id, "demo", "a1b2c3d")
+    first, second = add_log(pctx, done, "fetching a1b2c3d", "healthy: 200 OK")
+    response = admin.get(f"/apps/shop/deployments/{done}/events")
+    assert response.mimetype == "text/event-stream" and response.headers["Cache-Control"] == "no-cache"
+    events = _events(response.get_data(as_text=True))
+    assert [kind for kind, _ in events] == ["line", "line", "status", "done"]
+    assert "fetching a1b2c3d" in events[0][1]
+    resumed = admin.get(f"/apps/shop/deployments/{done}/events", headers={"Last-Event-ID": str(first)})
+    assert [kind for kind, _ in _events(resumed.get_data(as_text=True))] == ["line", "status", "done"]
+
+
+def test_log_stream_follows_a_running_deployment(admin, pctx, monkeypatch):
+    monkeypatch.setattr(views, "POLL_SECONDS", 0.05)
+    app_id = add_app(pctx)
+    running = add_deployment(pctx, app_id, "demo", "a1b2c3d", status="building")
+
+    def work():
+        time.sleep(0.2)
+        add_log(pctx, running, "Step 1/3 : FROM python:3.12-slim", stream="build")
+        time.sleep(0.2)
+        with pctx.db.session() as session:
+            session.get(Deployment, running).status = "succeeded"
+        add_log(pctx, running, "succeeded")
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    response = admin.get(f"/apps/shop/deployments/{running}/events")
+    body = response.get_data(as_text=True)
+    worker.join()
+    kinds = [kind for kind, _ in _events(body)]
+    assert kinds[0] == "status" and kinds[-1] == "done"
+    assert "Step 1/3" in body and '"status": "succeeded"' in body
+
+
+# --- history, compare, errors -------------------------------------------------------------------
+
+
+def test_history_and_compare(admin, pctx):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "stage", "v1.3.0", "b", minutes_ago=300)
+    add_deployment(pctx, app_id, "live", "v1.3.0", "b", minutes_ago=200)
+    add_deployment(pctx, app_id, "stage", "v1.4.0", "c", minutes_ago=100)
+    add_deployment(pctx, app_id, "stage", "v1.5.0", "d", minutes_ago=50)
+    add_deployment(pctx, app_id, "stage", "v1.5.1", "e", status="failed", minutes_ago=10)
+    history = admin.get("/apps/shop/phases/stage").text
+    assert history.count("<tr") == 5 and "serving" in history and "v1.5.1" in history
+    compare = admin.get("/apps/shop/compare").text
+    pending = compare.split('class="pending"')[1].split("</ol>")[0]
+    assert "v1.5.0" in pending and "v1.4.0" in pending and "v1.3.0" not in pending and "v1.5.1" not in pending
+    assert "2 versions in Stage, not in Live" in compare
+    assert "https://github.com/acme/shop/compare/" + "b" * 40 + "..." + "d" * 40 in compare
+    assert admin.get("/apps/shop/compare?from=nope").status_code == 404
+
+
+def test_pages_get_html_errors_and_the_webhook_keeps_json(admin, client):
+    missing = admin.get("/apps/nope")
+    assert missing.status_code == 404 and "text/html" in missing.content_type and "no app named" in missing.text
+    api = admin.get("/api/v1/apps/nope")
+    assert api.status_code == 404 and api.get_json()["error"] == "not found"
+    hook = client.post("/api/github/webhooks", data=b"{}", headers={"X-GitHub-Event": "push"})
+    assert hook.status_code == 401 and hook.is_json
+    wants_json = admin.get("/apps/nope", headers={"Accept": "application/json"})
+    assert wants_json.is_json and wants_json.status_code == 404

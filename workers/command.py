@@ -1,0 +1,310 @@
+"""The command job: a slash-command is checked against the commenter's role, run, and answered.
+
+The comment is parsed again here with the one grammar (`app.commands`), so the job needs
+nothing but primitive identifiers. Every command gets a reaction at once and one reply;
+a deployment it starts edits that same reply as it progresses (`app.reporting`). Runners
+live in one table, checked when this module is imported: a command word without a runner
+stops the worker at start-up, not at the first comment that uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from app import commands
+from app.actions import Actions, Outcome, PromotionRequest, current
+from app.commands import Command, CommandName
+from app.context import Context
+from app.exceptions import GitHubError
+from app.models import App, Deployment
+from app.permissions import Action, check
+from workers import runtime
+
+log = logging.getLogger(__name__)
+
+#: The reaction that says "seen, working on it", added before anything slow happens.
+ACKNOWLEDGED = "eyes"
+TRIGGER = "command"
+
+
+def run(*, app_id: int, pr_number: int, comment_id: int, actor: str, body: str) -> str:
+    """RQ entry point (enqueued by `app.jobs.Jobs.command`)."""
+    return CommandJob(runtime.context(), app_id=app_id, pr_number=pr_number, comment_id=comment_id,
+                      actor=actor, body=body).run()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a runner did, in words for the reply, and the deployment it queued, if any."""
+
+    text: str
+    deployment_id: int | None = None
+
+
+class CommandJob:
+    def __init__(self, ctx: Context, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str):
+        self.ctx = ctx
+        self.app_id = app_id
+        self.pr_number = pr_number
+        self.comment_id = comment_id
+        self.actor = actor
+        self.body = body
+        self.actions = Actions(ctx.config)
+        self._client = None
+
+    # -- GitHub ------------------------------------------------------------------------------
+
+    def client(self):
+        """The repository's GitHub client; raises GitHubError when GitHub is not configured."""
+        if self._client is None:
+            if self.ctx.github is None:
+                raise GitHubError("GitHub is not configured here (GITHUB_APP_ID is unset)")
+            with self.ctx.db.session() as session:
+                app = session.get(App, self.app_id)
+                if app.installation_id is None:
+                    app.installation_id = self.ctx.github.installation_for_repo(app.full_name)
+                installation_id, full_name = app.installation_id, app.full_name
+            self._client = self.ctx.github.repo(installation_id, full_name)
+        return self._client
+
+    def role(self) -> tuple[str, str]:
+        """The actor's repository role, and a note for the reply when it could not be read."""
+        if self.ctx.github is None:
+            return "none", "GitHub is not configured here (GITHUB_APP_ID is unset), so your role cannot be checked."
+        try:
+            return self.client().collaborator_permission(self.actor), ""
+        except GitHubError as exc:
+            log.warning("command %s: cannot read %s's role: %s", self.comment_id, self.actor, exc)
+            return "none", f"Your role could not be read from GitHub ({exc})."
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    def react(self, content: str) -> None:
+        with self.ctx.db.session() as session:
+            report = self.ctx.reports.reaction(session, session.get(App, self.app_id), self.comment_id, content)
+            pending = report.id if report.state == "pending" else None
+        if pending is not None:
+            self.ctx.jobs.report(pending)
+
+    def reply(self, text: str, deployment_id: int | None = None) -> None:
+        """The one reply to this command; with a deployment, its queued status goes out too."""
+        with self.ctx.db.session() as session:
+            app = session.get(App, self.app_id)
+            deployment = session.get(Deployment, deployment_id) if deployment_id else None
+            reports = self.ctx.reports.queued(session, app, deployment) if deployment is not None else []
+            reports.append(self.ctx.reports.command_reply(session, app, self.pr_number, self.comment_id,
+                                                          f"@{self.actor} {text}", deployment))
+            pending = [r.id for r in reports if r.state == "pending"]
+        if deployment_id is not None:
+            self.ctx.jobs.deploy(deployment_id)
+        for report_id in pending:
+            self.ctx.jobs.report(report_id)
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        parsed = commands.parse(self.body, self.ctx.config.phase_names)
+        if parsed is None:
+            return "no command in the comment"
+        if isinstance(parsed, commands.Reply):  # the pipeline changed since intake read it
+            self.reply(parsed.message)
+            return "malformed"
+        self.react(ACKNOWLEDGED)
+        runner = RUNNERS[parsed.name]
+        phase = runner.phase_of(parsed, self.ctx.config.phase_names)
+        role, note = self.role()
+        decision = check(role, runner.action, phase, self.ctx.config.roles)
+        if not decision.allowed:
+            self.reply(f"`{as_text(parsed)}` refused: {decision.reason}. Nothing was changed."
+                       + (f"\n\n{note}" if note else ""))
+            return "refused"
+        try:
+            with self.ctx.db.session() as session:
+                answer = runner.run(self, session, session.get(App, self.app_id), parsed, role)
+        except GitHubError as exc:
+            log.warning("command %s failed on GitHub: %s", self.comment_id, exc)
+            answer = Answer(f"`{as_text(parsed)}` could not be carried out: {exc}")
+        self.reply(answer.text, answer.deployment_id)
+        return "deployment queued" if answer.deployment_id else "answered"
+
+
+# -- runners ---------------------------------------------------------------------------------
+
+
+def _from_outcome(command: Command, outcome: Outcome) -> Answer:
+    if not outcome.ok:
+        return Answer(f"`{as_text(command)}`: nothing was changed: {outcome.message}.")
+    return Answer(f"`{as_text(command)}`: {outcome.message}.", outcome.deployment_id)
+
+
+def run_deploy(job: CommandJob, session: Session, app: App, command: commands.Deploy, role: str) -> Answer:
+    """Deploy the pull request's head commit (built once, like any other commit)."""
+    pull = job.client().get_pull(job.pr_number)
+    sha = (pull.get("head") or {}).get("sha")
+    if not sha:
+        return Answer(f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
+    outcome = job.actions.deploy_commit(session, app, command.phase, sha=sha, actor=job.actor, role=role,
+                                        trigger=TRIGGER, pr_number=job.pr_number, comment_id=job.comment_id)
+    return _from_outcome(command, outcome)
+
+
+def run_promote(job: CommandJob, session: Session, app: App, command: commands.Promote, role: str) -> Answer:
+    outcome = job.actions.promote(session, app, command.phase, actor=job.actor, role=role, trigger=TRIGGER,
+                                  version=command.version, rename_to=command.rename_to,
+                                  pr_number=job.pr_number, comment_id=job.comment_id)
+    if outcome.promotion is None:
+        return _from_outcome(command, outcome)
+    number, url, reused = open_promotion(job, outcome.promotion)
+    request = outcome.promotion
+    needed = job.ctx.config.phase(request.phase).approvals
+    opened = "is already open" if reused else "is open"
+    return Answer(
+        f"`{as_text(command)}`: {request.phase} deploys only through an approved promotion pull request, "
+        f"so nothing was deployed yet. [#{number} {request.title}]({url}) {opened} "
+        f"(branch `{request.head_branch}` at `{request.sha[:7]}`): merging it with {needed} approval(s) "
+        f"from people other than its author deploys **{request.version}** to {request.phase}."
+    )
+
+
+def open_promotion(job: CommandJob, request: PromotionRequest) -> tuple[int, str, bool]:
+    """Branch `promote/<phase>/<version>` at the sha and a pull request into the phase branch;
+    an open one for the same branch is reused, so repeating the command is harmless."""
+    client = job.client()
+    try:
+        client.create_ref(f"refs/heads/{request.head_branch}", request.sha)
+    except GitHubError as exc:
+        if "already exists" not in str(exc).lower():
+            raise
+    existing = client.find_open_pull(request.head_branch, request.branch)
+    if existing is not None:
+        return (*existing, True)
+    body = (
+        f"Promotes **{request.version}** (`{request.sha[:7]}`) to **{request.phase}**, as asked by "
+        f"@{job.actor} in #{job.pr_number}.\n\n"
+        f"Merging this pull request deploys the image already built for that commit to {request.phase}, "
+        f"once it has the approvals the pipeline requires."
+    )
+    number, url = client.create_pull(title=request.title, head=request.head_branch, base=request.branch,
+                                     body=body)
+    return number, url, False
+
+
+def run_rollback(job: CommandJob, session: Session, app: App, command: commands.Rollback, role: str) -> Answer:
+    outcome = job.actions.rollback(session, app, command.phase, actor=job.actor, role=role, trigger=TRIGGER,
+                                   to_version=command.to_version, pr_number=job.pr_number,
+                                   comment_id=job.comment_id)
+    return _from_outcome(command, outcome)
+
+
+def run_status(job: CommandJob, session: Session, app: App, command: commands.Status, role: str) -> Answer:
+    return Answer(f"here is what runs where:\n\n{status_table(job.ctx, session, app)}")
+
+
+def run_help(job: CommandJob, session: Session, app: App, command: commands.Help, role: str) -> Answer:
+    return Answer(commands.HELP_TEXT)
+
+
+def status_table(ctx: Context, session: Session, app: App) -> str:
+    """One Markdown row per phase: version, URL, health, when and by whom."""
+    try:
+        containers = ctx.engine.list_containers(app=app.name)
+    except Exception as exc:  # Docker unreachable: the table still answers from the database
+        log.warning("status: cannot list containers: %s", exc)
+        containers = None
+    rows = ["| Phase | Version | URL | Health | When | Who |", "|---|---|---|---|---|---|"]
+    for phase in ctx.config.phase_names:
+        serving = current(session, app.id, phase)
+        if serving is None:
+            rows.append(f"| {phase} | — | — | — | — | — |")
+            continue
+        rows.append(
+            f"| {phase} | {_version(serving)} | {serving.url or '—'} "
+            f"| {_health(containers, serving)} | {_when(serving.finished_at)} "
+            f"| {'@' + serving.actor if serving.actor else '—'} |"
+        )
+    return "\n".join(rows)
+
+
+def _version(deployment: Deployment) -> str:
+    if deployment.version == deployment.short_sha:
+        return f"`{deployment.short_sha}`"
+    return f"{_cell(deployment.version)} (`{deployment.short_sha}`)"
+
+
+def _health(containers, deployment: Deployment) -> str:
+    if containers is None:
+        return "unknown (Docker unreachable)"
+    for container in containers:
+        if container.id == deployment.container_id:
+            return container.status
+    return "no container"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def as_text(command: Command) -> str:
+    """The command as its canonical comment text, for quoting in replies."""
+    words = [f"/{command.name.value}"]
+    if isinstance(command, commands.Deploy) and command.phase:
+        words.append(command.phase)
+    elif isinstance(command, commands.Promote):
+        words += [command.phase, *([command.version] if command.version else []),
+                  *(["as", command.rename_to] if command.rename_to else [])]
+    elif isinstance(command, commands.Rollback):
+        words += [command.phase, *(["to", command.to_version] if command.to_version else [])]
+    return " ".join(words)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _first_phase(command: commands.Deploy, phases: list[str]) -> str:
+    return command.phase or phases[0]
+
+
+def _target_phase(command: commands.Promote | commands.Rollback, phases: list[str]) -> str:
+    return command.phase
+
+
+def _no_phase(command: Command, phases: list[str]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How to carry out one command: the permission it needs, on which phase, and the work."""
+
+    action: Action
+    phase_of: Callable[[Command, list[str]], str | None]
+    run: Callable[[CommandJob, Session, App, Command, str], Answer]
+
+
+RUNNERS: dict[CommandName, Runner] = {
+    CommandName.DEPLOY: Runner(Action.DEPLOY, _first_phase, run_deploy),
+    CommandName.PROMOTE: Runner(Action.PROMOTE, _target_phase, run_promote),
+    CommandName.ROLLBACK: Runner(Action.ROLLBACK, _target_phase, run_rollback),
+    CommandName.STATUS: Runner(Action.STATUS, _no_phase, run_status),
+    CommandName.HELP: Runner(Action.HELP, _no_phase, run_help),
+}
+
+
+def check_runners(table: dict[CommandName, Runner]) -> None:
+    """Fail fast: every command word of the grammar needs a runner, and nothing else has one."""
+    missing = sorted(set(CommandName) - set(table))
+    unknown = sorted(set(table) - set(CommandName))
+    if missing or unknown:
+        raise RuntimeError(f"command runners out of step with the grammar: missing {missing}, unknown {unknown}")
+
+
+check_runners(RUNNERS)
