@@ -35,7 +35,10 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
         return Outcome(400, {"error": "malformed delivery", "reason": plan.reason})
     if isinstance(plan, Pong):
         return Outcome(200, {"ok": True, "reason": "pong"})
-    repository = (payload.get("repository") or {}).get("full_name")
+    # Events that deploy nothing are recorded without their handler reading the payload: any
+    # field may have any type here.
+    repository = payload.get("repository")
+    repository = repository.get("full_name") if isinstance(repository, dict) else None
     action = payload.get("action")
     created_deployments: list[int] = []
     try:
@@ -43,8 +46,8 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
             delivery = Delivery(
                 id=delivery_id,
                 event=event,
-                action=action if isinstance(action, str) else None,
-                repository=repository if isinstance(repository, str) else None,
+                action=_column_text(action, 50),
+                repository=_column_text(repository, 200),
                 outcome=DeliveryOutcome.ACCEPTED.value,
             )
             try:
@@ -54,7 +57,7 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
                 return Outcome(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
             outcome = _carry_out(ctx, session, plan, delivery)
             created_deployments = [job[1] for job in outcome.enqueue if job[0] == "deploy"]
-            delivery.reason = outcome.body.get("reason", "")[:300]
+            delivery.reason = _column_text(outcome.body.get("reason", ""), 300) or ""
             if outcome.enqueue:
                 delivery.job_id = ",".join(str(j[1]) for j in outcome.enqueue)[:100]
             else:
@@ -70,6 +73,13 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
         _forget(ctx, delivery_id, created_deployments)
         return Outcome(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
     return outcome
+
+
+def _column_text(value, limit: int) -> str | None:
+    """Payload text as a column can hold it: cut to size, lone surrogates replaced; non-text is None."""
+    if not isinstance(value, str):
+        return None
+    return value[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome:

@@ -34,6 +34,6 @@ def plan(event: str, payload: Any, config: PipelineConfig) -> Plan:
         return Ignore(f"event {event!r} is not used by Release Pipeline")
     try:
         return handler(payload, config)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         missing = f"missing field {exc}" if isinstance(exc, KeyError) else "a field has the wrong type"
         return Invalid(f"{event} delivery is malformed: {missing}")

@@ -3,6 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+#: Limits of the columns these values end up in (app.models); beyond them a delivery is malformed.
+_MAX_INT = 2**63 - 1
+
+
+def _text(value: Any, name: str, *, limit: int, optional: bool = False) -> None:
+    """A str of at most `limit` characters that UTF-8 can encode (no lone surrogates)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    if len(value) > limit:
+        raise ValueError(f"{name} is longer than {limit} characters")
+    value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
+
+
+def _number(value: Any, name: str, *, optional: bool = False, maximum: int = _MAX_INT) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise TypeError(f"{name} must be a non-negative integer up to {maximum}")
 
 
 @dataclass(frozen=True)
@@ -14,6 +36,14 @@ class Repo:
     default_branch: str
     html_url: str | None = None
     installation_id: int | None = None
+
+    def __post_init__(self) -> None:
+        # Plans come from webhook payloads: wrong types must become a 400, never reach the database.
+        _text(self.full_name, "repository.full_name", limit=200)
+        _text(self.clone_url, "repository.clone_url", limit=500, optional=True)
+        _text(self.default_branch, "repository.default_branch", limit=200)
+        _text(self.html_url, "repository.html_url", limit=500, optional=True)
+        _number(self.installation_id, "installation.id", optional=True)
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,18 @@ class Deploy:
     required_approvals: int = 0
     prefer_tag: bool = False
 
+    def __post_init__(self) -> None:
+        _text(self.phase, "phase", limit=40)
+        _text(self.ref, "ref", limit=300)
+        _text(self.sha, "sha", limit=64, optional=True)
+        _text(self.version, "version", limit=64)
+        _text(self.trigger, "trigger", limit=30)
+        _text(self.actor, "actor", limit=100)
+        _text(self.dedup_key, "dedup key", limit=300, optional=True)
+        _number(self.pr_number, "pull request number", optional=True, maximum=2**31 - 1)
+        _text(self.pr_author, "pull request author", limit=100, optional=True)
+        _number(self.required_approvals, "required approvals", maximum=1000)
+
 
 @dataclass(frozen=True)
 class RunCommand:
@@ -49,6 +91,12 @@ class RunCommand:
     actor: str
     body: str
 
+    def __post_init__(self) -> None:
+        _number(self.pr_number, "pull request number", maximum=2**31 - 1)
+        _number(self.comment_id, "comment id")
+        _text(self.actor, "actor", limit=100)
+        _text(self.body, "comment body", limit=262_144)
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -58,6 +106,11 @@ class Reply:
     pr_number: int
     comment_id: int
     message: str
+
+    def __post_init__(self) -> None:
+        _number(self.pr_number, "pull request number", maximum=2**31 - 1)
+        _number(self.comment_id, "comment id")
+        _text(self.message, "message", limit=65_536)
 
 
 @dataclass(frozen=True)
@@ -69,6 +122,15 @@ class SyncInstallation:
     action: str
     added: tuple[Repo, ...] = field(default_factory=tuple)
     removed: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _number(self.installation_id, "installation.id")
+        _text(self.account, "installation.account.login", limit=200)
+        _text(self.action, "action", limit=50)
+        if not all(isinstance(repo, Repo) for repo in self.added):
+            raise TypeError("added repositories must be repositories")
+        for name in self.removed:
+            _text(name, "repository.full_name", limit=200)
 
 
 @dataclass(frozen=True)

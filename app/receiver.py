@@ -43,7 +43,7 @@ def receive():
         return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Delivery header")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         return _refuse(400, "malformed delivery", "the body is not valid JSON")
     decided = plan(event, payload, ctx.config)
     outcome = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})

@@ -144,7 +144,8 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
                               snapshot={"env": {"LOG_LEVEL": "warn"}, "secrets": {}, "memory": "512m", "cpus": 0.5,
                                         "replicas": 1})
     demo = add_deployment(ctx, app_id, "demo", "a1b2c3d", "a", minutes_ago=25, actor="alice")
-    add_log(ctx, demo, "fetching a1b2c3d", "building Dockerfile (tree 9f8e7d6)", "healthy: 200 OK on / after 3 attempt(s)")
+    add_log(ctx, demo, "fetching a1b2c3d", "building Dockerfile (tree 9f8e7d6)",
+            "healthy: 200 OK on / after 3 attempt(s)")
     for deployment_id, phase in ((demo, "demo"), (live_now, "live")):
         engine.run("shop", phase, deployment_id)
     with ctx.db.session() as session:  # Stage v1.3.0 serves too

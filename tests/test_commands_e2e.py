@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from app.commands import HELP_TEXT
+from app.exceptions import GitHubError
 from app.jobs import COMMANDS, REPORTS
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 from app.permissions import ROLES
@@ -247,6 +248,38 @@ def test_without_github_the_commenter_has_no_role_and_is_told_so(
     assert "deploy to demo needs the write role (you have none)" in reply
     assert "GitHub is not configured here" in reply
     assert pipe.deployments() == [] and github.calls == []
+
+
+def test_a_role_github_cannot_tell_refuses_and_says_why(pipeline):
+    pipeline.github.permissions[(REPO, "ada")] = "admin"
+    pipeline.github.fail_next(1, status=502)  # the installation token for the permission lookup
+    comment_id = pipeline.comment("/promote stage", user="ada")
+    pipeline.work()
+    reply = pipeline.reply_to(comment_id)
+    assert "promote to stage needs the maintain role (you have none)" in reply
+    assert "Your role could not be read from GitHub" in reply and "502" in reply
+    assert pipeline.deployments() == []
+
+
+def test_a_promotion_github_refuses_is_explained(pipeline, monkeypatch):
+    from app.adapters.github import RepoClient
+
+    def refuse(self, **fields):
+        raise GitHubError(f"GitHub POST /repos/{REPO}/pulls: 422 No commits between live and {fields['head']}")
+
+    monkeypatch.setattr(RepoClient, "create_pull", refuse)
+    pipeline.github.permissions[(REPO, "ada")] = "admin"
+    first = pipeline.comment("/status", user="ada")  # registers the app
+    pipeline.work()
+    pipeline.reply_to(first)
+    _seed_stage(pipeline, "v1.4.0", "c" * 40)
+    comment_id = pipeline.comment("/promote live", user="ada")
+    pipeline.work()
+    assert pipeline.reply_to(comment_id) == (
+        f"@ada `/promote live` could not be carried out: GitHub POST /repos/{REPO}/pulls: 422 No commits "
+        "between live and promote/live/v1.4.0. Nothing was deployed."
+    )
+    assert [d.phase for d in pipeline.deployments()] == ["stage"]
 
 
 def test_every_command_has_a_runner_checked_at_import():

@@ -171,7 +171,8 @@ def test_registration_is_closed_when_an_app_is_configured(setup_client, github):
 
 def test_up_loads_the_env_file_without_overriding_set_variables(tmp_path):
     path = tmp_path / "github-app.env"
-    path.write_text('# comment\nGITHUB_APP_ID="123"\nGITHUB_PRIVATE_KEY="-----BEGIN KEY-----\\nabc\\n-----END KEY-----"\n'
+    path.write_text("# comment\nGITHUB_APP_ID=\"123\"\n"
+                    "GITHUB_PRIVATE_KEY=\"-----BEGIN KEY-----\\nabc\\n-----END KEY-----\"\n"
                     "GITHUB_WEBHOOK_SECRET='from-file'\n")
     environ = {"GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET}
 

@@ -3,6 +3,7 @@ profiles with inheritance, actions, the live log, and that secrets never come ba
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -195,7 +196,7 @@ class FakeOAuth:
             self.exchanges.append(dict(request.form))
             token = self.codes.get(request.form.get("code"))
             body = {"access_token": token, "token_type": "bearer"} if token else {"error": "bad_verification_code"}
-            return Response(__import__("json").dumps(body), content_type="application/json")
+            return Response(json.dumps(body), content_type="application/json")
         if request.path == "/user":
             if request.headers.get("Authorization") == "Bearer gho_user_token_1":
                 return Response('{"login": "octocat", "id": 1}', content_type="application/json")
@@ -484,7 +485,8 @@ def test_editing_a_profile_saves_it_encrypts_secrets_and_writes_the_audit(admin,
     assert "Saved the stage profile" in page.text and "secret DB_PASSWORD added" in page.text
     with pctx.db.session() as session:
         profile = session.scalar(select(Profile).where(Profile.phase == "stage"))
-        assert profile.env == {"LOG_LEVEL": "info"} and (profile.memory, profile.cpus, profile.replicas) == ("1g", None, 2)
+        assert profile.env == {"LOG_LEVEL": "info"}
+        assert (profile.memory, profile.cpus, profile.replicas) == ("1g", None, 2)
         assert SECRET not in profile.secrets["DB_PASSWORD"] and pctx.box.open(profile.secrets["DB_PASSWORD"]) == SECRET
         assert profile.updated_by == "admin"
     [entry] = audit_entries(pctx)

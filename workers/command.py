@@ -91,18 +91,24 @@ class CommandJob:
         if pending is not None:
             self.ctx.jobs.report(pending)
 
-    def reply(self, text: str, deployment_id: int | None = None) -> None:
-        """The one reply to this command; with a deployment, its queued status goes out too."""
+    def reply(self, text: str) -> None:
         with self.ctx.db.session() as session:
-            app = session.get(App, self.app_id)
-            deployment = session.get(Deployment, deployment_id) if deployment_id else None
-            reports = self.ctx.reports.queued(session, app, deployment) if deployment is not None else []
-            reports.append(self.ctx.reports.command_reply(session, app, self.pr_number, self.comment_id,
-                                                          f"@{self.actor} {text}", deployment))
-            pending = [r.id for r in reports if r.state == "pending"]
+            pending = self.record_reply(session, session.get(App, self.app_id), text, None)
+        self.send(None, pending)
+
+    def record_reply(self, session: Session, app: App, text: str, deployment_id: int | None) -> list[int]:
+        """The one reply to this command; with a deployment, its queued status too. Returns the
+        reports to send, once the caller's transaction is committed."""
+        deployment = session.get(Deployment, deployment_id) if deployment_id else None
+        reports = self.ctx.reports.queued(session, app, deployment) if deployment is not None else []
+        reports.append(self.ctx.reports.command_reply(session, app, self.pr_number, self.comment_id,
+                                                      f"@{self.actor} {text}", deployment))
+        return [r.id for r in reports if r.state == "pending"]
+
+    def send(self, deployment_id: int | None, report_ids: list[int]) -> None:
         if deployment_id is not None:
             self.ctx.jobs.deploy(deployment_id)
-        for report_id in pending:
+        for report_id in report_ids:
             self.ctx.jobs.report(report_id)
 
     # -- the job -----------------------------------------------------------------------------
@@ -124,12 +130,17 @@ class CommandJob:
                        + (f"\n\n{note}" if note else ""))
             return "refused"
         try:
+            # The deployment a command schedules and the reply that announces it are one
+            # transaction: neither exists without the other.
             with self.ctx.db.session() as session:
-                answer = runner.run(self, session, session.get(App, self.app_id), parsed, role)
+                app = session.get(App, self.app_id)
+                answer = runner.run(self, session, app, parsed, role)
+                pending = self.record_reply(session, app, answer.text, answer.deployment_id)
         except GitHubError as exc:
             log.warning("command %s failed on GitHub: %s", self.comment_id, exc)
-            answer = Answer(f"`{as_text(parsed)}` could not be carried out: {exc}")
-        self.reply(answer.text, answer.deployment_id)
+            self.reply(f"`{as_text(parsed)}` could not be carried out: {exc}. Nothing was deployed.")
+            return "failed on GitHub"
+        self.send(answer.deployment_id, pending)
         return "deployment queued" if answer.deployment_id else "answered"
 
 

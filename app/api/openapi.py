@@ -99,7 +99,7 @@ def document(server_url: str, phases: list[str]) -> dict:
     }
     profile_params = [APP, PHASE]
     paths = {
-        "/api/v1/me": {"get": _op("Who the request is authenticated as",
+        "/api/v1/me": {"get": _op("Who the request is authenticated as (session clients also get their CSRF token)",
                                   {"200": _json({"type": "object"}, "The user")}, errors=(401,))},
         "/api/v1/apps": {"get": _op("Apps you can see, with each phase's version and health",
                                     {"200": _json({"type": "object"}, "Apps")}, errors=(401,))},

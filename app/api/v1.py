@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
 from app.actions import profile_differences, rollback_target
@@ -95,8 +96,11 @@ def _optional_str(body: dict, key: str) -> str | None:
 @bp.get("/me")
 def me():
     user = auth.current_user()
-    return jsonify({"login": user.login, "signed_in_with": user.description,
-                    "admin_everywhere": user.is_admin_everywhere})
+    body = {"login": user.login, "signed_in_with": user.description, "admin_everywhere": user.is_admin_everywhere}
+    if auth.bearer_token() is None:
+        # Session clients (scripts in the portal's own pages) send this back as X-CSRFToken.
+        body["csrf_token"] = generate_csrf()
+    return jsonify(body)
 
 
 @bp.get("/apps")

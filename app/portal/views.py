@@ -37,7 +37,7 @@ bp.before_request(protect_forms)
 #: How often the log stream looks for new lines, and how long one stream lasts before the
 #: browser reconnects (with Last-Event-ID): a stream holds a server thread while open.
 POLL_SECONDS = 0.5
-STREAM_SECONDS = 120.0
+STREAM_SECONDS = 55.0
 HEARTBEAT_SECONDS = 15.0
 LOG_PAGE_LINES = 5000
 
