@@ -69,7 +69,7 @@ def test_the_register_page_posts_the_manifest_with_this_installations_urls(setup
     assert manifest["callback_urls"] == [f"{PUBLIC}/signin/github/callback"]
     assert manifest["public"] is False
     assert manifest["default_permissions"] == {
-        "contents": "read", "statuses": "write", "deployments": "write", "pull_requests": "write",
+        "contents": "write", "statuses": "write", "deployments": "write", "pull_requests": "write",
         "issues": "write", "metadata": "read",
     }
     assert manifest["default_events"] == [

@@ -133,6 +133,14 @@ def test_ensure_server_merges_and_keeps_existing_config(caddy_server, upstreams)
     assert first.routes() == {("keep", "demo"): upstreams["blue"]}
 
 
+def test_switch_installs_a_missing_server(caddy_server, upstreams):  # noqa: F811
+    """As after a Caddy restart that lost the configuration: the first switch repairs it."""
+    fresh = CaddyRouter(caddy_server.admin_url, free_port(), instance=unique_instance())
+    assert fresh.routes() == {}
+    fresh.switch("shop", "demo", upstreams["blue"])
+    assert _get(fresh.url_for("shop", "demo")).text == "blue"
+
+
 def test_new_routes_go_before_a_catch_all(router, upstreams, caddy_server):  # noqa: F811
     fallback = {"handle": [{"handler": "static_response", "body": "fallback"}]}
     requests.post(

@@ -88,6 +88,7 @@ class CaddyRouter:
             "handle": [{"handler": "reverse_proxy", "upstreams": upstreams}],
             "terminal": True,
         }
+        self.ensure_server()  # Caddy may have restarted without its config since start-up
         routes_path = f"{self._server_path()}/routes"
         existing = self._request("GET", routes_path).json() or []
         catch_all = next((i for i, r in enumerate(existing) if not r.get("match")), None)
@@ -100,10 +101,11 @@ class CaddyRouter:
         self._request("DELETE", f"/id/{self._route_id(app, phase)}", ok=(404,))
 
     def routes(self) -> dict[tuple[str, str], str]:
-        routes = self._request("GET", f"{self._server_path()}/routes", ok=(404,))
+        config = self._request("GET", "/config/").json() or {}
+        server = config.get("apps", {}).get("http", {}).get("servers", {}).get(self.server_name)
         found = {}
         prefix = f"{self.instance}."
-        for route in (routes.json() if routes.status_code == 200 else None) or []:
+        for route in (server or {}).get("routes") or []:
             route_id = str(route.get("@id", ""))
             app, _, phase = route_id.removeprefix(prefix).partition(".")
             upstreams = (route.get("handle") or [{}])[0].get("upstreams") or []
