@@ -53,7 +53,7 @@ def wait_healthy(
                 reason = f"healthy: {description} on {path} after {attempts} attempt(s)"
                 return HealthResult(True, attempts, list(responses), reason)
             if is_alive is not None and not is_alive():
-                reason = f"container exited before becoming healthy (last check: {description} on {path})"
+                reason = f"container exited: last check {description} on {path}"
                 return HealthResult(False, attempts, list(responses), reason)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -65,8 +65,13 @@ def wait_healthy(
 def _probe(session: requests.Session, url: str, request_timeout: float) -> tuple[str, bool]:
     """One GET: a short description of what came back, and whether that counts as healthy."""
     try:
-        with session.get(url, timeout=request_timeout, allow_redirects=False, stream=True) as response:
-            return f"{response.status_code} {response.reason}".strip(), 200 <= response.status_code < 400
+        with session.get(
+            url, timeout=request_timeout, allow_redirects=False, stream=True
+        ) as response:
+            return (
+                f"{response.status_code} {response.reason}".strip(),
+                200 <= response.status_code < 400,
+            )
     except requests.Timeout:
         return f"no answer within {request_timeout:g}s", False
     except requests.ConnectionError as exc:

@@ -62,9 +62,16 @@ def test_find_image_reuses_the_build_for_the_same_tree(docker_engine, built):  #
 def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built):  # noqa: F811
     image_id, _, _ = built
     spec = ContainerSpec(
-        app="sample", phase="demo", version="2.0.0", sha="b" * 40, deployment_id=7,
-        image=image_id, env={PROFILE_VARIABLE: "hello demo", "PORT": "ignored"}, port=APP_PORT,
-        memory="64m", cpus=0.5,
+        app="sample",
+        phase="demo",
+        version="2.0.0",
+        sha="b" * 40,
+        deployment_id=7,
+        image=image_id,
+        env={PROFILE_VARIABLE: "hello demo", "PORT": "ignored"},
+        port=APP_PORT,
+        memory="64m",
+        cpus=0.5,
     )
     running = docker_engine.run_container(spec)
     try:
@@ -84,7 +91,8 @@ def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built
         labels = attrs["Config"]["Labels"]
         assert labels[LABEL_INSTANCE] == docker_engine.instance
         assert {labels[k] for k in ("release-pipeline.version", "release-pipeline.sha")} == {
-            "2.0.0", "b" * 40,
+            "2.0.0",
+            "b" * 40,
         }
         assert labels["release-pipeline.deployment"] == "7" and labels[LABEL_PHASE] == "demo"
 
@@ -130,14 +138,22 @@ def test_failing_build_raises_build_failed(docker_engine, tmp_path):  # noqa: F8
     lines: list[str] = []
     with pytest.raises(BuildFailed, match="no-such-file") as failure:
         docker_engine.build_image(
-            app="broken", tree="d" * 40, sha="d" * 40, context_tar=context_tar(app), on_line=lines.append
+            app="broken",
+            tree="d" * 40,
+            sha="d" * 40,
+            context_tar=context_tar(app),
+            on_line=lines.append,
         )
     assert "\n" not in str(failure.value)
     assert lines  # the steps before the failure were streamed
     (app / "Dockerfile").write_text("FROMM scratch\n")
-    with pytest.raises(BuildFailed, match="(?i)unknown instruction"):
+    with pytest.raises(BuildFailed, match=r"(?i)unknown instruction"):
         docker_engine.build_image(
-            app="broken", tree="e" * 40, sha="e" * 40, context_tar=context_tar(app), on_line=lines.append
+            app="broken",
+            tree="e" * 40,
+            sha="e" * 40,
+            context_tar=context_tar(app),
+            on_line=lines.append,
         )
 
 
@@ -145,17 +161,24 @@ def test_prune_keeps_what_is_asked(docker_engine, tmp_path):  # noqa: F811
     ids = []
     for number in range(4):
         context = context_tar(write_sample_app(tmp_path / str(number), version_text=f"0.{number}"))
-        ids.append(docker_engine.build_image(
-            app="pruned", tree=f"{number:040x}", sha=f"{number:040x}", context_tar=context,
-            on_line=lambda line: None,
-        ))
+        ids.append(
+            docker_engine.build_image(
+                app="pruned",
+                tree=f"{number:040x}",
+                sha=f"{number:040x}",
+                context_tar=context,
+                on_line=lambda line: None,
+            )
+        )
     oldest, kept_by_id, in_use, newest = ids
     running = docker_engine.run_container(_spec(in_use, deployment_id=11, app="pruned"))
     try:
         removed = docker_engine.prune_images("pruned", keep_ids={kept_by_id}, keep_last=1)
         assert removed == [oldest]
-        remaining = {image.id for image in docker_engine.client.images.list(
-            filters={"label": f"{LABEL_APP}=pruned"})}
+        remaining = {
+            image.id
+            for image in docker_engine.client.images.list(filters={"label": f"{LABEL_APP}=pruned"})
+        }
         assert remaining == {kept_by_id, in_use, newest}
     finally:
         docker_engine.stop_and_remove(running.id, timeout=5)
@@ -164,10 +187,13 @@ def test_prune_keeps_what_is_asked(docker_engine, tmp_path):  # noqa: F811
 def test_remove_instance_objects_clears_everything(tmp_path):
     engine = Engine(instance=unique_instance())
     context = context_tar(write_sample_app(tmp_path / "app"))
-    image = engine.build_image(app="gone", tree="f" * 40, sha="f" * 40, context_tar=context,
-                               on_line=lambda line: None)
+    image = engine.build_image(
+        app="gone", tree="f" * 40, sha="f" * 40, context_tar=context, on_line=lambda line: None
+    )
     engine.run_container(_spec(image, deployment_id=1, app="gone"))
-    engine.client.networks.create(f"{engine.instance}-net", labels={LABEL_INSTANCE: engine.instance})
+    engine.client.networks.create(
+        f"{engine.instance}-net", labels={LABEL_INSTANCE: engine.instance}
+    )
     engine.client.volumes.create(f"{engine.instance}-vol", labels={LABEL_INSTANCE: engine.instance})
     engine.remove_instance_objects()
     label = {"label": f"{LABEL_INSTANCE}={engine.instance}"}
@@ -188,8 +214,17 @@ def test_ping_and_lazy_client():
 
 def _spec(image: str, *, deployment_id: int, app: str = "sample", command=None) -> ContainerSpec:
     return ContainerSpec(
-        app=app, phase="demo", version="1.0.0", sha="b" * 40, deployment_id=deployment_id,
-        image=image, env={}, port=APP_PORT, memory="64m", cpus=0.5, command=command,
+        app=app,
+        phase="demo",
+        version="1.0.0",
+        sha="b" * 40,
+        deployment_id=deployment_id,
+        image=image,
+        env={},
+        port=APP_PORT,
+        memory="64m",
+        cpus=0.5,
+        command=command,
     )
 
 

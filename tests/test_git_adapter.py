@@ -1,4 +1,4 @@
-"""The git adapter against real repositories: what it fetches, what it refuses, what it never leaks."""
+"""The git adapter on real repositories: what it fetches, what it refuses, what it never leaks."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tests.support.dockerkit import free_port, make_sample_repo
 
 from app.adapters import git as gitadapter
 from app.exceptions import CloneFailed, CloneRefused, ConfigError
+from tests.support.dockerkit import free_port, make_sample_repo
 
 TOKEN = "ghs_s3cr3tT0kenValue1234567890"
 FILE_RULES = {"allowed_host": "github.com", "allow_file": True}
@@ -33,7 +33,9 @@ def sample_repo(tmp_path_factory) -> tuple[str, str, str]:
     """A repo with v1.0.0 (annotated tag) then a newer commit on main: (url, v1 sha, head sha)."""
     path = tmp_path_factory.mktemp("origin")
     url, v1 = make_sample_repo(
-        path, version_text="1.0.0", tag="v1.0.0",
+        path,
+        version_text="1.0.0",
+        tag="v1.0.0",
         extra_files={".release-pipeline.yml": "port: 8080\n", "sub/Dockerfile": "FROM scratch\n"},
     )
     _, head = make_sample_repo(path, version_text="1.1.0")
@@ -54,7 +56,9 @@ def test_fetches_one_commit_by_sha_shallowly(sample_repo, tmp_path):
 def test_fetches_by_tag_and_branch(sample_repo, tmp_path):
     url, v1, head = sample_repo
     assert gitadapter.fetch_commit(url, "v1.0.0", tmp_path / "tag", **FILE_RULES).sha == v1
-    assert gitadapter.fetch_commit(url, "refs/heads/main", tmp_path / "main", **FILE_RULES).sha == head
+    assert (
+        gitadapter.fetch_commit(url, "refs/heads/main", tmp_path / "main", **FILE_RULES).sha == head
+    )
 
 
 def test_resolve_ref_peels_annotated_tags(sample_repo):
@@ -102,13 +106,41 @@ def test_read_file(sample_repo, tmp_path):
     ("url", "rules", "message"),
     [
         ("file:///tmp/repo", {"allowed_host": "github.com", "allow_file": False}, "file://"),
-        ("https://evil.example/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "host"),
-        ("https://github.com.evil.example/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "host"),
-        ("https://user:pw@github.com/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "credentials"),
-        ("http://github.com/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "only https"),
-        ("ssh://git@github.com/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "only https"),
-        ("git@github.com:o/r.git", {"allowed_host": "github.com", "allow_file": True}, "only https"),
-        ("ext::sh -c touch% /tmp/pwned", {"allowed_host": "github.com", "allow_file": True}, "refused"),
+        (
+            "https://evil.example/o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "host",
+        ),
+        (
+            "https://github.com.evil.example/o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "host",
+        ),
+        (
+            "https://user:pw@github.com/o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "credentials",
+        ),
+        (
+            "http://github.com/o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "only https",
+        ),
+        (
+            "ssh://git@github.com/o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "only https",
+        ),
+        (
+            "git@github.com:o/r.git",
+            {"allowed_host": "github.com", "allow_file": True},
+            "only https",
+        ),
+        (
+            "ext::sh -c touch% /tmp/pwned",
+            {"allowed_host": "github.com", "allow_file": True},
+            "refused",
+        ),
         ("/tmp/repo", {"allowed_host": "github.com", "allow_file": True}, "only https"),
         ("file://host/tmp/repo", {"allowed_host": "github.com", "allow_file": True}, "file:///"),
         ("https://localhost/o/r.git", {"allowed_host": "github.com", "allow_file": True}, "host"),
@@ -124,8 +156,26 @@ def test_refuses_urls(url, rules, message, tmp_path):
 
 @pytest.mark.parametrize(
     "ref",
-    ["--upload-pack=touch /tmp/x", "-v", "../../etc", "a b", "a\tb", "main\n", "a:b", "a..b",
-     "x^{}", "x~1", "a*", "refs/heads/.hidden", "branch.lock", "a//b", "trailing/", "@", "a@{1}", ""],
+    [
+        "--upload-pack=touch /tmp/x",
+        "-v",
+        "../../etc",
+        "a b",
+        "a\tb",
+        "main\n",
+        "a:b",
+        "a..b",
+        "x^{}",
+        "x~1",
+        "a*",
+        "refs/heads/.hidden",
+        "branch.lock",
+        "a//b",
+        "trailing/",
+        "@",
+        "a@{1}",
+        "",
+    ],
 )
 def test_refuses_unsafe_refs(sample_repo, ref, tmp_path):
     url, _, _ = sample_repo
@@ -163,8 +213,13 @@ def test_token_never_leaks_when_fetch_fails(tmp_path, caplog):
     with pytest.raises(CloneFailed) as ls_failure:
         gitadapter.resolve_ref(url, "main", token=TOKEN, **rules)
     for secret in (TOKEN, _basic(TOKEN)):
-        for text in (str(failure.value), repr(failure.value), str(ls_failure.value), caplog.text,
-                     (tmp_path / "co" / ".git" / "config").read_text()):
+        for text in (
+            str(failure.value),
+            repr(failure.value),
+            str(ls_failure.value),
+            caplog.text,
+            (tmp_path / "co" / ".git" / "config").read_text(),
+        ):
             assert secret not in text
     assert failure.value.__cause__ is None and failure.value.__suppress_context__
     assert "127.0.0.1" in str(failure.value)
@@ -180,7 +235,12 @@ def test_token_travels_only_as_an_authorization_header(tmp_path, monkeypatch, ca
     try:
         with pytest.raises(CloneFailed) as failure:
             gitadapter.fetch_commit(
-                url, "main", tmp_path / "co", token=TOKEN, allowed_host="127.0.0.1", allow_file=False
+                url,
+                "main",
+                tmp_path / "co",
+                token=TOKEN,
+                allowed_host="127.0.0.1",
+                allow_file=False,
             )
     finally:
         server.shutdown()
@@ -197,9 +257,12 @@ def _https_server(tmp_path: Path, seen_headers: list) -> tuple[ThreadingHTTPServ
     now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -209,9 +272,13 @@ def _https_server(tmp_path: Path, seen_headers: list) -> tuple[ThreadingHTTPServ
     )
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):

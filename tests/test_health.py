@@ -23,7 +23,9 @@ from tests.support.dockerkit import (
 class Scripted:
     """An HTTP server answering each GET as its attributes say at that moment."""
 
-    def __init__(self, port: int = 0, status: int = 200, delay: float = 0, location: str | None = None):
+    def __init__(
+        self, port: int = 0, status: int = 200, delay: float = 0, location: str | None = None
+    ):
         self.status, self.delay, self.location = status, delay, location
         self.requests = 0
         scripted = self
@@ -111,7 +113,9 @@ def test_a_slow_answer_counts_as_no_answer(scripted):
 
 def test_stops_early_when_the_container_has_exited():
     started = time.monotonic()
-    result = wait_healthy(f"http://127.0.0.1:{free_port()}/healthz", timeout=30, is_alive=lambda: False)
+    result = wait_healthy(
+        f"http://127.0.0.1:{free_port()}/healthz", timeout=30, is_alive=lambda: False
+    )
     assert time.monotonic() - started < 2
     assert not result.ok and result.attempts == 1
     assert result.reason.startswith("container exited")
@@ -122,16 +126,31 @@ def test_stops_early_when_the_container_has_exited():
 def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F811
     context = context_tar(write_sample_app(tmp_path, healthy=healthy))
     image = docker_engine.build_image(
-        app="health", tree=("1" if healthy else "0") * 40, sha="2" * 40, context_tar=context,
+        app="health",
+        tree=("1" if healthy else "0") * 40,
+        sha="2" * 40,
+        context_tar=context,
         on_line=lambda line: None,
     )
-    running = docker_engine.run_container(ContainerSpec(
-        app="health", phase="demo", version="1.0.0", sha="2" * 40, deployment_id=int(healthy),
-        image=image, env={}, port=APP_PORT, memory="64m", cpus=0.5,
-    ))
+    running = docker_engine.run_container(
+        ContainerSpec(
+            app="health",
+            phase="demo",
+            version="1.0.0",
+            sha="2" * 40,
+            deployment_id=int(healthy),
+            image=image,
+            env={},
+            port=APP_PORT,
+            memory="64m",
+            cpus=0.5,
+        )
+    )
     try:
         result = wait_healthy(
-            f"http://127.0.0.1:{running.host_port}/healthz", timeout=1.5, interval=0.05,
+            f"http://127.0.0.1:{running.host_port}/healthz",
+            timeout=1.5,
+            interval=0.05,
             is_alive=lambda: docker_engine.container_status(running.id) == "running",
         )
     finally:
@@ -139,4 +158,3 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F8
     assert result.ok is healthy
     if not healthy:
         assert result.reason == "health check failed: 404 Not Found on /healthz after 1.5s"
-

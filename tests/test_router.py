@@ -48,7 +48,10 @@ def test_switch_serves_the_new_upstream_on_the_phase_url(router, upstreams):
     assert _get(url).text == "green"
     router.switch("shop", "live", upstreams["blue"])
     assert _get(router.url_for("shop", "live")).text == "blue"
-    assert router.routes() == {("shop", "demo"): upstreams["green"], ("shop", "live"): upstreams["blue"]}
+    assert router.routes() == {
+        ("shop", "demo"): upstreams["green"],
+        ("shop", "live"): upstreams["blue"],
+    }
 
 
 def test_hyphenated_names_get_distinct_routes(router, upstreams):
@@ -91,7 +94,7 @@ def test_requests_during_repeated_switches_never_fail(router, upstreams):
             served_before = len(bodies)
             router.switch("busy", "live", upstreams[target])
             # The clients must have been answered by the new upstream before the next switch.
-            _wait_until(lambda: target in bodies[served_before:], timeout=5)
+            _wait_until(lambda t=target, n=served_before: t in bodies[n:], timeout=5)
     finally:
         done.set()
         for client in clients:
@@ -111,11 +114,15 @@ def test_remove_is_idempotent(router, upstreams):
 def test_ensure_server_merges_and_keeps_existing_config(caddy_server, upstreams):  # noqa: F811
     other_port = free_port()
     admin = caddy_server.admin_url
-    other = {"listen": [f":{other_port}"], "automatic_https": {"disable": True}, "routes": [
-        {"handle": [{"handler": "static_response", "body": "someone else"}]}
-    ]}
+    other = {
+        "listen": [f":{other_port}"],
+        "automatic_https": {"disable": True},
+        "routes": [{"handle": [{"handler": "static_response", "body": "someone else"}]}],
+    }
     name = f"other-{unique_instance()}"
-    requests.put(f"{admin}/config/apps/http/servers/{name}", json=other, timeout=5).raise_for_status()
+    requests.put(
+        f"{admin}/config/apps/http/servers/{name}", json=other, timeout=5
+    ).raise_for_status()
 
     first = CaddyRouter(admin, caddy_server.http_port, instance=unique_instance())
     first.ensure_server()
@@ -145,7 +152,8 @@ def test_new_routes_go_before_a_catch_all(router, upstreams, caddy_server):  # n
     fallback = {"handle": [{"handler": "static_response", "body": "fallback"}]}
     requests.post(
         f"{caddy_server.admin_url}/config/apps/http/servers/{router.server_name}/routes",
-        json=fallback, timeout=5,
+        json=fallback,
+        timeout=5,
     ).raise_for_status()
     router.switch("late", "demo", upstreams["green"])
     assert _get(router.url_for("late", "demo")).text == "green"
@@ -153,7 +161,13 @@ def test_new_routes_go_before_a_catch_all(router, upstreams, caddy_server):  # n
 
 
 def test_refuses_unsafe_names_and_upstreams(router):
-    for app, phase in (("Shop", "demo"), ("shop", "demo.evil"), ("-x", "demo"), ("a/b", "demo"), ("", "demo")):
+    for app, phase in (
+        ("Shop", "demo"),
+        ("shop", "demo.evil"),
+        ("-x", "demo"),
+        ("a/b", "demo"),
+        ("", "demo"),
+    ):
         with pytest.raises(RouterError, match="slug"):
             router.switch(app, phase, "127.0.0.1:8080")
     for upstream in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "http://x:80", "a b:80"):
@@ -199,8 +213,16 @@ def test_caddy_router_is_a_router(router):
 def _retrying_session(keep_alive: bool) -> requests.Session:
     """A client that, like a browser, retries a GET whose connection was reset before any answer."""
     session = requests.Session()
-    retry = Retry(total=3, connect=3, read=3, status=0, other=0, backoff_factor=0,
-                  allowed_methods={"GET"}, raise_on_status=False)
+    retry = Retry(
+        total=3,
+        connect=3,
+        read=3,
+        status=0,
+        other=0,
+        backoff_factor=0,
+        allowed_methods={"GET"},
+        raise_on_status=False,
+    )
     session.mount("http://", HTTPAdapter(max_retries=retry))
     if not keep_alive:
         session.headers["Connection"] = "close"

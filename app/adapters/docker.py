@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import docker
-from docker.errors import APIError, NotFound
+import requests
+from docker.errors import APIError, DockerException, NotFound
 
 from app.exceptions import BuildFailed, DeployFailed
 
@@ -84,7 +86,7 @@ class Engine:
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except Exception:  # any failure to reach the engine means "not available"
+        except (DockerException, requests.RequestException):
             return False
 
     # Images
@@ -188,7 +190,9 @@ class Engine:
             bindings = container.ports.get(f"{spec.port}/tcp") or []
             if not bindings:
                 raise DeployFailed(f"container {name} has no published port ({container.status})")
-            return RunningContainer(id=container.id, name=name, host_port=int(bindings[0]["HostPort"]))
+            return RunningContainer(
+                id=container.id, name=name, host_port=int(bindings[0]["HostPort"])
+            )
         except (APIError, DeployFailed) as exc:
             container.remove(force=True, v=True)
             if isinstance(exc, DeployFailed):
@@ -203,7 +207,7 @@ class Engine:
         return output.decode("utf-8", errors="replace").splitlines()
 
     def container_status(self, container_id: str) -> str | None:
-        """"running", "restarting", "exited", … or None when the container is gone."""
+        """ "running", "restarting", "exited", … or None when the container is gone."""
         try:
             container = self._own_container(container_id)
             container.reload()
@@ -220,7 +224,9 @@ class Engine:
         except NotFound:
             return
 
-    def list_containers(self, app: str | None = None, phase: str | None = None) -> list[ContainerInfo]:
+    def list_containers(
+        self, app: str | None = None, phase: str | None = None
+    ) -> list[ContainerInfo]:
         wanted = {LABEL_APP: app, LABEL_PHASE: phase}
         summaries = self.client.api.containers(
             all=True, filters=self._filters(**{k: v for k, v in wanted.items() if v is not None})
@@ -242,15 +248,19 @@ class Engine:
 
     def remove_instance_objects(self) -> None:
         """Remove every container, image, network and volume of this instance (uninstall)."""
-        filters = self._filters()
-        for summary in self.client.api.containers(all=True, filters=filters):
-            _ignore_missing(self.client.api.remove_container, summary["Id"], force=True, v=True)
-        for summary in self.client.api.images(filters=filters):
-            _ignore_missing(self.client.api.remove_image, summary["Id"], force=True)
-        for network in self.client.networks.list(filters=filters):
-            _ignore_missing(network.remove)
-        for volume in self.client.volumes.list(filters=filters):
-            _ignore_missing(volume.remove, force=True)
+        api, filters = self.client.api, self._filters()
+        for summary in api.containers(all=True, filters=filters):
+            with suppress(NotFound):
+                api.remove_container(summary["Id"], force=True, v=True)
+        for summary in api.images(filters=filters):
+            with suppress(NotFound):
+                api.remove_image(summary["Id"], force=True)
+        for network in api.networks(filters=filters):
+            with suppress(NotFound):
+                api.remove_network(network["Id"])
+        for volume in api.volumes(filters=filters).get("Volumes") or []:
+            with suppress(NotFound):
+                api.remove_volume(volume["Name"], force=True)
 
     # Labels
 
@@ -290,10 +300,3 @@ def _created_key(created: str) -> tuple[str, float]:
     """Sort key for Docker's RFC 3339 timestamps, whose fraction has a varying number of digits."""
     whole, _, fraction = created.rstrip("Z").partition(".")
     return whole, float(f"0.{fraction}") if fraction else 0.0
-
-
-def _ignore_missing(remove: Callable[..., object], *args, **kwargs) -> None:
-    try:
-        remove(*args, **kwargs)
-    except NotFound:
-        pass

@@ -55,8 +55,14 @@ def fetch_commit(
     env = _git_env(token, allow_file=allow_file)
     with Repo.init(dest, mkdir=True) as repo, _scrubbed_errors(token, "fetch"):
         repo.create_remote("origin", clone_url)
-        repo.git.fetch("--depth=1", "--no-tags", "--no-write-fetch-head", "origin",
-                       f"+{ref}:refs/pipeline/fetched", env=env)
+        repo.git.fetch(
+            "--depth=1",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "origin",
+            f"+{ref}:refs/pipeline/fetched",
+            env=env,
+        )
         repo.git.checkout("--detach", "--quiet", "refs/pipeline/fetched^{commit}", env=env)
         commit = repo.head.commit
         return Checkout(path=dest, sha=commit.hexsha, tree=commit.tree.hexsha)
@@ -111,12 +117,14 @@ def tags_at(
 
 
 def archive(checkout: Checkout, context: str = ".") -> bytes:
-    """A tar of the commit's tree below `context`, rooted there: a Docker build context without .git."""
+    """The commit's tree below `context` as a tar rooted there: a build context without .git."""
     subdir = _check_relative_path(context)
     treeish = checkout.sha if subdir == "." else f"{checkout.sha}:{subdir}"
     with Repo(checkout.path) as repo:
         if subdir != "." and _blob_or_tree(repo, checkout.sha, subdir) != "tree":
-            raise ConfigError(f"build context: {subdir!r} is not a directory at {checkout.sha[:12]}")
+            raise ConfigError(
+                f"build context: {subdir!r} is not a directory at {checkout.sha[:12]}"
+            )
         return repo.git.archive(
             "--format=tar", treeish, stdout_as_string=False, strip_newline_in_stdout=False
         )
@@ -157,7 +165,9 @@ def _check_url(clone_url: str, *, allowed_host: str, allow_file: bool) -> None:
             raise CloneRefused("clone URL refused: file:// URLs must be file:///absolute/path")
         return
     shown = parts.scheme + "://" if parts.scheme else "a URL without a scheme"
-    raise CloneRefused(f"clone URL refused: only https:// (and opted-in file://) are allowed, got {shown}")
+    raise CloneRefused(
+        f"clone URL refused: only https:// (and opted-in file://) are allowed, got {shown}"
+    )
 
 
 def _check_ref(ref: str) -> str:
@@ -235,8 +245,9 @@ def _ls_remote(arguments: list[str], *, token: str | None, allow_file: bool) -> 
     """
     env = _git_env(token, allow_file=allow_file)
     # Run outside any repository so no local configuration (insteadOf, hooks) applies.
-    with tempfile.TemporaryDirectory(prefix="rp-ls-remote-") as empty, _scrubbed_errors(
-        token, "ls-remote"
+    with (
+        tempfile.TemporaryDirectory(prefix="rp-ls-remote-") as empty,
+        _scrubbed_errors(token, "ls-remote"),
     ):
         output = Git(empty).ls_remote(*arguments, env=env)
     advertised = {}
@@ -254,7 +265,9 @@ def _scrubbed_errors(token: str | None, action: str) -> Iterator[None]:
         yield
     except GitCommandError as exc:
         stderr = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
-        lines = [line.strip().removeprefix("stderr: ").strip("'\" ") for line in stderr.splitlines()]
+        lines = [
+            line.strip().removeprefix("stderr: ").strip("'\" ") for line in stderr.splitlines()
+        ]
         lines = [line for line in lines if line]
         # git's first "fatal:" line names the cause; later lines are generic advice.
         detail = next((line for line in lines if line.startswith(("fatal:", "error:"))), None)

@@ -3,7 +3,7 @@
 `CaddyRouter` switches a phase URL to a new container atomically through Caddy's admin API,
 which is what makes deployments zero-downtime. `DirectRouter` is the no-proxy fallback: the
 phase URL is the container's own published port, so it changes with every deployment and
-the switch cannot be seamless.
+cannot be switched without downtime.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Router(Protocol):
         """The public URL of the app in that phase."""
 
     def switch(self, app: str, phase: str, upstream: str) -> None:
-        """Send the phase URL's traffic to `upstream` ("127.0.0.1:PORT"), creating the route if new."""
+        """Send the phase URL's traffic to `upstream` ("127.0.0.1:PORT"); creates the route."""
 
     def remove(self, app: str, phase: str) -> None:
         """Forget the route; removing an unknown route is not an error."""
@@ -49,6 +49,12 @@ class CaddyRouter:
 
     Route ids are f"{instance}.{app}.{phase}": a dot never occurs in a slug, so the id maps
     back to exactly one (app, phase), unlike a hyphen ("a-b" + "c" and "a" + "b-c").
+
+    Caddy applies every change by a graceful reload: requests in flight finish, and later ones
+    go to the new upstream. On Linux the reload rebinds the listener (SO_REUSEPORT) and closes
+    idle keep-alive connections, so a request arriving at that instant can be reset unanswered
+    (browsers retry these); `sysctl net.ipv4.tcp_migrate_req=1` hands the closing listener's
+    queued connections to the new one instead.
     """
 
     def __init__(
@@ -79,7 +85,9 @@ class CaddyRouter:
     def switch(self, app: str, phase: str, upstream: str) -> None:
         upstreams = [{"dial": _upstream(upstream)}]
         route_id = self._route_id(app, phase)
-        response = self._request("PATCH", f"/id/{route_id}/handle/0/upstreams", upstreams, ok=(404,))
+        response = self._request(
+            "PATCH", f"/id/{route_id}/handle/0/upstreams", upstreams, ok=(404,)
+        )
         if response.status_code != 404:
             return
         route = {
@@ -124,11 +132,11 @@ class CaddyRouter:
         """Add our server, merging into whatever Caddy already serves; an existing one is kept."""
         listen = [f":{self.listen_port}"]
         server = {"listen": listen, "routes": [], "automatic_https": {"disable": True}}
+        nested = {"apps": {"http": {"servers": {self.server_name: server}}}}
         config = self._request("GET", "/config/").json()
         if config is None:  # Caddy started without any configuration
-            self._request("POST", "/config/", {"apps": {"http": {"servers": {self.server_name: server}}}})
+            self._request("POST", "/config/", nested)
             return
-        nested = {"apps": {"http": {"servers": {self.server_name: server}}}}
         path, node, value = "/config", config, nested
         for key in ("apps", "http", "servers", self.server_name):
             value = value[key]
@@ -177,7 +185,9 @@ class CaddyRouter:
             except requests.RequestException as exc:
                 failure = _reason(exc)
                 break
-        raise RouterError(f"Caddy admin API at {self.admin_url} unreachable ({method} {path}): {failure}")
+        raise RouterError(
+            f"Caddy admin API at {self.admin_url} unreachable ({method} {path}): {failure}"
+        )
 
 
 class DirectRouter:

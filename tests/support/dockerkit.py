@@ -4,7 +4,8 @@ The sample app builds `FROM scratch` in well under a second and needs no registr
   /healthz          200 when built healthy, 404 otherwise
   /version          the `version_text` it was built with
   /cgi-bin/info     APP_VERSION, APP_PHASE and the profile variable GREETING, one per line
-Import the fixtures you use into your test module (`from tests.support.dockerkit import docker_engine`).
+Import the fixtures you use into your test module:
+    from tests.support.dockerkit import caddy_server, docker_engine
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ FROM scratch
 COPY busybox /bin/busybox
 COPY www /www
 # PID 1 ignores SIGTERM unless it traps it: exit at once so `docker stop` is quick.
-CMD ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p \\"$PORT\\" -h /www & wait"]
+CMD {command}
 """
+_START = "trap 'exit 0' TERM; /bin/busybox httpd -f -p \"$PORT\" -h /www & wait"
 
 _CGI_INFO = """\
 #!/bin/busybox sh
@@ -62,7 +64,8 @@ def write_sample_app(
     path = Path(path)
     (path / "www" / "cgi-bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, path / "busybox")
-    (path / "Dockerfile").write_text(_DOCKERFILE)
+    command = json.dumps(["/bin/busybox", "sh", "-c", _START])
+    (path / "Dockerfile").write_text(_DOCKERFILE.format(command=command))
     (path / "www" / "version").write_text(version_text + "\n")
     health = path / "www" / "healthz"
     if healthy:
