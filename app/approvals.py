@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: Audit action recorded when /promote opens a promotion PR on someone's behalf.
+PROMOTION_REQUESTED = "promotion_requested"
+
 # Only these states change a reviewer's verdict; a later plain comment keeps an approval.
 DECISIVE = {"APPROVED", "CHANGES_REQUESTED", "DISMISSED"}
 
@@ -27,12 +30,17 @@ class ApprovalCount:
         return f"{self.count} of {self.needed} required approvals{who}"
 
 
-def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int) -> ApprovalCount:
+def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
+                    requesters: Iterable[str] = ()) -> ApprovalCount:
     """The latest decisive review per reviewer, excluding the PR author; APPROVED ones count.
+
+    `requesters` are excluded too: a promotion PR is opened by the bot on someone's behalf,
+    and that person must not approve their own promotion.
 
     Reviews arrive in chronological order from the reviews API; `submitted_at` breaks ties
     when a caller hands them in another order.
     """
+    excluded = {(author or "").lower(), *(r.lower() for r in requesters)} - {""}
     latest: dict[str, str] = {}
     ordered = sorted(reviews, key=lambda r: (r.get("submitted_at") or "", r.get("id") or 0))
     for review in ordered:
@@ -40,7 +48,7 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int)
         user = review.get("user")
         login = ((user.get("login") if isinstance(user, dict) else user) or "").lower()
         state = (review.get("state") or "").upper()
-        if not login or state not in DECISIVE or login == (author or "").lower():
+        if not login or state not in DECISIVE or login in excluded:
             continue
         latest[login] = state
     approvers = tuple(sorted(login for login, state in latest.items() if state == "APPROVED"))

@@ -227,7 +227,13 @@ def _reply(name: CommandName, problem: str) -> Reply:
     return Reply(f"{problem}\n\nUsage: `{usage(name)}`")
 
 
+#: No command is longer; shlex is slow on huge lines and the intake must answer fast.
+MAX_COMMAND_LENGTH = 1000
+
+
 def _parse_line(name: CommandName, line: str, phases: Sequence[str]) -> Command | Reply:
+    if len(line) > MAX_COMMAND_LENGTH:
+        return _reply(name, f"The command line is longer than {MAX_COMMAND_LENGTH} characters.")
     try:
         args = shlex.split(line)[1:]
     except ValueError:

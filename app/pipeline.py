@@ -152,9 +152,12 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     problems = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-        path = "/".join(p for p in loc if p != "[key]")
+        # pydantic marks a bad dict key with a trailing "[key]"; a key literally named "[key]"
+        # (or "") must still show up in the path.
+        bad_key = len(loc) > 1 and loc[-1] == "[key]" and err["type"] != "extra_forbidden"
+        path = "/".join(p or '""' for p in (loc[:-1] if bad_key else loc))
         message = err["msg"].removeprefix("Value error, ")
-        if "[key]" in loc:
+        if bad_key:
             message = "names must be lowercase letters, digits and dashes, starting with a letter"
         elif err["type"] == "extra_forbidden":
             message = "is not a known setting"
@@ -173,6 +176,12 @@ def _load_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for scalars that look typed but are not
+        # (`2001-13-01`, `!!int x`, `!!timestamp x`).
+        raise ConfigError(f"{source}: not valid YAML ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
 def parse_pipeline(text: str, source: str = "pipeline.yml") -> PipelineConfig:

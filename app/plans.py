@@ -43,6 +43,8 @@ class Repo:
         _text(self.clone_url, "repository.clone_url", limit=500, optional=True)
         _text(self.default_branch, "repository.default_branch", limit=200)
         _text(self.html_url, "repository.html_url", limit=500, optional=True)
+        if self.html_url is not None and not self.html_url.startswith(("https://", "http://")):
+            raise ValueError("repository.html_url must be an http(s) URL")  # the portal links to it
         _number(self.installation_id, "installation.id", optional=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from sqlalchemy import select
@@ -18,15 +19,25 @@ def slugify(text: str) -> str:
     return slug[:30].rstrip("-")
 
 
+def _free_slug(session: Session, owner: str, name: str) -> str:
+    """The repository's name as a slug; its owner-name, or a numbered one, when that is taken.
+
+    Slugs are cut to 30 characters, so long names sharing a prefix collide often.
+    """
+    base = slugify(f"{owner}-{name}")
+    numbered = (f"{base[: 29 - len(str(n))].rstrip('-')}-{n}" for n in range(2, 10_000))
+    for slug in itertools.chain((slugify(name), base), numbered):
+        if session.scalar(select(App.id).where(App.name == slug)) is None:
+            return slug
+    raise ValueError(f"no free app name for {owner}/{name}")
+
+
 def ensure_app(session: Session, repo: Repo) -> App:
     """The App for a repository, created on first sight; its clone data kept current."""
     app = session.scalar(select(App).where(App.full_name == repo.full_name))
     if app is None:
         owner, _, name = repo.full_name.partition("/")
-        slug = slugify(name)
-        if session.scalar(select(App.id).where(App.name == slug)) is not None:
-            slug = slugify(f"{owner}-{name}")
-        app = App(full_name=repo.full_name, name=slug)
+        app = App(full_name=repo.full_name, name=_free_slug(session, owner, name))
         session.add(app)
     if repo.clone_url:
         app.clone_url = repo.clone_url

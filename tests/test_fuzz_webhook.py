@@ -35,6 +35,8 @@ from tests.conftest import FIXTURES, REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, _fre
 ENDPOINT = "/api/github/webhooks"
 #: Examples actually executed per target; the final test asserts the total.
 EXECUTED: collections.Counter[str] = collections.Counter()
+#: (target, status, first words of the reason): shows the fuzz reaches deep paths, not only the 400s.
+OUTCOMES: collections.Counter[tuple[str, int, str]] = collections.Counter()
 MINIMUM_TOTAL = 10_000
 
 FUZZ = dict(
@@ -142,11 +144,11 @@ def assert_refused_unsigned(svc: Service, response) -> None:
     assert svc.deliveries() == 0
 
 
-def assert_answered_signed(svc: Service, response, queued_before: int) -> None:
+def assert_answered_signed(svc: Service, response, queued_before: int, target: str) -> None:
     """Never a 5xx; 4xx with a reason and no new work; 2xx with a reason."""
     status = response.status_code
     assert status in (200, 202, 400, 413), (status, response.get_data()[:500])
-    reason_of(response)
+    OUTCOMES[(target, status, " ".join(reason_of(response).split()[:1]))] += 1
     if status >= 400:
         assert svc.queued() == queued_before
 
@@ -362,7 +364,7 @@ def test_validly_signed_nonsense_gets_a_reasoned_answer_never_a_5xx(svc, body, e
     EXECUTED["signed-nonsense"] += 1
     before = svc.queued()
     response = svc.post(body, headers_for(event, body))
-    assert_answered_signed(svc, response, before)
+    assert_answered_signed(svc, response, before, "signed-nonsense")
 
 
 @settings(max_examples=2200, **FUZZ)
@@ -373,7 +375,7 @@ def test_wrong_types_in_known_fields_never_cause_a_5xx(svc, mutated):
     body = json.dumps(payload).encode()
     before = svc.queued()
     response = svc.post(body, headers_for(event, body))
-    assert_answered_signed(svc, response, before)
+    assert_answered_signed(svc, response, before, "wrong-types")
 
 
 @settings(max_examples=600, **FUZZ)
@@ -395,7 +397,7 @@ def test_hostile_headers_on_signed_payloads(svc, name, event, delivery, content_
         sent.pop("X-GitHub-Event", None)
     before = svc.queued()
     response = svc.post(body, sent)
-    assert_answered_signed(svc, response, before)
+    assert_answered_signed(svc, response, before, "headers")
 
 
 REF_TEXT = st.one_of(
@@ -425,7 +427,7 @@ def test_unicode_and_hostile_refs_are_data(svc, kind, ref):
     body = json.dumps(payload, ensure_ascii=bool(len(ref) % 2)).encode("utf-8", "surrogatepass")
     before = svc.queued()
     response = svc.post(body, headers_for(event, body))
-    assert_answered_signed(svc, response, before)
+    assert_answered_signed(svc, response, before, "refs")
 
 
 def test_huge_bodies_are_capped_before_anything_else(svc):
@@ -446,3 +448,13 @@ def test_the_fuzz_budget_was_spent():
     if not targets <= set(EXECUTED):
         pytest.skip("only part of the fuzz module ran")
     assert sum(EXECUTED.values()) >= MINIMUM_TOTAL, dict(EXECUTED)
+    # The signed targets reached deployments and commands, not only refusals.
+    reached = {(target, reason) for target, status, reason in OUTCOMES if status == 202}
+    assert ("wrong-types", "deploying") in reached and ("wrong-types", "command") in reached, OUTCOMES
+    assert ("refs", "deploying") in reached, OUTCOMES
+    assert any(t == "wrong-types" and status == 400 for t, status, _ in OUTCOMES), OUTCOMES
+
+
+def test_print_outcomes_for_debugging():
+    for key, n in sorted(OUTCOMES.items()):
+        print(key, n)

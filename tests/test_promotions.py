@@ -162,3 +162,20 @@ def test_a_renamed_promotion_keeps_its_new_name_on_live(pipeline):
     [live] = pipeline.deployments("live")
     assert (live.status, live.version, live.trigger) == ("succeeded", "2026.11", "promotion")
     assert pipeline.info(live)["APP_VERSION"] == "2026.11"
+
+
+def test_the_requester_of_a_promotion_cannot_approve_it_alone(pipeline):
+    """The bot opens the promotion PR for whoever typed /promote: their approval does not count."""
+    pipeline.github.permissions[(REPO, "ada")] = "admin"
+    sha = pipeline.commit("2.0.0", tag="v2.0.0")
+    pipeline.push_tag("v2.0.0")
+    pipeline.work()
+    pipeline.comment("/promote live", user="ada")
+    pipeline.work()
+    [(number, pull)] = [(n, p) for (r, n), p in pipeline.github.pulls.items() if r == REPO]
+    pull["head"]["sha"] = sha
+    _approvals(pipeline, number, ("ada", "APPROVED"))
+    pipeline.merge(number)
+    pipeline.work()
+    [live] = pipeline.deployments("live")
+    assert live.status == "refused" and "0 of 1 required approvals" in live.reason

@@ -21,7 +21,8 @@ from app.actions import Actions, Outcome, PromotionRequest, current
 from app.commands import Command, CommandName
 from app.context import Context
 from app.exceptions import GitHubError
-from app.models import App, Deployment
+from app.approvals import PROMOTION_REQUESTED
+from app.models import App, AuditEntry, Deployment
 from app.permissions import Action, check
 from workers import runtime
 
@@ -172,6 +173,9 @@ def run_promote(job: CommandJob, session: Session, app: App, command: commands.P
         return _from_outcome(command, outcome)
     number, url, reused = open_promotion(job, outcome.promotion)
     request = outcome.promotion
+    # Remembered so the requester's own approval of this PR does not count.
+    session.add(AuditEntry(actor=job.actor, app_id=app.id, phase=request.phase, action=PROMOTION_REQUESTED,
+                           detail={"pr_number": number, "version": request.version, "sha": request.sha}))
     needed = job.ctx.config.phase(request.phase).approvals
     opened = "is already open" if reused else "is open"
     return Answer(

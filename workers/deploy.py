@@ -17,12 +17,12 @@ from sqlalchemy import select
 
 from app.adapters import git
 from app.adapters.docker import ContainerSpec
-from app.approvals import count_approvals
+from app.approvals import PROMOTION_REQUESTED, count_approvals
 from app.context import Context
 from app.exceptions import GitHubError, ReleasePipelineError
 from app.health import wait_healthy
 from app.locks import deploy_lock
-from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
+from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
 from app.versions import is_release_tag
@@ -31,6 +31,14 @@ from workers import runtime
 log = logging.getLogger(__name__)
 
 REPO_FILE = ".release-pipeline.yml"
+
+
+def promotion_requesters(ctx: Context, app_id: int, pr_number: int) -> list[str]:
+    """Who asked for this promotion PR (recorded when /promote opened it)."""
+    with ctx.db.session() as session:
+        entries = session.scalars(select(AuditEntry).where(
+            AuditEntry.app_id == app_id, AuditEntry.action == PROMOTION_REQUESTED)).all()
+        return [e.actor for e in entries if e.detail.get("pr_number") == pr_number]
 
 
 class Refused(ReleasePipelineError):
@@ -163,7 +171,8 @@ class Rollout:
         client = self.ctx.github.repo(installation_id, full_name)
         pull = client.get_pull(deployment.pr_number)
         counted = count_approvals(client.list_reviews(deployment.pr_number),
-                                  author=(pull.get("user") or {}).get("login"), needed=needed)
+                                  author=(pull.get("user") or {}).get("login"), needed=needed,
+                                  requesters=promotion_requesters(self.ctx, deployment.app_id, deployment.pr_number))
         self.say(f"approvals: {counted.explain()}")
         if not counted.enough:
             raise Refused(f"not deployed: {counted.explain()}")

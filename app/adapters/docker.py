@@ -18,7 +18,8 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
-from app.exceptions import BuildFailed, DeployFailed
+from app.exceptions import BuildFailed, DeployFailed, InvalidVersion
+from app.versions import validate_version
 
 LABEL_INSTANCE = "release-pipeline.instance"
 LABEL_APP = "release-pipeline.app"
@@ -29,6 +30,30 @@ LABEL_TREE = "release-pipeline.tree"
 LABEL_DEPLOYMENT = "release-pipeline.deployment"
 
 _INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,20}$")
+# App and phase names end up in container names, image tags and labels: slugs only.
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_HEX = re.compile(r"[0-9a-fA-F]{7,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,255}")
+
+
+def _unsafe(*, app: str, phase: str | None = None, version: str | None = None, sha: str | None = None,
+            tree: str | None = None, env: dict | None = None) -> str | None:
+    """Why these values may not reach Docker (names, tags, labels, environment), or None."""
+    for what, value, pattern in (("app", app, _NAME), ("phase", phase, _NAME), ("sha", sha, _HEX),
+                                 ("tree", tree, _HEX)):
+        if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
+            return f"{what} {str(value)[:80]!r} is not safe to use in Docker names and labels"
+    if version is not None:
+        try:
+            validate_version(version)
+        except (InvalidVersion, TypeError):
+            return f"version {str(version)[:80]!r} is not a safe version label"
+    for name, value in (env or {}).items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            return f"environment variable name {str(name)[:80]!r} is not valid"
+        if "\x00" in str(value):
+            return f"environment variable {name} contains a NUL character"
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,9 @@ class Engine:
         on_line: Callable[[str], None],
     ) -> str:
         """Build `context_tar`, streaming each output line to `on_line`; returns the image id."""
+        problem = _unsafe(app=app, tree=tree, sha=sha)
+        if problem:
+            raise BuildFailed(problem)
         tag = f"{self.instance}-{app}:{tree[:12]}"
         try:
             stream = self.client.api.build(
@@ -152,6 +180,9 @@ class Engine:
 
     def run_container(self, spec: ContainerSpec) -> RunningContainer:
         """Create and start the container for `spec`, published on a random 127.0.0.1 port."""
+        problem = _unsafe(app=spec.app, phase=spec.phase, version=spec.version, sha=spec.sha, env=spec.env)
+        if problem:
+            raise DeployFailed(f"container refused: {problem}")
         name = f"{self.instance}-{spec.app}-{spec.phase}-{spec.deployment_id}"
         environment = {
             **spec.env,
