@@ -228,7 +228,7 @@ def _reply(name: CommandName, problem: str) -> Reply:
 
 
 #: No command is longer; shlex is slow on huge lines and the intake must answer fast.
-MAX_COMMAND_LENGTH = 1000
+MAX_COMMAND_LENGTH = 10_000
 
 
 def _parse_line(name: CommandName, line: str, phases: Sequence[str]) -> Command | Reply:

@@ -76,10 +76,11 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
 
 
 def _column_text(value, limit: int) -> str | None:
-    """Payload text as a column can hold it: cut to size, lone surrogates replaced; non-text is None."""
+    """Payload text as a column can hold it: cut to size, lone surrogates and NUL (which
+    PostgreSQL refuses in text) replaced; non-text is None."""
     if not isinstance(value, str):
         return None
-    return value[:limit].encode("utf-8", "replace").decode("utf-8")
+    return value[:limit].encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome:

@@ -166,6 +166,25 @@ class Deployment(Base):
         return (self.sha or "")[:7]
 
 
+class PhaseSlots(Base):
+    """The two fixed loopback ports ("slots") of one app and phase, allocated once.
+
+    The router sends the phase URL to whichever slot is healthy; a deployment starts the new
+    container on the slot the serving one does not use, so the router never changes. Ports are
+    handed out in pairs, so no port belongs to two phases.
+    """
+
+    __tablename__ = "phase_slots"
+    __table_args__ = (UniqueConstraint("app_id", "phase"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    phase: Mapped[str] = mapped_column(String(40))
+    port_a: Mapped[int] = mapped_column(Integer, unique=True)
+    port_b: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class LogLine(Base):
     """Build and rollout output, stored as it arrives so the portal can stream it."""
 

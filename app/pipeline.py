@@ -7,17 +7,30 @@ reading code.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.exceptions import ConfigError
 
 Role = Literal["read", "triage", "write", "maintain", "admin"]
 SLUG = r"^[a-z][a-z0-9-]{0,30}$"
 MEMORY = r"^[0-9]+[bkmg]$"
+# Backing services (`services:` in .release-pipeline.yml).
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+IMAGE_REFERENCE = r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}"
+PLACEHOLDERS = ("host", "port", "password")
 
 
 class Strict(BaseModel):
@@ -106,15 +119,86 @@ PROTECTED_KEYS = {"phases", "role", "roles", "approvals", "defaults", "branch", 
 
 
 class Service(Strict):
-    """A backing service a repository declares (database, cache, ...)."""
+    """A backing service a repository declares (database, cache, ...), one instance per phase.
+
+    `image:` runs an image already on the Docker engine (never pulled by the pipeline); `build:`
+    builds `dockerfile` in that directory of the repository. `environment`, `exports` values may
+    use the placeholders {password} (generated once per app+phase, stored as the phase secret
+    `<NAME>_PASSWORD`), {host} (the service's name on the phase network) and {port}.
+    `healthcheck` is a command run inside the service container (a list: exec form; a string:
+    run by /bin/sh -c), healthy when it exits 0; without one, the image's own HEALTHCHECK is
+    used, else the service counts as ready once it keeps running.
+    """
 
     image: str | None = None
     build: str | None = None
+    dockerfile: str = "Dockerfile"
+    command: list[str] | None = None
     port: Annotated[int, Field(ge=1, le=65535)]
     environment: dict[str, str] = {}
     data: str | None = None
-    healthcheck: list[str] | None = None
+    healthcheck: list[str] | str | None = None
+    health_timeout: Annotated[float, Field(gt=0, le=600)] = 60
     exports: dict[str, str] = {}
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(IMAGE_REFERENCE, value):
+            raise ValueError("must be an image reference like postgres:16 or registry.example/team/db:1.2")
+        return value
+
+    @field_validator("build", "dockerfile")
+    @classmethod
+    def _build_inside_repo(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = Path(value).parts
+            if not value or value.startswith(("/", "-")) or ".." in parts or "\x00" in value:
+                raise ValueError("must be a relative path inside the repository")
+        return value
+
+    @field_validator("command", "healthcheck", mode="before")
+    @classmethod
+    def _command(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str) and info.field_name == "healthcheck":
+            if not value.strip() or "\x00" in value:
+                raise ValueError("must be a non-empty command")
+            return value
+        if (not isinstance(value, list) or not value or len(value) > 50
+                or not all(isinstance(part, str) and "\x00" not in part for part in value) or not value[0]):
+            raise ValueError("must be a command: a list of strings (exec form)" + (
+                " or one string (run by /bin/sh -c)" if info.field_name == "healthcheck" else ""))
+        return value
+
+    @field_validator("environment", "exports", mode="before")
+    @classmethod
+    def _variables(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping of NAME: value")
+        for name, text in value.items():
+            if not isinstance(name, str) or not re.fullmatch(ENV_NAME, name):
+                raise ValueError(f"{str(name)[:40]!r} is not a valid variable name "
+                                 "(letters, digits and _, not starting with a digit)")
+            if not isinstance(text, str):
+                raise ValueError(f"{name}: must be a string (quote numbers)")
+            if "\x00" in text or len(text) > 4096:
+                raise ValueError(f"{name}: must be at most 4096 characters, without NUL")
+            unknown = sorted(set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", text)) - set(PLACEHOLDERS))
+            if unknown:
+                raise ValueError(f"{name}: unknown placeholder {{{unknown[0]}}} "
+                                 f"(use {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            if (not value.startswith("/") or value.rstrip("/") == "" or ".." in Path(value).parts
+                    or any(c in value for c in ":,\x00") or any(c.isspace() for c in value)):
+                raise ValueError("must be an absolute path inside the service container, like /var/lib/data")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Service:

@@ -10,7 +10,7 @@ _MAX_INT = 2**63 - 1
 
 
 def _text(value: Any, name: str, *, limit: int, optional: bool = False) -> None:
-    """A str of at most `limit` characters that UTF-8 can encode (no lone surrogates)."""
+    """A str of at most `limit` characters that UTF-8 and PostgreSQL can store (no lone surrogates, no NUL)."""
     if value is None and optional:
         return
     if not isinstance(value, str):
@@ -18,6 +18,8 @@ def _text(value: Any, name: str, *, limit: int, optional: bool = False) -> None:
     if len(value) > limit:
         raise ValueError(f"{name} is longer than {limit} characters")
     value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character")  # PostgreSQL text cannot hold one
 
 
 def _number(value: Any, name: str, *, optional: bool = False, maximum: int = _MAX_INT) -> None:

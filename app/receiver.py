@@ -37,9 +37,9 @@ def receive():
             return _refuse(401, "unauthorized", "signature does not match the webhook secret")
     event = request.headers.get("X-GitHub-Event", "")
     delivery_id = request.headers.get("X-GitHub-Delivery", "")
-    if not EVENT_NAME.match(event):
+    if not EVENT_NAME.fullmatch(event):
         return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Event header")
-    if not DELIVERY_ID.match(delivery_id):
+    if not DELIVERY_ID.fullmatch(delivery_id):
         return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Delivery header")
     try:
         payload = json.loads(body)

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     router_port: int = Field(default=8088, ge=1, le=65535)
     #: Seconds the old container keeps serving in-flight requests after the switch.
     drain_seconds: float = Field(default=2.0, ge=0, le=300)
+    #: Loopback ports handed out in pairs, two fixed "slots" per app and phase (app.slots).
+    slot_ports: str = Field(default="20000-29999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     work_dir: Path = PROJECT_ROOT / "var" / "work"
     max_body_bytes: int = 25 * 1024 * 1024
 
@@ -65,6 +67,14 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("slot_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        low, high = (int(part) for part in value.split("-"))
+        if not 1024 <= low < high <= 65535:
+            raise ValueError("must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -88,6 +98,12 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise ValueError(f"GITHUB_PRIVATE_KEY_PATH: cannot read: {exc.strerror}") from None
         return None
+
+    @property
+    def slot_range(self) -> tuple[int, int]:
+        """SLOT_PORTS as (low, high), both included."""
+        low, high = (int(part) for part in self.slot_ports.split("-"))
+        return low, high
 
     @property
     def reporting_enabled(self) -> bool:

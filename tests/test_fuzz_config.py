@@ -233,7 +233,7 @@ PIPELINE_PATHS = [
 ]
 
 
-@settings(max_examples=800, **FUZZ)
+@settings(max_examples=500, **FUZZ)
 @given(changes=st.lists(st.tuples(st.sampled_from(PIPELINE_PATHS), structures(PIPELINE_KEYS)), min_size=1,
                         max_size=3))
 def test_default_pipeline_with_wrong_values_at_known_paths(changes):

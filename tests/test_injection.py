@@ -315,10 +315,17 @@ def test_git_refuses_dangerous_transports(url, tmp_path):
 
 
 def test_git_itself_refuses_ext_even_past_the_url_check(tmp_path):
-    """Defence in depth: the environment every git call gets allows only https (and file)."""
-    for url in (f"ext::sh -c touch% {MARKER}", f"ext::touch {MARKER}"):
-        with pytest.raises(CloneFailed):
+    """Defence in depth: GitPython refuses ext::, and the environment every git call gets
+    (protocol.allow=never, then https and file only) makes git itself refuse it too."""
+    from git.exc import UnsafeProtocolError
+
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path), **gitadapter._git_env(None, allow_file=True)}
+    for url in (f"ext::sh -c touch% {MARKER}", f"ext::touch {MARKER}", f"ssh://-oProxyCommand=touch%20{MARKER}/x"):
+        with pytest.raises((CloneFailed, UnsafeProtocolError)):
             gitadapter._ls_remote([url], token=None, allow_file=True)
+        result = subprocess.run(["git", "ls-remote", url], env=env, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode != 0 and "not allowed" in result.stderr, result.stderr
 
 
 def test_a_file_url_with_injection_in_its_path_is_only_a_path(origin, tmp_path):

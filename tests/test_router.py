@@ -1,24 +1,28 @@
-"""Phase URLs through a real, private Caddy: routes, atomic switches, and the no-proxy fallback."""
+"""Phase URLs through a real, private Caddy: one route per phase over two slots, Caddy's own
+health checks choosing the serving slot, and the no-proxy fallback."""
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from app.adapters.router import CaddyRouter, DirectRouter, Router
+from app.adapters.router import PROBE_HEADER, UPSTREAM_HEADER, CaddyRouter, DirectRouter, Router, Slots
 from app.exceptions import RouterError
 from tests.support.dockerkit import (
     caddy_server,  # noqa: F401 (fixture)
     free_port,
     unique_instance,
 )
+
+HEALTH = "/healthz"
 
 
 @pytest.fixture
@@ -29,89 +33,206 @@ def router(caddy_server) -> CaddyRouter:  # noqa: F811
     return caddy_router
 
 
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[dict[str, str]]:
-    """Two plain HTTP servers answering "blue" and "green": body -> "127.0.0.1:PORT"."""
-    servers = {body: _serve(body) for body in ("blue", "green")}
-    yield {body: f"127.0.0.1:{server.server_port}" for body, server in servers.items()}
-    for server in servers.values():
-        server.shutdown()
-        server.server_close()
+class Upstream:
+    """A plain HTTP server on a fixed port answering its name; its health check can be failed,
+    and it can be stopped and started again on the same port (like a slot's containers)."""
+
+    def __init__(self, name: str, port: int | None = None, healthy: bool = True):
+        self.name, self.port, self.healthy = name, port or free_port(), healthy
+        self.health_paths = {HEALTH}
+        self.served = 0  # requests other than health checks
+        self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
+
+    def start(self) -> Upstream:
+        upstream = self
+        payload = self.name.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                upstream._connections.add(self.connection)
+
+            def finish(self):
+                upstream._connections.discard(self.connection)
+                super().finish()
+
+            def do_GET(self):
+                if self.path in upstream.health_paths:
+                    status, body = (200, b"ok") if upstream.healthy else (503, b"sick")
+                elif self.path != "/":
+                    status, body = 404, b"not found"
+                else:
+                    upstream.served += 1
+                    status, body = 200, payload
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Like a process exiting: the listener and every open connection are closed."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for connection in list(self._connections):
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
-def test_switch_serves_the_new_upstream_on_the_phase_url(router, upstreams):
+@pytest.fixture
+def pair() -> Iterator[tuple[Upstream, Upstream]]:
+    """Slot A ("blue") and slot B ("green"), both up and healthy."""
+    blue, green = Upstream("blue").start(), Upstream("green").start()
+    yield blue, green
+    blue.stop()
+    green.stop()
+
+
+def slots_of(pair) -> Slots:
+    return Slots(pair[0].port, pair[1].port)
+
+
+def test_the_phase_url_goes_to_the_first_healthy_slot(router, pair):
+    blue, green = pair
     url = router.url_for("shop", "demo")
     assert url == f"http://shop-demo.localhost:{router.listen_port}"
-    router.switch("shop", "demo", upstreams["blue"])
+    assert router.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
     assert _get(url).text == "blue"
-    router.switch("shop", "demo", upstreams["green"])
-    assert _get(url).text == "green"
-    router.switch("shop", "live", upstreams["blue"])
-    assert _get(router.url_for("shop", "live")).text == "blue"
-    assert router.routes() == {
-        ("shop", "demo"): upstreams["green"],
-        ("shop", "live"): upstreams["blue"],
-    }
+    blue.healthy = False
+    _wait_until(lambda: _get(url).text == "green", timeout=3)
+    blue.healthy = True
+    _wait_until(lambda: _get(url).text == "blue", timeout=3)
+    assert router.routes() == {("shop", "demo"): slots_of(pair)}
 
 
-def test_hyphenated_names_get_distinct_routes(router, upstreams):
-    router.switch("a-b", "c", upstreams["blue"])
-    router.switch("a", "b-c", upstreams["green"])
-    assert router.routes() == {("a-b", "c"): upstreams["blue"], ("a", "b-c"): upstreams["green"]}
-
-
-def test_requests_during_repeated_switches_never_fail(router, upstreams):
-    """Back-to-back switches under load: every request is answered by one of the upstreams.
-
-    Caddy applies each switch by a graceful config reload. On Linux that rebinds the listener
-    (SO_REUSEPORT) and closes idle keep-alive connections, so a request racing either can be
-    reset before it is read; HTTP clients retry such idempotent requests (browsers do), and
-    so do these. A gap in service would show up as a 502 or as retries running out.
-    """
-    router.switch("busy", "live", upstreams["blue"])
-    url = router.url_for("busy", "live")
-    bodies: list[str] = []
-    errors: list[str] = []
-    done = threading.Event()
-
-    def hammer(keep_alive: bool) -> None:
-        with _retrying_session(keep_alive) as session:
-            while not done.is_set():
-                try:
-                    response = _get(url, session)
-                    if response.status_code != 200:
-                        errors.append(f"{response.status_code} {response.text[:80]}")
-                    bodies.append(response.text)
-                except requests.RequestException as exc:
-                    errors.append(repr(exc))
-
-    clients = [threading.Thread(target=hammer, args=(keep_alive,)) for keep_alive in (True, False)]
-    for client in clients:
-        client.start()
+def test_ensure_route_is_a_no_op_when_nothing_changed(router, pair):
+    """Caddy reloads on every change and closes idle connections then: an unchanged route must
+    not be written at all, so a client's keep-alive connection survives."""
+    router.ensure_route("shop", "demo", slots_of(pair), HEALTH)
+    host = f"shop-demo.localhost:{router.listen_port}"
+    connection = http.client.HTTPConnection("127.0.0.1", router.listen_port, timeout=5)
     try:
-        for switch in range(20):
-            target = "green" if switch % 2 == 0 else "blue"
-            served_before = len(bodies)
-            router.switch("busy", "live", upstreams[target])
-            # The clients must have been answered by the new upstream before the next switch.
-            _wait_until(lambda t=target, n=served_before: t in bodies[n:], timeout=5)
+        for _ in range(3):
+            assert router.ensure_route("shop", "demo", slots_of(pair), HEALTH) is False
+            time.sleep(0.2)
+            connection.request("GET", "/", headers={"Host": host})
+            response = connection.getresponse()
+            assert response.read() == b"blue"
     finally:
-        done.set()
-        for client in clients:
-            client.join()
-    assert errors == []
-    assert len(bodies) >= 20
+        connection.close()
 
 
-def test_remove_is_idempotent(router, upstreams):
-    router.switch("gone", "stage", upstreams["blue"])
+def test_a_new_health_path_or_new_slots_update_the_route(router, pair):
+    blue, green = pair
+    router.ensure_route("shop", "demo", slots_of(pair), HEALTH)
+    green.health_paths.add("/ready")
+    assert router.ensure_route("shop", "demo", slots_of(pair), "/ready") is True
+    # Only green answers /ready: Caddy's checks take blue out of service.
+    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
+    assert router.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
+    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "blue", timeout=3)
+    swapped = Slots(green.port, blue.port)
+    assert router.ensure_route("shop", "demo", swapped, HEALTH) is True
+    assert router.routes() == {("shop", "demo"): swapped}
+    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
+
+
+def test_a_starting_upstream_gets_no_traffic_until_caddys_check_passes(router):
+    """Slot A comes up answering requests but not (yet) its health check: Caddy keeps every
+    request on slot B until its own check of A passes, then moves them to A."""
+    green = Upstream("green").start()
+    blue = Upstream("blue", healthy=False)
+    try:
+        router.ensure_route("shop", "demo", Slots(blue.port, green.port), HEALTH)
+        url = router.url_for("shop", "demo")
+        _wait_until(lambda: _get(url).text == "green", timeout=3)
+        blue.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert _get(url).text == "green"
+        assert blue.served == 0
+        blue.healthy = True
+        _wait_until(lambda: _get(url).text == "blue", timeout=3)
+    finally:
+        blue.stop()
+        green.stop()
+
+
+def test_a_stopped_slot_is_failed_over_without_a_client_error(router, pair):
+    """Clients that never retry (a new connection per request, and one keep-alive session)
+    see no error while the serving slot stops, starts again and the other one stops."""
+    blue, green = pair
+    router.ensure_route("busy", "live", slots_of(pair), HEALTH)
+    url = router.url_for("busy", "live")
+    _wait_until(lambda: _get(url).text == "blue", timeout=3)
+    with _RequestLoop(url) as loop:
+        for _ in range(3):
+            blue.stop()  # slot A goes away: B takes over
+            _wait_until(lambda: loop.last == "green", timeout=5)
+            blue.start()  # A is back and healthy: it serves again
+            _wait_until(lambda: loop.last == "blue", timeout=5)
+        green.stop()
+        time.sleep(0.3)
+        green.start()
+    assert loop.errors == []
+    assert loop.count > 50
+
+
+def test_wait_serving_tells_serving_from_standby(router, pair):
+    blue, green = pair
+    slots = slots_of(pair)
+    router.ensure_route("shop", "demo", slots, HEALTH)
+    assert router.wait_serving("shop", "demo", slots.a, timeout=5) is True
+    started = time.monotonic()
+    assert router.wait_serving("shop", "demo", slots.b, timeout=5) is False  # ready behind A
+    assert time.monotonic() - started >= router.health_interval + router.health_timeout - 0.05
+    blue.stop()
+    assert router.wait_serving("shop", "demo", slots.b, timeout=5) is True
+    with pytest.raises(RouterError, match="did not route shop/demo to port"):
+        router.wait_serving("shop", "demo", slots.a, timeout=1)
+    with pytest.raises(RouterError, match="not one of the slots"):
+        router.wait_serving("shop", "demo", free_port(), timeout=1)
+    with pytest.raises(RouterError, match="no route"):
+        router.wait_serving("shop", "live", slots.a, timeout=1)
+
+
+def test_probes_learn_the_slot_and_others_do_not(router, pair):
+    router.ensure_route("shop", "demo", slots_of(pair), HEALTH)
+    host = f"shop-demo.localhost:{router.listen_port}"
+    probed = requests.get(f"http://127.0.0.1:{router.listen_port}/", headers={"Host": host, PROBE_HEADER: "1"},
+                          timeout=5)
+    assert probed.headers[UPSTREAM_HEADER] == f"127.0.0.1:{pair[0].port}"
+    assert UPSTREAM_HEADER not in _get(router.url_for("shop", "demo")).headers
+
+
+def test_hyphenated_names_get_distinct_routes(router, pair):
+    router.ensure_route("a-b", "c", slots_of(pair), HEALTH)
+    other = Slots(free_port(), free_port())
+    router.ensure_route("a", "b-c", other, HEALTH)
+    assert router.routes() == {("a-b", "c"): slots_of(pair), ("a", "b-c"): other}
+
+
+def test_remove_is_idempotent(router, pair):
+    router.ensure_route("gone", "stage", slots_of(pair), HEALTH)
     router.remove("gone", "stage")
     router.remove("gone", "stage")
     assert ("gone", "stage") not in router.routes()
     assert _get(router.url_for("gone", "stage")).text != "blue"
 
 
-def test_ensure_server_merges_and_keeps_existing_config(caddy_server, upstreams):  # noqa: F811
+def test_ensure_server_merges_and_keeps_existing_config(caddy_server, pair):  # noqa: F811
     other_port = free_port()
     admin = caddy_server.admin_url
     other = {
@@ -120,59 +241,62 @@ def test_ensure_server_merges_and_keeps_existing_config(caddy_server, upstreams)
         "routes": [{"handle": [{"handler": "static_response", "body": "someone else"}]}],
     }
     name = f"other-{unique_instance()}"
-    requests.put(
-        f"{admin}/config/apps/http/servers/{name}", json=other, timeout=5
-    ).raise_for_status()
+    requests.put(f"{admin}/config/apps/http/servers/{name}", json=other, timeout=5).raise_for_status()
 
     first = CaddyRouter(admin, caddy_server.http_port, instance=unique_instance())
     first.ensure_server()
-    first.switch("keep", "demo", upstreams["blue"])
+    first.ensure_route("keep", "demo", slots_of(pair), HEALTH)
     first.ensure_server()
-    assert first.routes() == {("keep", "demo"): upstreams["blue"]}
+    assert first.routes() == {("keep", "demo"): slots_of(pair)}
 
-    second_port = free_port()
-    second = CaddyRouter(admin, second_port, instance=unique_instance())
+    swapped = Slots(pair[1].port, pair[0].port)
+    second = CaddyRouter(admin, free_port(), instance=unique_instance())
     second.ensure_server()
-    second.switch("keep", "demo", upstreams["green"])
+    second.ensure_route("keep", "demo", swapped, HEALTH)
     assert _get(second.url_for("keep", "demo")).text == "green"
     assert _get(first.url_for("keep", "demo")).text == "blue"
     assert _get(f"http://127.0.0.1:{other_port}/").text == "someone else"
-    assert first.routes() == {("keep", "demo"): upstreams["blue"]}
+    assert first.routes() == {("keep", "demo"): slots_of(pair)}
 
 
-def test_switch_installs_a_missing_server(caddy_server, upstreams):  # noqa: F811
-    """As after a Caddy restart that lost the configuration: the first switch repairs it."""
+def test_ensure_route_restores_a_lost_configuration(caddy_server, pair):  # noqa: F811
+    """As after a Caddy restart that lost the configuration: ensuring the route repairs it."""
     fresh = CaddyRouter(caddy_server.admin_url, free_port(), instance=unique_instance())
     assert fresh.routes() == {}
-    fresh.switch("shop", "demo", upstreams["blue"])
+    assert fresh.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
+    assert _get(fresh.url_for("shop", "demo")).text == "blue"
+    requests.delete(f"{caddy_server.admin_url}/config/apps/http/servers/{fresh.server_name}",
+                    timeout=5).raise_for_status()
+    assert fresh.routes() == {}
+    assert fresh.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
     assert _get(fresh.url_for("shop", "demo")).text == "blue"
 
 
-def test_new_routes_go_before_a_catch_all(router, upstreams, caddy_server):  # noqa: F811
+def test_new_routes_go_before_a_catch_all(router, pair, caddy_server):  # noqa: F811
     fallback = {"handle": [{"handler": "static_response", "body": "fallback"}]}
     requests.post(
         f"{caddy_server.admin_url}/config/apps/http/servers/{router.server_name}/routes",
         json=fallback,
         timeout=5,
     ).raise_for_status()
-    router.switch("late", "demo", upstreams["green"])
-    assert _get(router.url_for("late", "demo")).text == "green"
+    router.ensure_route("late", "demo", slots_of(pair), HEALTH)
+    assert _get(router.url_for("late", "demo")).text == "blue"
     assert _get(router.url_for("unrouted", "demo")).text == "fallback"
 
 
-def test_refuses_unsafe_names_and_upstreams(router):
-    for app, phase in (
-        ("Shop", "demo"),
-        ("shop", "demo.evil"),
-        ("-x", "demo"),
-        ("a/b", "demo"),
-        ("", "demo"),
-    ):
+def test_refuses_unsafe_names_paths_and_slots(router):
+    slots = Slots(41001, 41002)
+    for app, phase in (("Shop", "demo"), ("shop", "demo.evil"), ("-x", "demo"), ("a/b", "demo"), ("", "demo"),
+                       ("shop", "demo\n")):
         with pytest.raises(RouterError, match="slug"):
-            router.switch(app, phase, "127.0.0.1:8080")
-    for upstream in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "http://x:80", "a b:80"):
-        with pytest.raises(RouterError, match="upstream"):
-            router.switch("shop", "demo", upstream)
+            router.ensure_route(app, phase, slots, HEALTH)
+    for path in ("healthz", "/a b", "/x\n", "/\x00", "", None):
+        with pytest.raises(RouterError, match="health path"):
+            router.ensure_route("shop", "demo", slots, path)
+    for ports in ((0, 1), (1, 65536), (41001, 41001), ("80", 81), (True, 81)):
+        with pytest.raises(RouterError, match="port"):
+            Slots(*ports)
+    assert router.routes() == {}
 
 
 def test_port_clash_is_a_readable_router_error(router, caddy_server):  # noqa: F811
@@ -186,79 +310,93 @@ def test_unreachable_caddy():
     router = CaddyRouter(f"http://127.0.0.1:{free_port()}", free_port())
     assert router.ping() is False
     with pytest.raises(RouterError, match="unreachable"):
-        router.switch("shop", "demo", "127.0.0.1:8080")
+        router.ensure_route("shop", "demo", Slots(41001, 41002), HEALTH)
 
 
-def test_direct_router_records_the_latest_upstream():
+def test_direct_router_serves_the_slot_port():
     router = DirectRouter()
     assert isinstance(router, Router) and router.ping()
     router.ensure_server()
     with pytest.raises(RouterError):
         router.url_for("shop", "demo")
-    router.switch("shop", "demo", "127.0.0.1:41001")
-    router.switch("shop", "demo", "127.0.0.1:41002")
-    assert router.url_for("shop", "demo") == "http://127.0.0.1:41002"
-    assert router.routes() == {("shop", "demo"): "127.0.0.1:41002"}
+    assert router.ensure_route("shop", "demo", Slots(41001, 41002), HEALTH) is False
+    assert router.wait_serving("shop", "demo", 41002) is True
+    assert router.url_for("shop", "demo", 41002) == "http://127.0.0.1:41002"
+    assert router.routes() == {("shop", "demo"): Slots(41001, 41002)}
     router.remove("shop", "demo")
     router.remove("shop", "demo")
     assert router.routes() == {}
     with pytest.raises(RouterError):
-        router.switch("shop", "Demo", "127.0.0.1:41001")
+        router.ensure_route("shop", "Demo", Slots(41001, 41002), HEALTH)
 
 
 def test_caddy_router_is_a_router(router):
     assert isinstance(router, Router) and router.ping()
 
 
-def _retrying_session(keep_alive: bool) -> requests.Session:
-    """A client that, like a browser, retries a GET whose connection was reset before any answer."""
-    session = requests.Session()
-    retry = Retry(
-        total=3,
-        connect=3,
-        read=3,
-        status=0,
-        other=0,
-        backoff_factor=0,
-        allowed_methods={"GET"},
-        raise_on_status=False,
-    )
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    if not keep_alive:
-        session.headers["Connection"] = "close"
-    return session
+def test_slots_pick_the_other_slot():
+    slots = Slots(20000, 20001)
+    assert slots.other(None) == 20000
+    assert slots.other(20000) == 20001
+    assert slots.other(20001) == 20000
+    assert slots.other(31337) == 20000  # a container from before slots: A is free
+
+
+class _RequestLoop:
+    """GETs on the phase URL from two clients that never retry, until stopped: one opens a new
+    connection per request, the other keeps one keep-alive session. Every exception and every
+    non-2xx answer counts as an error."""
+
+    def __init__(self, url: str, deadline: float = 60):
+        self.url, self.deadline = url, deadline
+        self.errors: list[str] = []
+        self.count = 0
+        self.last = ""
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
+                         for keep_alive in (False, True)]
+
+    def __enter__(self) -> _RequestLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _run(self, keep_alive: bool) -> None:
+        session = requests.Session()
+        session.trust_env = False
+        if not keep_alive:
+            session.headers["Connection"] = "close"
+        stop_at = time.monotonic() + self.deadline  # bounded even if the test forgets to stop it
+        while not self._done.is_set() and time.monotonic() < stop_at:
+            try:
+                response = _get(self.url, session)
+                if not response.ok:
+                    self.errors.append(f"{response.status_code} {response.text[:80]}")
+                self.last = response.text
+            except requests.RequestException as exc:
+                self.errors.append(repr(exc))
+            self.count += 1
+        session.close()
 
 
 def _wait_until(condition, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+        time.sleep(0.02)
 
 
-def _get(url: str, session=requests) -> requests.Response:
+def _get(url: str, session=None) -> requests.Response:
     """GET a phase URL: connect to 127.0.0.1 and name the host, as *.localhost may not resolve."""
     host = url.split("//", 1)[1].split("/", 1)[0]
     port = host.rsplit(":", 1)[1]
-    return session.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=5)
-
-
-def _serve(body: str) -> ThreadingHTTPServer:
-    payload = body.encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    if session is None:
+        with requests.Session() as fresh:
+            fresh.trust_env = False
+            return fresh.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=10)
+    return session.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=10)

@@ -1,8 +1,9 @@
 """The deploy job: a queued deployment becomes the container serving its phase URL.
 
 Order of a rollout (SPEC §7): image (reused by commit or tree, else cloned and built once)
-→ new container → health gate → route switched → old container drained and stopped.
-Anything failing before the switch leaves the previous version serving.
+→ new container on the phase's free slot → health gate → the router takes it (by its own
+health check; its configuration does not change) → old container drained and stopped.
+Anything failing before that leaves the previous version serving.
 """
 
 from __future__ import annotations
@@ -11,26 +12,32 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import suppress
 from urllib.parse import urlparse
 
 from sqlalchemy import select
 
+from app.actions import current
 from app.adapters import git
-from app.adapters.docker import ContainerSpec
+from app.adapters.docker import ContainerInfo, ContainerSpec
+from app.adapters.router import Slots
 from app.approvals import PROMOTION_REQUESTED, count_approvals
 from app.context import Context
-from app.exceptions import GitHubError, ReleasePipelineError
+from app.exceptions import GitHubError, ReleasePipelineError, RouterError
 from app.health import wait_healthy
 from app.locks import deploy_lock
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
+from app.slots import phase_slots
 from app.versions import is_release_tag
 from workers import runtime
 
 log = logging.getLogger(__name__)
 
 REPO_FILE = ".release-pipeline.yml"
+#: Seconds the router has to take a healthy new container (Caddy: one health check).
+ROUTE_TIMEOUT = 10
 
 
 def promotion_requesters(ctx: Context, app_id: int, pr_number: int) -> list[str]:
@@ -260,40 +267,98 @@ class Rollout:
 
     def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
                  repo_config: RepoConfig, snapshot: dict) -> None:
+        """The new container starts on the phase's free slot and must pass our health gate; the
+        router then takes it by its own health check (its configuration does not change), and
+        only then is the old container drained and stopped. Anything failing before that
+        removes the new container and leaves the old one serving."""
         engine, router = self.ctx.engine, self.ctx.router
-        previous = engine.list_containers(app=app_name, phase=phase)
+        slots = self.slots(phase)
+        existing = engine.list_containers(app=app_name, phase=phase)
+        serving = self.serving_container(existing, slots)
+        port = slots.other(serving.host_port if serving else None)
+        for leftover in existing:  # e.g. from a deploy whose worker died: not serving, in the way
+            if leftover is not serving and (leftover.status != "running" or leftover.host_port == port):
+                engine.stop_and_remove(leftover.id, timeout=2)
+                self.say(f"removed the leftover container {leftover.name}")
+        previous = [c for c in existing if c is serving or (c.status == "running" and c.host_port != port)]
         spec = ContainerSpec(
             app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
             image=image_id, env=container_env(snapshot, self.ctx.box), port=repo_config.port,
-            memory=snapshot.get("memory"), cpus=snapshot.get("cpus"),
+            memory=snapshot.get("memory"), cpus=snapshot.get("cpus"), host_port=port,
         )
-        self.say(f"starting {version} ({image_id[:19]})")
+        self.say(f"starting {version} ({image_id[:19]}) on slot port {port}")
         started = time.monotonic()
         container = engine.run_container(spec)
         self.update(container_id=container.id, container_name=container.name, host_port=container.host_port)
-        health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
-        result = wait_healthy(
-            health_url, timeout=self.ctx.config.health_timeout(phase),
-            is_alive=lambda: engine.container_status(container.id) in ("running", "created", "restarting"),
-        )
-        if not result.ok:
-            evidence = {"health": result.responses, "logs": engine.container_logs(container.id, tail=50)}
-            engine.stop_and_remove(container.id, timeout=2)
-            self.update(evidence=evidence, container_id=None)
-            for line in evidence["logs"][-20:]:
-                self.say(f"container: {line}")
-            raise ReleasePipelineError(result.reason)
-        self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
-        router.switch(app_name, phase, f"127.0.0.1:{container.host_port}")
-        url = router.url_for(app_name, phase)
-        self.update(url=url)
-        self.say(f"{url} now serves {version}")
-        if previous:
-            time.sleep(self.ctx.settings.drain_seconds)
-            for old in previous:
-                engine.stop_and_remove(old.id)
-                self.say(f"stopped the previous container {old.name}")
+        try:
+            health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
+            result = wait_healthy(
+                health_url, timeout=self.ctx.config.health_timeout(phase),
+                is_alive=lambda: engine.container_status(container.id) in ("running", "created", "restarting"),
+            )
+            if not result.ok:
+                self.give_up(container.id, result.reason, result.responses)
+            self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
+            try:
+                if router.ensure_route(app_name, phase, slots, repo_config.healthcheck):
+                    self.say(f"router: {app_name}/{phase} goes to slot ports {slots.a} and {slots.b}, "
+                             f"health checked on {repo_config.healthcheck}")
+                taken_over = router.wait_serving(app_name, phase, container.host_port, timeout=ROUTE_TIMEOUT)
+            except RouterError as exc:
+                self.give_up(container.id, str(exc), result.responses)
+        except BaseException:
+            with suppress(Exception):  # whatever went wrong, the new container must not serve
+                engine.stop_and_remove(container.id, timeout=2)
+            raise
+        url = router.url_for(app_name, phase, container.host_port)
+        if taken_over:
+            self.update(url=url)
+            self.say(f"{url} now serves {version}")
+            if previous:
+                time.sleep(self.ctx.settings.drain_seconds)  # requests in flight on the old one finish
+        else:
+            self.say(f"{version} is ready on slot port {port}: it takes over {url} as the previous "
+                     "container stops")
+        for old in previous:
+            engine.stop_and_remove(old.id)
+            self.say(f"stopped the previous container {old.name}")
+        if not taken_over:
+            self.update(url=url)
+            try:
+                router.wait_serving(app_name, phase, container.host_port, timeout=ROUTE_TIMEOUT)
+                self.say(f"{url} now serves {version}")
+            except RouterError as exc:
+                self.say(f"warning: {exc}")
         self.prune(app_name)
+
+    def give_up(self, container_id: str, reason: str, health: list[str]) -> None:
+        """Keep the evidence (health answers, the container's last lines), remove it, fail."""
+        engine = self.ctx.engine
+        evidence = {"health": health, "logs": engine.container_logs(container_id, tail=50), "reason": reason}
+        engine.stop_and_remove(container_id, timeout=2)
+        self.update(evidence=evidence, container_id=None)
+        for line in evidence["logs"][-20:]:
+            self.say(f"container: {line}")
+        raise ReleasePipelineError(reason)
+
+    def slots(self, phase: str) -> Slots:
+        with self.ctx.db.session() as session:
+            app_id = session.get(Deployment, self.deployment_id).app_id
+            return phase_slots(session, app_id, phase, self.ctx.settings.slot_range)
+
+    def serving_container(self, existing: list[ContainerInfo], slots: Slots) -> ContainerInfo | None:
+        """The running container the phase URL serves now: the current deployment's, else the
+        one on the slot the router prefers."""
+        running = [c for c in existing if c.status == "running"]
+        with self.ctx.db.session() as session:
+            deployment = session.get(Deployment, self.deployment_id)
+            now = current(session, deployment.app_id, deployment.phase)
+            current_id = now.container_id if now is not None else None
+        for container in running:
+            if container.id == current_id:
+                return container
+        on_slots = sorted((c for c in running if c.host_port in slots.ports), key=lambda c: c.host_port != slots.a)
+        return on_slots[0] if on_slots else (running[0] if running else None)
 
     def prune(self, app_name: str) -> None:
         """Keep what each phase can roll back to (its last two good images) plus the newest N."""

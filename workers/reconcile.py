@@ -21,8 +21,10 @@ from app.deployments import schedule
 from app.exceptions import ReleasePipelineError
 from app.jobs import job_id
 from app.locks import holder
-from app.models import App, Deployment, DeploymentStatus, LogLine, utcnow
+from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
+from app.pipeline import RepoConfig
 from app.plans import Deploy, Repo
+from app.slots import find_slots
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -119,10 +121,11 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
                 expected.add(container.id)
                 if container.host_port and container.host_port != serving.host_port:
                     serving.host_port = container.host_port  # the engine re-published it on restart
-                upstream = f"127.0.0.1:{container.host_port}"
-                if container.host_port and router.routes().get((app.name, phase)) != upstream:
-                    router.switch(app.name, phase, upstream)
-                    findings.restored_routes.append(f"{app.name}/{phase}")
+                slots = find_slots(session, app.id, phase)
+                if slots is not None and container.host_port in slots.ports:
+                    # A no-op unless the router lost the route (e.g. Caddy restarted).
+                    if router.ensure_route(app.name, phase, slots, _health_path(session, serving)):
+                        findings.restored_routes.append(f"{app.name}/{phase}")
         for app, serving in redeploy:
             deployment = schedule(session, app, Deploy(
                 repo=Repo(app.full_name, app.clone_url, app.default_branch), phase=serving.phase,
@@ -136,6 +139,11 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
             findings.removed_containers.append(container.name)
     for deployment_id in findings.redeployed:
         ctx.jobs.deploy(deployment_id)
+
+
+def _health_path(session, deployment: Deployment) -> str:
+    build = session.get(Build, deployment.build_id) if deployment.build_id else None
+    return (build.repo_config if build else {}).get("healthcheck") or RepoConfig().healthcheck
 
 
 def _restore_pending(session, app_id: int, phase: str) -> bool:

@@ -72,6 +72,8 @@ class ContainerSpec:
     cpus: float | None = None
     network: str | None = None
     command: list[str] | None = None
+    #: The fixed 127.0.0.1 port to publish on (the phase's free slot); None: any free port.
+    host_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Engine:
     """This installation's view of a Docker engine (`base_url` None: DOCKER_HOST or the socket)."""
 
     def __init__(self, base_url: str | None = None, instance: str = "rp"):
-        if not _INSTANCE.match(instance):
+        if not _INSTANCE.fullmatch(instance):
             raise ValueError(f"instance {instance!r} must match {_INSTANCE.pattern}")
         self.base_url = base_url
         self.instance = instance
@@ -179,10 +181,15 @@ class Engine:
     # Containers
 
     def run_container(self, spec: ContainerSpec) -> RunningContainer:
-        """Create and start the container for `spec`, published on a random 127.0.0.1 port."""
+        """Create and start the container for `spec`, published on 127.0.0.1 at `spec.host_port`
+        (a random free port when None)."""
         problem = _unsafe(app=spec.app, phase=spec.phase, version=spec.version, sha=spec.sha, env=spec.env)
         if problem:
             raise DeployFailed(f"container refused: {problem}")
+        if spec.host_port is not None and (
+                not isinstance(spec.host_port, int) or isinstance(spec.host_port, bool)
+                or not 0 < spec.host_port < 65536):
+            raise DeployFailed(f"container refused: host port {spec.host_port!r} is not a TCP port")
         name = f"{self.instance}-{spec.app}-{spec.phase}-{spec.deployment_id}"
         environment = {
             **spec.env,
@@ -210,7 +217,7 @@ class Engine:
                 mem_limit=spec.memory,
                 nano_cpus=round(spec.cpus * 1e9) if spec.cpus else None,
                 restart_policy={"Name": "unless-stopped"},
-                ports={f"{spec.port}/tcp": ("127.0.0.1", None)},
+                ports={f"{spec.port}/tcp": ("127.0.0.1", spec.host_port)},
                 network=spec.network,
             )
         except APIError as exc:
@@ -228,7 +235,11 @@ class Engine:
             container.remove(force=True, v=True)
             if isinstance(exc, DeployFailed):
                 raise
-            raise DeployFailed(f"cannot start container {name}: {_explanation(exc)}") from None
+            explanation = _explanation(exc)
+            if spec.host_port and ("already allocated" in explanation or "already in use" in explanation):
+                raise DeployFailed(f"cannot start container {name}: port {spec.host_port} on 127.0.0.1 "
+                                   "is taken by another program (see SLOT_PORTS)") from None
+            raise DeployFailed(f"cannot start container {name}: {explanation}") from None
 
     def container_logs(self, container_id: str, tail: int = 50) -> list[str]:
         try:
@@ -307,6 +318,325 @@ class Engine:
         if container.labels.get(LABEL_INSTANCE) != self.instance:
             raise NotFound(f"container {container_id} does not belong to instance {self.instance}")
         return container
+
+    # Backing services (app.services) ------------------------------------------------------------
+    #
+    # One set per app and phase (network, data volumes, containers), kept across deployments.
+    # Everything carries LABEL_INSTANCE (so an uninstall removes it) but, on purpose, not
+    # LABEL_APP/LABEL_PHASE: code that handles an app's containers by app and phase must never
+    # mistake a database for an old app container. Service images are keyed by definition hash.
+
+    LABEL_SERVICE = "release-pipeline.service"
+    LABEL_SERVICE_APP = "release-pipeline.service-app"
+    LABEL_SERVICE_PHASE = "release-pipeline.service-phase"
+    LABEL_SERVICE_DEFINITION = "release-pipeline.service-definition"
+    _SERVICE_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+    _SERVICE_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+    _SIZES_TTL = 30.0
+
+    def service_labels(self, app: str, phase: str | None = None, service: str | None = None,
+                       **extra: str) -> dict[str, str]:
+        for what, value in (("app", app), ("phase", phase), ("service", service)):
+            if value is not None and (not isinstance(value, str) or not self._SERVICE_SLUG.fullmatch(value)):
+                raise DeployFailed(f"{what} {str(value)[:80]!r} is not safe to use in Docker names and labels")
+        labels = {self.LABEL_SERVICE_APP: app}
+        if phase is not None:
+            labels[self.LABEL_SERVICE_PHASE] = phase
+        if service is not None:
+            labels[self.LABEL_SERVICE] = service
+        return self._labels(**labels, **extra)
+
+    def _owns(self, labels: dict | None, app: str, phase: str | None = None) -> bool:
+        labels = labels or {}
+        return (labels.get(LABEL_INSTANCE) == self.instance and labels.get(self.LABEL_SERVICE_APP) == app
+                and (phase is None or labels.get(self.LABEL_SERVICE_PHASE) == phase))
+
+    def ensure_network(self, name: str, *, app: str, phase: str) -> str:
+        """The phase's own bridge network, created once; returns its name."""
+        labels = self.service_labels(app, phase)
+        api = self.client.api
+        for network in api.networks(names=[name]):
+            if network["Name"] == name:
+                if not self._owns(network.get("Labels"), app, phase):
+                    raise DeployFailed(f"network {name} exists but is not {app}/{phase}'s network of "
+                                       f"installation {self.instance}")
+                return name
+        try:
+            api.create_network(name, driver="bridge", labels=labels)
+        except APIError as exc:
+            raise DeployFailed(f"cannot create network {name}: {_explanation(exc)}") from None
+        return name
+
+    def ensure_volume(self, name: str, *, app: str, phase: str, service: str) -> str:
+        """A named data volume for one service of one phase, created once; returns its name."""
+        labels = self.service_labels(app, phase, service)
+        api = self.client.api
+        try:
+            found = api.inspect_volume(name)
+        except NotFound:
+            try:
+                api.create_volume(name, driver="local", labels=labels)
+            except APIError as exc:
+                raise DeployFailed(f"cannot create volume {name}: {_explanation(exc)}") from None
+            return name
+        if not self._owns(found.get("Labels"), app, phase) or (found.get("Labels") or {}).get(
+                self.LABEL_SERVICE) != service:
+            raise DeployFailed(f"volume {name} exists but is not {app}/{phase}/{service}'s volume of "
+                               f"installation {self.instance}")
+        return name
+
+    def local_image(self, reference: str) -> str | None:
+        """The id of `reference` if the engine has it; never pulls."""
+        try:
+            return self.client.api.inspect_image(reference)["Id"]
+        except NotFound:
+            return None
+        except APIError as exc:
+            raise DeployFailed(f"image {reference[:100]}: {_first_line(_explanation(exc))}") from None
+
+    def find_service_image(self, app: str, service: str, definition: str) -> str | None:
+        images = self.client.api.images(filters=self._filters(**self.service_labels(
+            app, service=service, **{self.LABEL_SERVICE_DEFINITION: definition})))
+        return images[0]["Id"] if images else None
+
+    def build_service_image(self, *, app: str, service: str, definition: str, context_tar: bytes,
+                            dockerfile: str = "Dockerfile", on_line: Callable[[str], None]) -> str:
+        """Build a `build:` service's image once per definition hash; returns the image id."""
+        labels = self.service_labels(app, service=service, **{self.LABEL_SERVICE_DEFINITION: definition})
+        tag = f"{self.instance}-{app}-svc-{service}:{definition[:12]}"
+        try:
+            stream = self.client.api.build(
+                fileobj=io.BytesIO(context_tar), custom_context=True, dockerfile=dockerfile, tag=tag,
+                labels=labels, decode=True, rm=True, forcerm=True,
+            )
+            for entry in stream:
+                if "error" in entry:
+                    raise BuildFailed(_first_line(str(entry["error"])) or "docker build failed")
+                for line in _output_lines(entry):
+                    on_line(line)
+            return self.client.api.inspect_image(tag)["Id"]
+        except APIError as exc:
+            raise BuildFailed(_first_line(_explanation(exc))) from None
+
+    def service_container_name(self, app: str, phase: str, service: str) -> str:
+        # Dots never occur in slugs, so no app/phase/service combination collides with another
+        # (or with an app container, named <instance>-<app>-<phase>-<deployment id>).
+        return f"{self.instance}-{app}.{phase}.{service}"
+
+    def run_service_container(
+        self, *, app: str, phase: str, service: str, definition: str, image: str, network: str,
+        env: dict[str, str], command: list[str] | None = None, volume: str | None = None,
+        data_path: str | None = None, memory: str | None = None, cpus: float | None = None,
+        healthcheck: list[str] | str | None = None,
+    ) -> str:
+        """Create and start a service container on `network` (alias: the service name); its id.
+
+        Not published on the host: only containers on the phase network reach it. It starts
+        without a restart policy, so an exit while starting shows its real exit code; call
+        `keep_running` once it is healthy.
+        """
+        labels = self.service_labels(app, phase, service, **{self.LABEL_SERVICE_DEFINITION: definition})
+        for key, value in env.items():
+            if not self._SERVICE_ENV.fullmatch(key) or "\x00" in value:
+                raise DeployFailed(f"service {service}: environment variable {key[:80]!r} is not valid")
+        name = self.service_container_name(app, phase, service)
+        api = self.client.api
+        mounts = [docker.types.Mount(target=data_path, source=volume, type="volume")] if volume else []
+        check = None
+        if healthcheck:
+            test = ["CMD", *healthcheck] if isinstance(healthcheck, list) else ["CMD-SHELL", healthcheck]
+            check = docker.types.Healthcheck(test=test, interval=10 * 10**9, timeout=5 * 10**9, retries=3)
+        try:
+            created = api.create_container(
+                image, command=command, name=name, hostname=service, environment=env, labels=labels,
+                healthcheck=check,
+                host_config=api.create_host_config(
+                    network_mode=network, mounts=mounts,
+                    # CPU quota rather than nano_cpus: update_service_resources can change it in place.
+                    mem_limit=memory, cpu_period=100_000 if cpus else None,
+                    cpu_quota=round(cpus * 100_000) if cpus else None,
+                ),
+                networking_config=api.create_networking_config(
+                    {network: api.create_endpoint_config(aliases=[service])}),
+            )
+        except APIError as exc:
+            raise DeployFailed(f"cannot create service container {name}: {_first_line(_explanation(exc))}") from None
+        try:
+            api.start(created["Id"])
+        except APIError as exc:
+            with suppress(APIError):
+                api.remove_container(created["Id"], force=True, v=True)
+            raise DeployFailed(f"cannot start service container {name}: {_first_line(_explanation(exc))}") from None
+        return created["Id"]
+
+    def service_containers(self, app: str, phase: str | None = None) -> list[dict]:
+        """This app's service containers (of one phase): id, name, labels, state, health, image."""
+        filters = self._filters(**self.service_labels(app, phase))
+        out = []
+        for summary in self.client.api.containers(all=True, filters=filters):
+            status = summary.get("Status") or ""
+            health = next((word for marker, word in (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"),
+                                                     ("(health: starting)", "starting")) if marker in status), None)
+            out.append({"id": summary["Id"], "name": summary["Names"][0].lstrip("/"),
+                        "labels": summary.get("Labels") or {}, "state": summary.get("State"), "health": health,
+                        "image_id": summary.get("ImageID")})
+        return out
+
+    def service_state(self, container_id: str) -> dict | None:
+        """status ("running", "exited", …), exit code, restart count and health; None when gone."""
+        try:
+            info = self.client.api.inspect_container(container_id)
+        except NotFound:
+            return None
+        labels = info["Config"].get("Labels") or {}
+        if labels.get(LABEL_INSTANCE) != self.instance or self.LABEL_SERVICE not in labels:
+            return None
+        state, host = info.get("State") or {}, info.get("HostConfig") or {}
+        cpus = host["CpuQuota"] / host["CpuPeriod"] if host.get("CpuQuota") and host.get("CpuPeriod") else None
+        return {"status": state.get("Status"), "exit_code": state.get("ExitCode"),
+                "memory": host.get("Memory") or None, "cpus": cpus,
+                "restarts": info.get("RestartCount", 0), "health": (state.get("Health") or {}).get("Status"),
+                "image_id": info.get("Image"), "labels": labels,
+                "has_image_healthcheck": bool((info["Config"].get("Healthcheck") or {}).get("Test"))}
+
+    def exec_check(self, container_id: str, command: list[str] | str, timeout: float = 5.0) -> int | None:
+        """Run a health command inside a running service container: its exit code, or None
+        (container not running, or the command still running after `timeout` seconds)."""
+        import time
+
+        if self.service_state(container_id) is None:
+            return None
+        api = self.client.api
+        argv = command if isinstance(command, list) else ["/bin/sh", "-c", command]
+        try:
+            exec_id = api.exec_create(container_id, argv, stdout=False, stderr=False)["Id"]
+            api.exec_start(exec_id, detach=True)
+        except (NotFound, APIError):
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = api.exec_inspect(exec_id)
+            except (NotFound, APIError):
+                return None
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def keep_running(self, container_id: str) -> None:
+        """Restart the service container whenever it stops (unless stopped on purpose)."""
+        if self.service_state(container_id) is not None:
+            self.client.api.update_container(container_id, restart_policy={"Name": "unless-stopped"})
+
+    def start_service_container(self, container_id: str) -> None:
+        if self.service_state(container_id) is not None:
+            self.client.api.start(container_id)
+
+    def update_service_resources(self, container_id: str, memory: str | None, cpus: float | None) -> None:
+        """Apply new sizing to a running service container in place (no restart)."""
+        if self.service_state(container_id) is None:
+            return
+        kwargs: dict = {}
+        if memory:
+            kwargs.update(mem_limit=memory, memswap_limit=-1)
+        if cpus:
+            kwargs["cpu_quota"], kwargs["cpu_period"] = round(cpus * 100_000), 100_000
+        if kwargs:
+            try:
+                self.client.api.update_container(container_id, **kwargs)
+            except APIError as exc:
+                raise DeployFailed(f"cannot resize service container: {_first_line(_explanation(exc))}") from None
+
+    def remove_service_container(self, container_id: str, timeout: int = 10) -> None:
+        """Stop gracefully (a database flushes on SIGTERM) and remove; named volumes stay."""
+        if self.service_state(container_id) is None:
+            return
+        with suppress(NotFound):
+            self.client.api.stop(container_id, timeout=timeout)
+        with suppress(NotFound):
+            self.client.api.remove_container(container_id, force=True, v=True)
+
+    def service_volumes(self, app: str, phase: str | None = None) -> list[str]:
+        volumes = self.client.api.volumes(filters=self._filters(**self.service_labels(app, phase)))
+        return sorted(v["Name"] for v in volumes.get("Volumes") or [])
+
+    def service_networks(self, app: str, phase: str | None = None) -> list[str]:
+        networks = self.client.api.networks(filters=self._filters(**self.service_labels(app, phase)))
+        return sorted(n["Name"] for n in networks)
+
+    def remove_volume(self, name: str) -> None:
+        """Remove one of this installation's service volumes (its data is gone); absent is fine."""
+        try:
+            labels = self.client.api.inspect_volume(name).get("Labels") or {}
+        except NotFound:
+            return
+        if labels.get(LABEL_INSTANCE) != self.instance or self.LABEL_SERVICE_APP not in labels:
+            raise DeployFailed(f"volume {name} is not a service volume of installation {self.instance}")
+        with suppress(NotFound):
+            self.client.api.remove_volume(name, force=True)
+
+    def remove_network(self, name: str) -> None:
+        """Disconnect whatever is attached and remove the network. An app container whose only
+        network this is joins the default bridge first, so its published port keeps serving."""
+        api = self.client.api
+        try:
+            network = api.inspect_network(name)
+        except NotFound:
+            return
+        labels = network.get("Labels") or {}
+        if labels.get(LABEL_INSTANCE) != self.instance or self.LABEL_SERVICE_APP not in labels:
+            raise DeployFailed(f"network {name} is not a service network of installation {self.instance}")
+        for container_id in network.get("Containers") or {}:
+            with suppress(NotFound, APIError):
+                attached = api.inspect_container(container_id)["NetworkSettings"].get("Networks") or {}
+                if set(attached) <= {name}:
+                    api.connect_container_to_network(container_id, "bridge")
+            with suppress(NotFound, APIError):
+                api.disconnect_container_from_network(container_id, network["Id"], force=True)
+        with suppress(NotFound):
+            api.remove_network(network["Id"])
+
+    def remove_service_image(self, image_id: str) -> bool:
+        """Remove a service image no container uses any more; False when it is kept."""
+        try:
+            labels = self.client.api.inspect_image(image_id)["Config"].get("Labels") or {}
+        except NotFound:
+            return False
+        if labels.get(LABEL_INSTANCE) != self.instance or self.LABEL_SERVICE not in labels:
+            return False
+        try:
+            self.client.api.remove_image(image_id)
+        except (NotFound, APIError):
+            return False  # in use (another phase), or already gone
+        return True
+
+    def volume_sizes(self) -> dict[str, int | None]:
+        """Bytes used by each of this installation's volumes (None: unknown), from the engine's
+        disk-usage report, cached for a few seconds since the engine computes it for everything."""
+        import time
+
+        cached = getattr(self, "_volume_sizes", None)
+        if cached is not None and time.monotonic() - cached[0] < self._SIZES_TTL:
+            return cached[1]
+        sizes: dict[str, int | None] = {}
+        for volume in self.client.api.df().get("Volumes") or []:
+            if (volume.get("Labels") or {}).get(LABEL_INSTANCE) != self.instance:
+                continue
+            size = (volume.get("UsageData") or {}).get("Size")
+            sizes[volume["Name"]] = size if isinstance(size, int) and size >= 0 else None
+        self._volume_sizes = (time.monotonic(), sizes)
+        return sizes
+
+    def service_logs(self, container_id: str, tail: int = 20) -> list[str]:
+        if self.service_state(container_id) is None:
+            return []
+        try:
+            output = self.client.api.logs(container_id, tail=tail)
+        except NotFound:
+            return []
+        return output.decode("utf-8", errors="replace").splitlines()
 
 
 def _output_lines(entry: dict) -> list[str]:

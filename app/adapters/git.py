@@ -82,7 +82,7 @@ def resolve_ref(
     """
     _check_url(clone_url, allowed_host=allowed_host, allow_file=allow_file)
     ref = _check_ref(ref)
-    if _SHA.match(ref):
+    if _SHA.fullmatch(ref):
         return ref
     # A pattern matches names by their tail, so the peeled "<tag>^{}" must be asked for too.
     advertised = _ls_remote([clone_url, ref, f"{ref}^{{}}"], token=token, allow_file=allow_file)
@@ -103,7 +103,7 @@ def tags_at(
 ) -> list[str]:
     """Names of the remote's tags that point (once peeled) at commit `sha`, sorted."""
     _check_url(clone_url, allowed_host=allowed_host, allow_file=allow_file)
-    if not isinstance(sha, str) or not _SHA.match(sha.lower()):
+    if not isinstance(sha, str) or not _SHA.fullmatch(sha.lower()):
         raise CloneRefused(f"sha refused: {str(sha)[:80]!r} is not a 40-hex commit sha")
     sha = sha.lower()
     advertised = _ls_remote(["--tags", clone_url], token=token, allow_file=allow_file)

@@ -147,7 +147,7 @@ class ProfileChange:
 
 
 def _check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not ENV_NAME.match(name):
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         raise BadRequest(f"{where}: {str(name)[:60]!r} is not a valid name "
                          "(letters, digits and _, not starting with a digit)")
     return name

@@ -32,15 +32,20 @@ from app.adapters.docker import Engine
 BUSYBOX = Path("/bin/busybox")
 PROFILE_VARIABLE = "GREETING"
 APP_PORT = 8080
+CRASH_MESSAGE = "sample app: crashing on purpose"
 
 _DOCKERFILE = """\
 FROM scratch
 COPY busybox /bin/busybox
 COPY www /www
-# PID 1 ignores SIGTERM unless it traps it: exit at once so `docker stop` is quick.
+# PID 1 ignores SIGTERM unless it traps it. A graceful stop, as apps should do it: close the
+# listener, give requests in flight a moment, exit (everything left is killed with PID 1).
 CMD {command}
 """
-_START = "trap 'exit 0' TERM; /bin/busybox httpd -f -p \"$PORT\" -h /www & wait"
+_START = (
+    "trap 'kill $httpd; /bin/busybox sleep 0.5; exit 0' TERM; "
+    "/bin/busybox httpd -f -p \"$PORT\" -h /www & httpd=$!; wait"
+)
 
 _CGI_INFO = """\
 #!/bin/busybox sh
@@ -58,13 +63,18 @@ def write_sample_app(
     *,
     version_text: str = "1.0.0",
     healthy: bool = True,
+    crashes: bool = False,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write (or rewrite) the sample app's build context into `path` and return it."""
+    """Write (or rewrite) the sample app's build context into `path` and return it.
+
+    `crashes`: the container prints CRASH_MESSAGE and exits at once instead of serving.
+    """
     path = Path(path)
     (path / "www" / "cgi-bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, path / "busybox")
-    command = json.dumps(["/bin/busybox", "sh", "-c", _START])
+    start = f"echo {CRASH_MESSAGE!r} >&2; exit 3" if crashes else _START
+    command = json.dumps(["/bin/busybox", "sh", "-c", start])
     (path / "Dockerfile").write_text(_DOCKERFILE.format(command=command))
     (path / "www" / "version").write_text(version_text + "\n")
     health = path / "www" / "healthz"
@@ -96,6 +106,7 @@ def make_sample_repo(
     *,
     version_text: str = "1.0.0",
     healthy: bool = True,
+    crashes: bool = False,
     tag: str | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> tuple[str, str]:
@@ -108,7 +119,8 @@ def make_sample_repo(
     if not (path / ".git").exists():
         path.mkdir(parents=True, exist_ok=True)
         _git(path, "init", "--quiet", "--initial-branch=main")
-    write_sample_app(path, version_text=version_text, healthy=healthy, extra_files=extra_files)
+    write_sample_app(path, version_text=version_text, healthy=healthy, crashes=crashes,
+                     extra_files=extra_files)
     _git(path, "add", "--all")
     _git(path, "commit", "--quiet", "--allow-empty", "-m", f"Sample app {version_text}")
     if tag:
