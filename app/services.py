@@ -43,9 +43,12 @@ How the deploy job calls it (just before `engine.run_container(spec)` in `roll_o
     spec = ContainerSpec(..., env={**container_env(snapshot, ctx.box), **provisioned.env},
                          network=provisioned.network)
 
+Before resolving the deployment's profile snapshot, call
+`services.ensure_passwords(ctx, app_id=app_id, phase=phase, repo_config=repo_config, say=self.say)`
+so the snapshot holds the phase's own `<SERVICE>_PASSWORD` secrets (otherwise a phase's first
+snapshot inherits the previous phase's password, and the board shows the profile as edited).
 `provisioned.env` (exports rendered with {host}/{port}/{password}, plus each `<SERVICE>_PASSWORD`)
-must be merged *last*: on a phase's first deploy the snapshot may carry a previous phase's
-inherited password. `provisioned.network` is None when the app has no services at all.
+must still be merged *last*. `provisioned.network` is None when the app has no services at all.
 Errors are `ReleasePipelineError`s (ConfigError, BuildFailed, DeployFailed) with a clear reason.
 """
 
@@ -161,6 +164,22 @@ def provision(
     for name, service in declared.items():
         env.update(provisioner.ensure(name, service, known.get(name), apply_pending=apply_pending))
     return Provisioned(network=network, env=env)
+
+
+def ensure_passwords(ctx, *, app_id: int, phase: str, repo_config: RepoConfig,
+                     say: Callable[[str], None] | None = None) -> list[str]:
+    """Generate (once) and store each declared service's `<NAME>_PASSWORD` phase secret.
+
+    Cheap (database only). Call it before resolving the profile snapshot of a deployment, so the
+    snapshot already holds the phase's own passwords (not a previous phase's inherited ones);
+    `provision` does it too. Returns the secret names.
+    """
+    provisioner = _Provisioner(ctx, "", app_id, phase, "", None, say if say is not None else (lambda line: None), {})
+    names = []
+    for name in repo_config.services:
+        provisioner.password(name, None)
+        names.append(secret_name(name))
+    return names
 
 
 def _check_exports(declared: dict[str, Service]) -> None:
@@ -425,7 +444,8 @@ def remove(ctx, app_name: str, app_id: int, phase: str) -> list[str]:
     """Delete the phase's service containers, data volumes and network; returns the service names.
 
     Irreversible: only for the explicit, confirmed portal/API action (never during a deploy).
-    A running app container of the phase is disconnected from the network and keeps running.
+    The network stays while the phase's app container is attached (it keeps serving, without
+    its services); the next deploy creates fresh services, with new data, on it.
     """
     engine = ctx.engine
     with ctx.db.session() as session:
@@ -437,7 +457,8 @@ def remove(ctx, app_name: str, app_id: int, phase: str) -> list[str]:
     for volume in engine.service_volumes(app_name, phase):
         engine.remove_volume(volume)
     for network in engine.service_networks(app_name, phase):
-        engine.remove_network(network)
+        if not engine.remove_network(network):
+            log.info("kept network %s: the %s app container of %s still uses it", network, phase, app_name)
     with ctx.db.session() as session:
         session.execute(delete(ServiceInstance).where(
             ServiceInstance.app_id == app_id, ServiceInstance.phase == phase))

@@ -158,30 +158,39 @@ def test_failing_build_raises_build_failed(docker_engine, tmp_path):  # noqa: F8
 
 
 def test_prune_keeps_what_is_asked(docker_engine, tmp_path):  # noqa: F811
+    """Only this instance's images of this app are looked at: another test run on the same
+    engine (its own instance) may be pruning its own "pruned" app at the same time."""
     ids = []
     for number in range(4):
         context = context_tar(write_sample_app(tmp_path / str(number), version_text=f"0.{number}"))
         ids.append(
             docker_engine.build_image(
                 app="pruned",
-                tree=f"{number:040x}",
-                sha=f"{number:040x}",
+                tree=f"{number + 1}" * 40,  # distinct trees, so distinct tags too
+                sha=f"{number + 1}" * 40,
                 context_tar=context,
                 on_line=lambda line: None,
             )
         )
     oldest, kept_by_id, in_use, newest = ids
+    stranger = Engine(instance=unique_instance())
+    foreign = stranger.build_image(app="pruned", tree="f" * 40, sha="f" * 40, on_line=lambda line: None,
+                                   context_tar=context_tar(write_sample_app(tmp_path / "foreign")))
     running = docker_engine.run_container(_spec(in_use, deployment_id=11, app="pruned"))
     try:
         removed = docker_engine.prune_images("pruned", keep_ids={kept_by_id}, keep_last=1)
         assert removed == [oldest]
         remaining = {
             image.id
-            for image in docker_engine.client.images.list(filters={"label": f"{LABEL_APP}=pruned"})
+            for image in docker_engine.client.images.list(
+                filters={"label": [f"{LABEL_INSTANCE}={docker_engine.instance}", f"{LABEL_APP}=pruned"]}
+            )
         }
         assert remaining == {kept_by_id, in_use, newest}
+        assert stranger.find_image("pruned", "f" * 40) == foreign
     finally:
         docker_engine.stop_and_remove(running.id, timeout=5)
+        stranger.remove_instance_objects()
 
 
 def test_remove_instance_objects_clears_everything(tmp_path):

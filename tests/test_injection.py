@@ -411,29 +411,40 @@ def test_docker_gets_safe_values_verbatim(engine):
 @pytest.mark.parametrize("app, phase", [*[(name, "demo") for name in NAMES if name not in ("a" * 64,)],
                                          *[("shop", name) for name in NAMES if name not in ("a" * 64,)]])
 def test_routers_refuse_unsafe_slugs(app, phase):
+    from app.adapters.router import Slots
+
     caddy = CaddyRouter("http://127.0.0.1:9", 8088, instance="tinj")
     caddy._session = mock.MagicMock(name="http session")
     direct = DirectRouter()
     for router in (caddy, direct):
         with pytest.raises(RouterError, match="is not a slug"):
-            router.switch(app, phase, "127.0.0.1:32000")
+            router.ensure_route(app, phase, Slots(32000, 32001), "/")
         with pytest.raises(RouterError, match="is not a slug"):
             router.remove(app, phase)
         with pytest.raises(RouterError, match="is not a slug"):
-            router.url_for(app, phase)
+            router.url_for(app, phase, 32000)
     assert caddy._session.mock_calls == []
     assert direct.routes() == {}
 
 
-@pytest.mark.parametrize("upstream", ["127.0.0.1:80/evil", "evil.example:80;x", "127.0.0.1:99999", "127.0.0.1",
-                                      "127.0.0.1:80\n", "http://127.0.0.1:80", "$(id):80", "[::1]:80 x", ""])
-def test_routers_refuse_unsafe_upstreams(upstream):
+@pytest.mark.parametrize("health_path", ["", "health", "/health\n", "/a b", "/\x00", f"/$(touch {MARKER})\n",
+                                         "http://evil.example/", "/" + "x" * 600])
+def test_routers_refuse_unsafe_health_paths(health_path):
+    from app.adapters.router import Slots
+
     caddy = CaddyRouter("http://127.0.0.1:9", 8088, instance="tinj")
     caddy._session = mock.MagicMock(name="http session")
-    for router in (caddy, DirectRouter()):
-        with pytest.raises(RouterError, match="upstream"):
-            router.switch("shop", "demo", upstream)
+    with pytest.raises(RouterError, match="health path"):
+        caddy.ensure_route("shop", "demo", Slots(32000, 32001), health_path)
     assert caddy._session.mock_calls == []
+
+
+@pytest.mark.parametrize("ports", [("80", 81), (True, 2), (0, 1), (70000, 1), (1, 1), (-1, 5), (1.5, 2), (None, 2)])
+def test_router_slots_are_tcp_ports_only(ports):
+    from app.adapters.router import Slots
+
+    with pytest.raises(RouterError):
+        Slots(*ports)
 
 
 def test_router_instance_must_be_a_slug():

@@ -24,7 +24,7 @@ from app.models import AuditEntry, Profile, ServiceInstance
 from app.pipeline import parse_repo_config
 from app.web import create_app
 from tests.support.dockerkit import APP_PORT, BUSYBOX, context_tar, unique_instance, write_sample_app
-from tests.support.portal_data import ADMIN_TOKEN, add_app
+from tests.support.portal_data import ADMIN_TOKEN, add_app, csrf_from
 
 pytestmark = pytest.mark.docker
 
@@ -165,13 +165,14 @@ class AppContainers:
             app="shop", phase=phase, version="1.0.0", sha="b" * 40, deployment_id=self.next_id, image=self.image,
             env=provisioned.env, port=APP_PORT, network=provisioned.network))
         self.next_id += 1
-        self.ids.append(running.id)
+        self.ids.append((phase, running.id))
         return running.host_port
 
-    def stop_all(self) -> None:
-        for container_id in self.ids:
-            self.engine.stop_and_remove(container_id, timeout=1)
-        self.ids.clear()
+    def stop(self, phase: str | None = None) -> None:
+        for entry in list(self.ids):
+            if phase is None or entry[0] == phase:
+                self.engine.stop_and_remove(entry[1], timeout=1)
+                self.ids.remove(entry)
 
 
 def ask(port: int, query: str) -> str:
@@ -235,6 +236,27 @@ def test_a_valid_definition_and_its_hash():
     assert services.definition_hash(same) == services.definition_hash(store) != services.definition_hash(changed)
 
 
+def test_passwords_are_generated_once_per_phase_before_the_snapshot(sctx):
+    from app.profiles import container_env, resolve
+
+    app_id = add_app(sctx)
+    config = parse_repo_config("services: {db: {image: pg, port: 5432}, my-cache: {image: redis, port: 6379}}")
+    log = Log()
+    assert services.ensure_passwords(sctx, app_id=app_id, phase="demo", repo_config=config, say=log) == [
+        "DB_PASSWORD", "MY_CACHE_PASSWORD"]
+    services.ensure_passwords(sctx, app_id=app_id, phase="demo", repo_config=config, say=log)
+    services.ensure_passwords(sctx, app_id=app_id, phase="stage", repo_config=config, say=log)
+    with sctx.db.session() as session:
+        demo = container_env(resolve(session, sctx.config, app_id, "demo").snapshot(), sctx.box)
+        stage_profile = resolve(session, sctx.config, app_id, "stage")
+        stage = container_env(stage_profile.snapshot(), sctx.box)
+        assert {k: v.source for k, v in stage_profile.secrets.items()} == {"DB_PASSWORD": "stage",
+                                                                           "MY_CACHE_PASSWORD": "stage"}
+    assert len(demo["DB_PASSWORD"]) >= 32 and demo["DB_PASSWORD"] != stage["DB_PASSWORD"]
+    assert demo["DB_PASSWORD"] != demo["MY_CACHE_PASSWORD"]
+    assert len(log) == 4 and not any(demo["DB_PASSWORD"] in line for line in log)
+
+
 def test_no_services_declared_touches_nothing(sctx):
     provisioned = services.provision(sctx, app_name="shop", app_id=add_app(sctx), phase="demo",
                                      repo_config=parse_repo_config("port: 8080"), checkout_archive=None, say=Log())
@@ -281,7 +303,7 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
         again = provision(sctx, app_id, "demo", repo_config(), checkout, log)
         assert again == demo and checkout.calls == ["services/store"]
         assert row_of(sctx, app_id, "demo").container_id == row.container_id
-        apps.stop_all()
+        apps.stop("demo")
         port = apps.run("demo", again)
         assert ask(port, "k=greeting") == "hello-demo"
 
@@ -312,7 +334,7 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
         assert new_row.definition_hash == pending.pending_hash and checkout.calls == ["services/store"] * 2
         assert applied.env == demo.env
         assert any("applying its changed definition" in line for line in log)
-        apps.stop_all()
+        apps.stop("demo")
         port = apps.run("demo", applied)
         assert ask(port, "k=greeting") == "hello-demo"  # data volume kept
 
@@ -332,18 +354,22 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
             assert secret not in caplog.text
 
         # Removing Demo's services removes only Demo's objects.
-        apps.stop_all()
+        apps.stop("demo")
         demo_port = apps.run("demo", applied)
         assert services.remove(sctx, "shop", app_id, "demo") == ["store"]
         assert engine.service_containers("shop", "demo") == []
-        assert engine.service_volumes("shop", "demo") == [] and engine.service_networks("shop", "demo") == []
-        assert row_of(sctx, app_id, "demo") is None
-        assert ask(demo_port, "k=greeting") == "unreachable"  # the app keeps running, without its store
+        assert engine.service_volumes("shop", "demo") == [] and row_of(sctx, app_id, "demo") is None
+        # The app keeps serving on its port, without its store; its network goes once it is left.
+        assert ask(demo_port, "k=greeting").endswith("unreachable")
+        assert engine.service_networks("shop", "demo") == [applied.network]
+        apps.stop("demo")
+        assert services.remove(sctx, "shop", app_id, "demo") == []
+        assert engine.service_networks("shop", "demo") == []
         assert [c["labels"][engine.LABEL_SERVICE_PHASE] for c in engine.service_containers("shop")] == ["stage"]
         assert engine.service_volumes("shop", "stage") == [stage_row.volume]
         assert ask(stage_port, "k=greeting") == "hello-stage"
     finally:
-        apps.stop_all()
+        apps.stop()
 
 
 def test_a_service_that_exits_at_once_blocks_the_deploy_with_its_reason(sctx, repo):
@@ -459,11 +485,24 @@ def test_api_lists_services_without_credentials_and_removes_them_only_when_confi
         audit = session.scalar(select(AuditEntry).where(AuditEntry.action == "services.remove"))
         assert (audit.actor, audit.phase, audit.detail) == ("admin", "demo", {"removed": ["store"]})
 
-    page = client.get("/apps/shop", headers=AUTH)
-    bodies.append(page.get_data(as_text=True))
+    # The portal's board shows Stage's service; its form removes it only with the typed confirmation.
+    portal = create_app(context=sctx).test_client()
+    portal.post("/signin", data={"token": ADMIN_TOKEN, "csrf_token": csrf_from(portal.get("/signin").text)})
+    board = portal.get("/apps/shop").get_data(as_text=True)
+    bodies.append(board)
+    assert 'data-services="stage"' in board and 'data-services="demo"' not in board
+    assert 'data-service="store"' in board and "build: services/store" in board and "STORE_URL" in board
+    form = {"csrf_token": csrf_from(board), "confirm": "stage"}
+    refused = portal.post("/apps/shop/phases/stage/services/remove", data=form, follow_redirects=True)
+    assert "confirm with “shop/stage”" in refused.get_data(as_text=True)
+    assert len(sctx.engine.service_containers("shop", "stage")) == 1
+    done = portal.post("/apps/shop/phases/stage/services/remove", data={**form, "confirm": "shop/stage"},
+                       follow_redirects=True)
+    assert "Removed the stage services (store) and their data" in done.get_data(as_text=True)
+    assert sctx.engine.service_containers("shop") == [] and sctx.engine.service_volumes("shop") == []
+    bodies.append(done.get_data(as_text=True))
     for secret in passwords:
         assert not any(secret in text for text in bodies)
-    services.remove(sctx, "shop", app_id, "stage")
 
 
 def test_removing_services_needs_the_remove_permission(sctx, repo):

@@ -294,7 +294,7 @@ class Rollout:
             health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
             result = wait_healthy(
                 health_url, timeout=self.ctx.config.health_timeout(phase),
-                is_alive=lambda: engine.container_status(container.id) in ("running", "created", "restarting"),
+                is_alive=lambda: not engine.has_crashed(container.id),
             )
             if not result.ok:
                 self.give_up(container.id, result.reason, result.responses)

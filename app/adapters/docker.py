@@ -226,11 +226,11 @@ class Engine:
             container.start()
             container.reload()
             bindings = container.ports.get(f"{spec.port}/tcp") or []
-            if not bindings:
-                raise DeployFailed(f"container {name} has no published port ({container.status})")
-            return RunningContainer(
-                id=container.id, name=name, host_port=int(bindings[0]["HostPort"])
-            )
+            if bindings:
+                return RunningContainer(id=container.id, name=name, host_port=int(bindings[0]["HostPort"]))
+            if spec.host_port:  # exited (or restarting) already: the health gate finds out why
+                return RunningContainer(id=container.id, name=name, host_port=spec.host_port)
+            raise DeployFailed(f"container {name} has no published port ({container.status})")
         except (APIError, DeployFailed) as exc:
             container.remove(force=True, v=True)
             if isinstance(exc, DeployFailed):
@@ -256,6 +256,16 @@ class Engine:
         except NotFound:
             return None
         return container.status
+
+    def has_crashed(self, container_id: str) -> bool:
+        """Whether the container is gone, stopped, or was restarted (its restart policy hides a
+        crash loop from a status check that happens to catch it running)."""
+        try:
+            attrs = self._own_container(container_id).attrs
+        except NotFound:
+            return True
+        status = (attrs.get("State") or {}).get("Status")
+        return bool(attrs.get("RestartCount")) or status not in ("created", "running")
 
     def stop_and_remove(self, container_id: str, timeout: int = 10) -> None:
         """Stop gracefully (SIGTERM, then SIGKILL after `timeout` s) and remove; gone is fine."""
@@ -577,26 +587,29 @@ class Engine:
         with suppress(NotFound):
             self.client.api.remove_volume(name, force=True)
 
-    def remove_network(self, name: str) -> None:
-        """Disconnect whatever is attached and remove the network. An app container whose only
-        network this is joins the default bridge first, so its published port keeps serving."""
+    def remove_network(self, name: str) -> bool:
+        """Remove a service network nothing is attached to; False when it is kept because a
+        container (the phase's app) still uses it: taking it away would re-publish that
+        container on another host port behind the router's back."""
         api = self.client.api
         try:
             network = api.inspect_network(name)
         except NotFound:
-            return
+            return True
         labels = network.get("Labels") or {}
         if labels.get(LABEL_INSTANCE) != self.instance or self.LABEL_SERVICE_APP not in labels:
             raise DeployFailed(f"network {name} is not a service network of installation {self.instance}")
-        for container_id in network.get("Containers") or {}:
-            with suppress(NotFound, APIError):
-                attached = api.inspect_container(container_id)["NetworkSettings"].get("Networks") or {}
-                if set(attached) <= {name}:
-                    api.connect_container_to_network(container_id, "bridge")
-            with suppress(NotFound, APIError):
-                api.disconnect_container_from_network(container_id, network["Id"], force=True)
-        with suppress(NotFound):
+        if network.get("Containers"):
+            return False
+        try:
             api.remove_network(network["Id"])
+        except NotFound:
+            return True
+        except APIError as exc:
+            if exc.status_code == 409:  # something joined meanwhile
+                return False
+            raise
+        return True
 
     def remove_service_image(self, image_id: str) -> bool:
         """Remove a service image no container uses any more; False when it is kept."""

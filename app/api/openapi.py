@@ -91,6 +91,23 @@ def document(server_url: str, phases: list[str]) -> dict:
             "cpus": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 64},
             "replicas": {"type": ["integer", "null"], "minimum": 1, "maximum": 20}},
             "description": "Sizing null means inherit; PUT resets sizing fields it does not name"},
+        "Service": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "description": "The last provisioning's outcome: healthy, failed"},
+            "health": {"type": "string", "enum": ["healthy", "starting", "unhealthy", "running", "restarting",
+                                                  "exited", "created", "paused", "dead", "missing", "unknown"]},
+            "image": {"type": "string", "description": "The image reference, or `build: <path>`"},
+            "image_id": nullable_str, "port": {"type": ["integer", "null"]},
+            "definition": {"type": "string", "description": "Hash of the running definition (short)"},
+            "pending_definition": {"type": ["string", "null"],
+                                   "description": "A changed definition, applied on the next deploy"},
+            "volume": nullable_str, "data_path": nullable_str,
+            "volume_size": {"type": ["integer", "null"], "description": "Bytes; null when unknown"},
+            "volume_size_label": {"type": "string"}, "network": nullable_str,
+            "exports": {"type": "array", "items": {"type": "string"},
+                        "description": "Names of the variables the app receives (values never shown)"},
+            "password_secret": {"type": "string", "description": "The phase secret holding the password"},
+            "updated_at": nullable_str}},
         "ActionResult": {"type": "object", "properties": {
             "message": {"type": "string"},
             "deployment": {"oneOf": [_ref("Deployment"), {"type": "null"}]},
@@ -163,6 +180,26 @@ def document(server_url: str, phases: list[str]) -> dict:
                         body={"type": "object", "additionalProperties": False, "properties": {
                             "to_version": {"type": "string"}}},
                         errors=(400, 401, 403, 404, 409, 503)),
+        },
+        "/api/v1/apps/{name}/phases/{phase}/services": {
+            "get": _op("A phase's backing services: health, image, definition (pending change), data volume "
+                       "and its size. Never credentials",
+                       {"200": _json({"type": "object", "properties": {
+                           "app": {"type": "string"}, "phase": phase_enum, "can_remove": {"type": "boolean"},
+                           "services": {"type": "array", "items": _ref("Service")}}}, "The services")},
+                       parameters=[APP, PHASE]),
+            "delete": _op("Remove the phase's backing services and their data (irreversible; confirmed)",
+                          {"200": _json({"type": "object", "properties": {
+                              "removed": {"type": "array", "items": {"type": "string"}},
+                              "message": {"type": "string"}}}, "What was removed")},
+                          parameters=[APP, PHASE],
+                          body={"type": "object", "additionalProperties": False, "required": ["confirm"],
+                                "properties": {"confirm": {"type": "string",
+                                                           "description": "Must be “<app>/<phase>”"}}},
+                          errors=(400, 401, 403, 404, 409, 503),
+                          description="Needs the phase's role, and at least maintain. Refused (409) while a "
+                                      "deployment of the phase runs. The app keeps running; the next "
+                                      "deployment to the phase creates new, empty services."),
         },
         "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},

@@ -333,6 +333,37 @@ def rollback(name: str, phase: str):
     return _action_response(name, result)
 
 
+# --- backing services ---------------------------------------------------------------------------
+
+
+@bp.get("/apps/<name>/phases/<phase>/services")
+def list_services(name: str, phase: str):
+    from app import services
+
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _view(app)
+        queries.require_phase(ctx.config, phase)
+        app_id = app.id
+    return jsonify({
+        "app": name,
+        "phase": phase,
+        "can_remove": check(role, Action.REMOVE_SERVICES, phase, ctx.config.roles).allowed,
+        "services": services.describe(ctx, app_id, phase),
+    })
+
+
+@bp.delete("/apps/<name>/phases/<phase>/services")
+def remove_services(name: str, phase: str):
+    body = _body({"confirm"})
+    removed = changes.remove_services(_ctx(), name, phase, confirm=_optional_str(body, "confirm"),
+                                      actor=_actor(), role_of=auth.role_for)
+    return jsonify({"removed": removed,
+                    "message": f"removed the {phase} services ({', '.join(removed) or 'none'}) and their data; "
+                               f"the next deployment to {phase} creates new ones"})
+
+
 @bp.get("/openapi.json")
 def openapi():
     from app.api.openapi import document

@@ -274,3 +274,48 @@ def _describe(old_env: dict, env: dict, old_secrets: dict, secrets: dict, reseal
 
 def _or_inherited(value: Any) -> str:
     return "inherited" if value is None else str(value)
+
+
+# --- backing services -------------------------------------------------------------------------
+
+
+def remove_services(ctx, app_name: str, phase: str, *, confirm: str | None, actor: str,
+                    role_of: RoleOf) -> list[str]:
+    """Delete a phase's backing services *and their data*: permission, typed confirmation
+    (`<app>/<phase>`), never during a deployment of that phase, audited. Returns the names."""
+    from docker.errors import DockerException
+    from requests import RequestException
+
+    from app import services
+    from app.exceptions import LockHeld, ReleasePipelineError
+    from app.locks import deploy_lock
+    from app.models import ServiceInstance
+
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        require_phase(ctx.config, phase)
+        _require(role_of(app), Action.REMOVE_SERVICES, phase, ctx.config)
+        app_id = app.id
+        recorded = session.scalar(select(ServiceInstance.id).where(
+            ServiceInstance.app_id == app_id, ServiceInstance.phase == phase).limit(1))
+    expected = f"{app_name}/{phase}"
+    if confirm != expected:
+        raise BadRequest(f"confirm: removing the {phase} services deletes their data for good; "
+                         f"confirm with “{expected}”")
+    try:
+        if recorded is None and not (ctx.engine.service_containers(app_name, phase)
+                                     or ctx.engine.service_volumes(app_name, phase)):
+            raise Conflict(f"{phase} has no backing services to remove")
+        with deploy_lock(ctx.redis, app_name, phase, owner=f"{actor}: removing services", wait=0):
+            removed = services.remove(ctx, app_name, app_id, phase)
+    except LockHeld:
+        raise Conflict(f"{app_name}/{phase} is being deployed; remove its services once that finishes") from None
+    except RedisError:
+        raise ServiceUnavailable("the job queue (Redis) is unavailable; nothing was removed") from None
+    except (DockerException, RequestException, ReleasePipelineError) as exc:
+        log.error("removing the %s services of %s failed: %s", phase, app_name, exc)
+        raise ServiceUnavailable("the Docker engine did not complete the removal; try again") from None
+    with ctx.db.session() as session:
+        _audit(session, actor, session.get(App, app_id), phase, "services.remove", {"removed": removed})
+    log.info("%s removed the %s services of %s: %s", actor, phase, app_name, ", ".join(removed) or "none")
+    return removed

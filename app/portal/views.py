@@ -96,8 +96,13 @@ def board(name: str):
         index = queries.containers(ctx.engine, app.name)
         columns = queries.board(ctx, session, app, role, index)
         recent = queries.history(session, app, limit=12)
+        app_id = app.id
+    from app import services
+
+    backing = services.describe_app(ctx, app_id)
+    remove_services = {phase: check(role, Action.REMOVE_SERVICES, phase, ctx.config.roles) for phase in backing}
     return render_template("board.html", app=app, role=role, columns=columns, recent=recent,
-                           health_known=index is not None)
+                           health_known=index is not None, services=backing, remove_services=remove_services)
 
 
 @bp.get("/apps/<name>/phases/<phase>")
@@ -263,6 +268,22 @@ def rollback(name: str, phase: str):
     decision = check(role, Action.ROLLBACK, phase, ctx.config.roles)
     return render_template("rollback.html", app=app, phase=phase, now=now, target=target, choices=choices,
                            wanted=wanted, differences=differences, decision=decision)
+
+
+@bp.post("/apps/<name>/phases/<phase>/services/remove")
+def remove_services(name: str, phase: str):
+    """The board's confirmed "Remove services and data" form (same path as the API's DELETE)."""
+    back = url_for("portal.board", name=name)
+    try:
+        removed = changes.remove_services(_ctx(), name, phase, confirm=(request.form.get("confirm") or "").strip(),
+                                          actor=_actor(), role_of=role_for)
+    except HTTPException as exc:
+        if exc.code == 404:
+            raise
+        return _form_failure(exc, back)
+    flash(f"Removed the {phase} services ({', '.join(removed) or 'none'}) and their data. "
+          f"The next deployment to {phase.capitalize()} creates new, empty ones.", "success")
+    return redirect(back, code=303)
 
 
 @bp.route("/apps/<name>/phases/<phase>/profile", methods=["GET", "POST"])
