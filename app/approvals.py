@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 #: Audit action recorded when /promote opens a promotion PR on someone's behalf.
@@ -31,11 +31,13 @@ class ApprovalCount:
 
 
 def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
-                    requesters: Iterable[str] = ()) -> ApprovalCount:
+                    requesters: Iterable[str] = (),
+                    eligible: Callable[[str], bool] | None = None) -> ApprovalCount:
     """The latest decisive review per reviewer, excluding the PR author; APPROVED ones count.
 
     `requesters` are excluded too: a promotion PR is opened by the bot on someone's behalf,
-    and that person must not approve their own promotion.
+    and that person must not approve their own promotion. `eligible` filters approvers (e.g.
+    by repository role), asked only for those whose latest verdict is an approval.
 
     Reviews arrive in chronological order from the reviews API; `submitted_at` breaks ties
     when a caller hands them in another order.
@@ -51,5 +53,6 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
         if not login or state not in DECISIVE or login in excluded:
             continue
         latest[login] = state
-    approvers = tuple(sorted(login for login, state in latest.items() if state == "APPROVED"))
+    approvers = tuple(sorted(login for login, state in latest.items()
+                             if state == "APPROVED" and (eligible is None or eligible(login))))
     return ApprovalCount(approvers=approvers, needed=needed)

@@ -33,6 +33,7 @@ class Database:
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "savepoint", _sqlite_savepoint_in_transaction)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -67,6 +68,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_savepoint_in_transaction(connection, _name) -> None:
+    # pysqlite only opens a transaction before INSERT/UPDATE/DELETE, so a SAVEPOINT issued
+    # first would open one itself, and its RELEASE would commit it (one fsync and one write
+    # lock per savepoint, and no rollback of it afterwards). Open the transaction first.
+    dbapi_connection = connection.connection.dbapi_connection
+    if not dbapi_connection.in_transaction:
+        dbapi_connection.execute("BEGIN")
 
 
 def alembic_config(url: str) -> Config:

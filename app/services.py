@@ -63,7 +63,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from docker.errors import DockerException
 from docker.utils import parse_bytes
+from requests import RequestException
 from sqlalchemy import delete, select
 
 from app.exceptions import ConfigError, DeployFailed, ReleasePipelineError
@@ -147,6 +149,18 @@ def provision(
     See the module docstring for the call the deploy job makes. Idempotent: calling it again
     with the same definitions touches nothing and returns the same network and variables.
     """
+    try:
+        return _provision(ctx, app_name, app_id, phase, repo_config, checkout_archive, say, snapshot or {},
+                          apply_pending)
+    except (DockerException, RequestException) as exc:
+        # Engine trouble (unreachable, API error) is a failed deployment with a reason, not a crash.
+        raise DeployFailed(f"backing services of {phase}: the Docker engine failed "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
+def _provision(ctx, app_name: str, app_id: int, phase: str, repo_config: RepoConfig,
+               checkout_archive: Callable[[str], bytes] | None, say: Callable[[str], None],
+               snapshot: dict[str, Any], apply_pending: bool) -> Provisioned:
     declared = repo_config.services
     with ctx.db.session() as session:
         known = {row.name: row for row in session.scalars(select(ServiceInstance).where(
@@ -159,7 +173,7 @@ def provision(
     for name in sorted(set(known) - set(declared)):
         say(f"service {name} is no longer declared in {REPO_FILE}: it keeps running with its data "
             f"(remove the {phase} services in the portal to delete them)")
-    provisioner = _Provisioner(ctx, app_name, app_id, phase, network, checkout_archive, say, snapshot or {})
+    provisioner = _Provisioner(ctx, app_name, app_id, phase, network, checkout_archive, say, snapshot)
     env: dict[str, str] = {}
     for name, service in declared.items():
         env.update(provisioner.ensure(name, service, known.get(name), apply_pending=apply_pending))

@@ -248,8 +248,11 @@ def test_a_merged_promotion_deploys_only_with_enough_approvals(command_ctx, gith
         "title": "Release v2.0.0", "user": {"login": "alice", "id": 5, "type": "User"},
         "head": {"ref": "feature", "sha": "d" * 40}, "base": {"ref": "live"}}
     github.reviews[("acme/shop", decided.pr_number)] = [{"user": u, "state": s} for u, s in reviews]
+    github.permissions[("acme/shop", "maya")] = "admin"  # merges: live needs admin
+    github.permissions[("acme/shop", "bob")] = "write"   # reviews: approvals count from write up
     deployment_id = add_deployment(ctx, app_id, "live", "v2.0.0", "d", status="queued", trigger="pull_request",
-                                   pr_number=decided.pr_number, required_approvals=decided.required_approvals)
+                                   actor="maya", pr_number=decided.pr_number,
+                                   required_approvals=decided.required_approvals)
     with ctx.db.session() as session:
         deployment = session.get(Deployment, deployment_id)
     rollout = Rollout(ctx, deployment_id)
@@ -296,7 +299,7 @@ def portal_for(github, make_settings, database_url, redis_conn):
     """A portal client signed in with GitHub as a user holding `role` on acme/shop."""
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, GITHUB_CLIENT_ID="Iv1.client",
                                               GITHUB_CLIENT_SECRET="client-secret", **github.environ))
-    ctx.__dict__["engine"] = StubEngine()
+    ctx.__dict__["engine"] = MatrixEngine()
     flask_app = create_app(context=ctx)
 
     def make(role: str):
@@ -311,11 +314,30 @@ def portal_for(github, make_settings, database_url, redis_conn):
     return ctx, make
 
 
+class MatrixEngine(StubEngine):
+    """The portal's engine stub, with no backing services anywhere."""
+
+    def service_containers(self, app, phase):
+        return []
+
+    def service_volumes(self, app, phase):
+        return []
+
+
+# (method, path under /api/v1/apps/shop/phases/<phase>/, action, body; "{phase}" is filled in)
 API_ACTIONS = [
     ("POST", "promote", Action.PROMOTE, {}),
     ("POST", "rollback", Action.ROLLBACK, {}),
     ("PATCH", "profile", Action.EDIT_PROFILE, {"memory": "1g", "env": {"CHANGED": "yes"}}),
+    ("DELETE", "services", Action.REMOVE_SERVICES, {"confirm": "shop/{phase}"}),
 ]
+#: The portal's form for each, and what it posts.
+PORTAL_FORMS = {"promote": ("promote", {}), "rollback": ("rollback", {}), "profile": ("profile", {"memory": "2g"}),
+                "services": ("services/remove", {"confirm": "shop/{phase}"})}
+
+
+def _filled(body: dict, phase: str) -> dict:
+    return {k: v.format(phase=phase) if isinstance(v, str) else v for k, v in body.items()}
 
 
 def _state(ctx) -> tuple:
@@ -340,8 +362,8 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
         for (method, path, action, body), phase in itertools.product(API_ACTIONS, PHASES):
             required = EXPECTED[action][phase]
             before = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
-            response = client.open(f"/api/v1/apps/shop/phases/{phase}/{path}", method=method, json=body,
-                                   headers={"X-CSRFToken": token})
+            response = client.open(f"/api/v1/apps/shop/phases/{phase}/{path}", method=method,
+                                   json=_filled(body, phase), headers={"X-CSRFToken": token})
             after = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
             reason = (response.get_json(silent=True) or {}).get("reason", "")
             if allowed(role, required):
@@ -356,9 +378,10 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
                 elif f"needs the {required} role" not in reason and allowed(role, "read"):
                     wrong.append(f"{role} {method} {phase}/{path}: reason {reason!r}")
             # the portal's own forms, same rule
-            form = {"csrf_token": token, "memory": "2g"} if path == "profile" else {"csrf_token": token}
+            form_path, form = PORTAL_FORMS[path]
             before = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
-            page = client.post(f"/apps/shop/phases/{phase}/{path}", data=form, follow_redirects=True)
+            page = client.post(f"/apps/shop/phases/{phase}/{form_path}",
+                               data={"csrf_token": token, **_filled(form, phase)}, follow_redirects=True)
             after = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
             if not allowed(role, required):
                 text = page.get_data(as_text=True)
@@ -378,13 +401,14 @@ def test_a_reader_can_never_change_a_phase(portal_for, redis_conn):
         for phase in PHASES:
             for method, path, _, body in API_ACTIONS:
                 for version in (None, "v1.0.0", "v1.1.0"):
-                    sent = {**body, "to_version": version} if path == "rollback" and version else body
+                    sent = {**body, "to_version": version} if path == "rollback" and version else _filled(body, phase)
                     if path == "promote" and version:
                         sent = {"version": version, "rename_to": "v9.9.9"}
                     response = client.open(f"/api/v1/apps/shop/phases/{phase}/{path}", method=method, json=sent,
                                            headers={"X-CSRFToken": token})
                     assert response.status_code == 403, (role, phase, path, response.get_json())
-            client.post(f"/apps/shop/phases/{phase}/profile", data={"csrf_token": token, "memory": "9g",
-                                                                     "env_name": "X", "env_value": "y"})
+            for form_path, form in PORTAL_FORMS.values():
+                client.post(f"/apps/shop/phases/{phase}/{form_path}",
+                            data={"csrf_token": token, **_filled(form, phase), "memory": "9g"})
         assert _state(ctx) == before
         assert Queue("deploys", connection=redis_conn).job_ids == []

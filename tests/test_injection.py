@@ -289,7 +289,7 @@ def test_git_reads_files_only_inside_the_repository(origin, tmp_path):
     for path in TRAVERSAL[:-2] + ["/etc", "sub\\..\\..", "a\x00b"]:
         with pytest.raises(CloneRefused):
             gitadapter.read_file(checkout, path)
-        with pytest.raises((CloneRefused, Exception)):
+        with pytest.raises(CloneRefused):
             gitadapter.archive(checkout, path)
     # A committed symlink is read as the link it is, never followed out of the tree.
     assert gitadapter.read_file(checkout, "link-to-passwd") == "/etc/passwd"

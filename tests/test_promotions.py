@@ -179,3 +179,22 @@ def test_the_requester_of_a_promotion_cannot_approve_it_alone(pipeline):
     pipeline.work()
     [live] = pipeline.deployments("live")
     assert live.status == "refused" and "0 of 1 required approvals" in live.reason
+
+
+@pytest.mark.parametrize(
+    "merger, reviewer, reviewer_role, reason",
+    [
+        pytest.param("wes", "bob", "write", "merged by @wes, but merge a promotion to live needs the admin role", id="merger-without-admin"),
+        pytest.param("maya", "rita", "read", "0 of 1 required approvals", id="approval-from-a-reader"),
+    ],
+)
+def test_promotion_merges_follow_the_role_matrix(pipeline, merger, reviewer, reviewer_role, reason):
+    pipeline.github.permissions[(REPO, "wes")] = "write"
+    pipeline.github.permissions[(REPO, reviewer)] = reviewer_role
+    sha = pipeline.commit("3.1.0")
+    pipeline.open_pull(21, sha, author="alice", title="Release v3.1.0", base="live", head="release-3.1")
+    _approvals(pipeline, 21, (reviewer, "APPROVED"))
+    pipeline.merge(21, merged_by=merger)
+    pipeline.work()
+    [live] = pipeline.deployments("live")
+    assert live.status == "refused" and reason in live.reason, live.reason

@@ -26,6 +26,7 @@ from app.context import Context
 from app.exceptions import GitHubError, ReleasePipelineError, RouterError
 from app.health import wait_healthy
 from app.locks import deploy_lock
+from app.permissions import Action, check, role_allows
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
@@ -176,10 +177,17 @@ class Rollout:
         if self.ctx.github is None or installation_id is None:
             raise Refused(f"{needed} approval(s) required, but GitHub is not configured to count them")
         client = self.ctx.github.repo(installation_id, full_name)
+        merger = deployment.actor
+        decision = check(client.collaborator_permission(merger) if merger else "none",
+                         Action.MERGE_PROMOTION, deployment.phase, self.ctx.config.roles)
+        if not decision.allowed:
+            raise Refused(f"not deployed: merged by @{merger or 'unknown'}, but {decision.reason}")
         pull = client.get_pull(deployment.pr_number)
         counted = count_approvals(client.list_reviews(deployment.pr_number),
                                   author=(pull.get("user") or {}).get("login"), needed=needed,
-                                  requesters=promotion_requesters(self.ctx, deployment.app_id, deployment.pr_number))
+                                  requesters=promotion_requesters(self.ctx, deployment.app_id, deployment.pr_number),
+                                  # Only people who could change the code count as reviewers.
+                                  eligible=lambda login: role_allows(client.collaborator_permission(login), "write"))
         self.say(f"approvals: {counted.explain()}")
         if not counted.enough:
             raise Refused(f"not deployed: {counted.explain()}")

@@ -4,6 +4,7 @@ The sample app builds `FROM scratch` in well under a second and needs no registr
   /healthz          200 when built healthy, 404 otherwise
   /version          the `version_text` it was built with
   /cgi-bin/info     APP_VERSION, APP_PHASE and the profile variable GREETING, one per line
+and stops gracefully on SIGTERM; built with `crashes=True` it exits at once instead.
 Import the fixtures you use into your test module:
     from tests.support.dockerkit import caddy_server, docker_engine
 """
@@ -183,7 +184,8 @@ def caddy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaddyServ
     home = tmp_path_factory.mktemp("caddy")
     admin_port, http_port = free_port(), free_port()
     config = home / "caddy.json"
-    config.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{admin_port}"}}))
+    quiet = {"default": {"exclude": ["http.handlers.reverse_proxy.health_checker.active"]}}
+    config.write_text(json.dumps({"admin": {"listen": f"127.0.0.1:{admin_port}"}, "logging": {"logs": quiet}}))
     env = {
         **os.environ,
         "HOME": str(home),

@@ -52,6 +52,10 @@ class Pipeline:
         self.client = create_app(context=ctx).test_client()
         self._ids = itertools.count(5_000_000)
         github.installations[REPO] = INSTALLATION
+        # Who merges promotion PRs (admin, as live requires) and who reviews them (write).
+        github.permissions[(REPO, "maya")] = "admin"
+        for reviewer in ("bob", "carol", "dave"):
+            github.permissions[(REPO, reviewer)] = "write"
 
     # -- git ---------------------------------------------------------------------------------
 
