@@ -372,9 +372,6 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
         apps.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="reconcile removes every container of the instance that no deployment "
-                   "expects, service containers included; Engine.list_containers (or reconcile) must skip "
-                   "containers labelled Engine.LABEL_SERVICE")
 def test_reconcile_leaves_backing_services_alone(sctx, repo):
     from workers.reconcile import reconcile
 

@@ -279,10 +279,12 @@ class Engine:
     def list_containers(
         self, app: str | None = None, phase: str | None = None
     ) -> list[ContainerInfo]:
+        """App containers only (they carry the app label; backing services do not)."""
         wanted = {LABEL_APP: app, LABEL_PHASE: phase}
-        summaries = self.client.api.containers(
-            all=True, filters=self._filters(**{k: v for k, v in wanted.items() if v is not None})
-        )
+        filters = self._filters(**{k: v for k, v in wanted.items() if v is not None})
+        if app is None:
+            filters["label"].append(LABEL_APP)  # presence: leaves service containers out
+        summaries = self.client.api.containers(all=True, filters=filters)
         return [
             ContainerInfo(
                 id=summary["Id"],
