@@ -250,15 +250,19 @@ def run_naive(naive: Naive, run: int) -> Run:
     version = f"naive-{run}-{secrets.token_hex(3)}"
     watcher = Watcher(naive.port, "127.0.0.1", "/version", [version])
     watcher.start()
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     done = naive.deploy(version)
     if done.returncode != 0:
         watcher.finish(0)
         raise BenchError(f"the naive script failed ({done.returncode}): {done.stderr.strip()[-400:]}")
     matched = watcher.wait_match(10)
     watcher.finish()
-    return Run(matched - started, watcher.requests, watcher.failures, watcher.samples,
-               {"script finished": time.monotonic() - started})
+    steps = {}
+    for line in done.stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "step":
+            steps[parts[1]] = float(parts[2]) - started_wall
+    return Run(matched - started, watcher.requests, watcher.failures, watcher.samples, steps)
 
 
 def run(env: Env, ctx, sender: Sender, *, runs: int, promote_runs: int, naive_port: int,

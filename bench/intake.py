@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,13 +140,29 @@ def start_peer(env: Env, port: int):
     return proc
 
 
-def run(env: Env, *, seconds: int, connections: int, threads: int) -> dict:
+def combine(rounds: list[WrkResult]) -> WrkResult:
+    """Several wrk rounds as one: throughput over all of them, the median round's p50 and the
+    worst round's p99 and max (percentiles cannot be merged exactly from wrk's summaries)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    return WrkResult(
+        requests=sum(r.requests for r in rounds), seconds=sum(r.seconds for r in rounds),
+        expected=sum(r.expected for r in rounds), other_status=sum(r.other_status for r in rounds),
+        socket_errors=sum(r.socket_errors for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds), p90_ms=max(r.p90_ms for r in rounds),
+        p99_ms=max(r.p99_ms for r in rounds), max_ms=max(r.max_ms for r in rounds),
+        raw="\n".join(r.raw for r in rounds),
+    )
+
+
+def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, profile_dir: Path | None = None,
+        log=print) -> dict:
+    """Rounds alternate peer, ours, ours, peer, … so drifting load on the machine hits both alike."""
     body = intake_push()
     body_file = env.home / "intake-push.json"
     body_file.write_bytes(body)
     signature = sign(body, env.webhook_secret)
 
-    # The peer first: it needs nothing but its own process.
     peer_port = free_port()
     peer = start_peer(env, peer_port)
     peer_url = f"http://127.0.0.1:{peer_port}/hooks/deploy"
@@ -153,9 +170,6 @@ def run(env: Env, *, seconds: int, connections: int, threads: int) -> dict:
                                                                     "Content-Type": "application/json"})
     if probe.status_code != 200:
         raise BenchError(f"adnanh/webhook refused the signed delivery: {probe.status_code} {probe.text[:200]}")
-    theirs = run_wrk(env, peer_url, body_file, signature, 200, threads=threads, connections=connections,
-                     seconds=seconds, tag="peer")
-    env.stop(peer)
 
     # Ours, served the way the Procfile serves it; no worker, so the deploy jobs pile up.
     web_port = free_port()
@@ -169,13 +183,33 @@ def run(env: Env, *, seconds: int, connections: int, threads: int) -> dict:
         "X-GitHub-Delivery": "bench-probe-" + secrets.token_hex(4)})
     if probe.status_code != 202 or "deploying" not in probe.text:
         raise BenchError(f"our endpoint did not accept the signed push: {probe.status_code} {probe.text[:200]}")
+
     counts_before = _counts(env, ctx)
-    ours = run_wrk(env, url, body_file, signature, 202, threads=threads, connections=connections,
-                   seconds=seconds, tag="ours")
+    ours_rounds, peer_rounds = [], []
+    order = [("peer", "ours"), ("ours", "peer")]
+    recording = None
+    if profile_dir is not None:
+        from bench.profiling import Recording
+
+        recording = Recording(web.pid, profile_dir / "profile-intake.txt")
+    for index in range(rounds):
+        for side in order[index % 2]:
+            if side == "ours":
+                ours_rounds.append(run_wrk(env, url, body_file, signature, 202, threads=threads,
+                                           connections=connections, seconds=seconds, tag=f"ours{index}"))
+            else:
+                peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
+                                           connections=connections, seconds=seconds, tag=f"peer{index}"))
+        log(f"  intake round {index + 1}/{rounds}: ours {ours_rounds[-1].rps:,.0f} req/s "
+            f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
+            f"p99 {peer_rounds[-1].p99_ms:.0f} ms")
+    if recording is not None:
+        recording.stop()
     counts = {k: v - counts_before[k] for k, v in _counts(env, ctx).items()}
     env.stop(web)
+    env.stop(peer)
     env.flush_redis()
-    return {"ours": ours, "peer": theirs, "counts": counts, "web_log": web.log}
+    return {"ours": combine(ours_rounds), "peer": combine(peer_rounds), "counts": counts, "web_log": web.log}
 
 
 def _counts(env: Env, ctx) -> dict:

@@ -1,0 +1,112 @@
+"""The one table: both sides of every comparison, from one run, with the targets."""
+
+from __future__ import annotations
+
+import statistics
+
+from bench.deploys import DeployResults
+from bench.scale import ScaleResults, summary
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def _yes(ok: bool) -> str:
+    return "**yes**" if ok else "no"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{_s(statistics.median(values))} ({min(values):.2f}–{max(values):.2f})"
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, part: str, measure: str, ours: str, peer: str = "", ratio: str = "", target: str = "",
+            met: str = "") -> None:
+        self.rows.append((part, measure, ours, peer, ratio, target, met))
+
+    def render(self) -> str:
+        head = ("#", "measure", "Release Pipeline", "peer / naive", "ratio", "target", "met")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def intake_rows(table: Table, result, settings: str) -> None:
+    ours, peer, counts = result["ours"], result["peer"], result["counts"]
+    table.add("1", f"intake requests/s ({settings}; one signed push, distinct delivery ids)",
+              f"{ours.rps:,.0f}", f"{peer.rps:,.0f} (adnanh/webhook 2.8 → /bin/true)",
+              f"{ours.rps / peer.rps:.2f}×", "≥ 1× peer", _yes(ours.rps >= peer.rps))
+    table.add("1", "intake latency p50 / p99", f"{ours.p50_ms:.1f} / {ours.p99_ms:.1f} ms",
+              f"{peer.p50_ms:.1f} / {peer.p99_ms:.1f} ms", f"p99 {ours.p99_ms / max(peer.p99_ms, 1e-9):.2f}×",
+              "p99 ≤ 50 ms", _yes(ours.p99_ms <= 50))
+    table.add("1", "intake errors (non-2xx + socket errors)", f"{ours.errors} of {ours.requests:,}",
+              f"{peer.errors} of {peer.requests:,}", "", "0", _yes(ours.errors == 0))
+    done = counts["deliveries"] >= ours.expected and counts["deployments"] >= ours.expected \
+        and counts["jobs"] >= ours.expected
+    table.add("1", "intake work done (202s answered → rows and jobs after the run)",
+              f"{ours.expected:,} → {counts['deliveries']:,} deliveries, {counts['deployments']:,} queued "
+              f"deployments, {counts['jobs']:,} deploy jobs on Redis", "runs /bin/true", "",
+              "every 202 recorded + queued", _yes(done))
+
+
+def deploy_rows(table: Table, result: DeployResults, promote_target: float = 0.5) -> None:
+    ours, naive = [r.seconds for r in result.ours], [r.seconds for r in result.naive]
+    ratio = statistics.median(ours) / statistics.median(naive)
+    table.add("2", f"push → URL serves the new commit, median of {len(ours)} (min–max)", _spread(ours),
+              f"{_spread(naive)} (clone, build, rm, run, poll)", f"{ratio:.2f}×", "≤ 1.3× naive", _yes(ratio <= 1.3))
+    ours_failed, ours_sent = sum(r.failures for r in result.ours), sum(r.requests for r in result.ours)
+    naive_failed, naive_sent = sum(r.failures for r in result.naive), sum(r.requests for r in result.naive)
+    table.add("3", f"failed requests during those {len(ours)} deploys (GET loop, new connection each)",
+              f"{ours_failed} of {ours_sent:,}", f"{naive_failed} of {naive_sent:,}", "", "ours 0",
+              _yes(ours_failed == 0))
+    if result.promote:
+        promote = [r.seconds for r in result.promote]
+        failed = sum(r.failures for r in result.promote)
+        table.add("4", f"promote → URL (release tag → Stage serves the Demo image), median of {len(promote)} "
+                  "(min–max)", _spread(promote), "", "",
+                  f"≤ {promote_target} s, no rebuild",
+                  _yes(statistics.median(promote) <= promote_target and result.rebuilt_on_promote == 0))
+        table.add("4", "promotions that rebuilt / failed requests during them",
+                  f"{result.rebuilt_on_promote} / {failed} of {sum(r.requests for r in result.promote):,}",
+                  "", "", "0 / 0", _yes(result.rebuilt_on_promote == 0 and failed == 0))
+
+
+def scale_rows(table: Table, result: ScaleResults) -> None:
+    total = sum(result.deploy_seconds.values())
+    parts = ", ".join(f"{name} {_duration(sec)}" for name, sec in result.deploy_seconds.items())
+    table.add("5", f"deploy {result.apps} apps × 3 phases ({result.deployments} deployments, "
+              f"{result.workers} workers; {result.containers} containers running after)",
+              f"{_duration(total)} ({parts})", "", "", "(measured)", "")
+    for label, times in result.render.items():
+        median, p95 = summary(times)
+        table.add("5", f"render {label}, median / p95 of {len(times)}", f"{_ms(median)} / {_ms(p95)}", "", "",
+                  "< 100 ms", _yes(median < 0.1))
+    rss = result.rss
+    web = rss.get("web worker", 0.0)
+    table.add("5", f"peak RSS per web process: gunicorn worker / master ({result.rss_samples} samples while "
+              "deploying, then rendering)", f"{web:.0f} / {rss.get('web master', 0):.0f} MiB", "", "",
+              "≤ 150 MiB", _yes(0 < web <= 150 and rss.get("web master", 0) <= 150))
+    worker = max(rss.get("worker", 0.0), rss.get("work horse", 0.0))
+    table.add("5", "peak RSS per worker: RQ worker / its work horse (forked per job)",
+              f"{rss.get('worker', 0):.0f} / {rss.get('work horse', 0):.0f} MiB", "", "", "≤ 200 MiB",
+              _yes(0 < worker <= 200))
+    if result.caddy_cpu_percent is not None:
+        table.add("5", f"Caddy CPU, idle, health-checking {result.deployments} routes × 2 slots every 250 ms",
+                  f"{result.caddy_cpu_percent:.0f} % of one core", "", "", "(measured)", "")
+
+
+def error_row(table: Table, part: str, what: str, error: str) -> None:
+    table.add(part, what, f"**failed**: {error.splitlines()[0][:300]}", "", "", "", "no")
