@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     router_port: int = Field(default=8088, ge=1, le=65535)
     #: Seconds the old container keeps serving in-flight requests after the switch.
     drain_seconds: float = Field(default=2.0, ge=0, le=300)
+    #: Seconds a deploy lock outlives a worker that stopped renewing it (e.g. SIGKILLed); the
+    #: running worker renews it every third of that.
+    deploy_lock_seconds: float = Field(default=60.0, ge=1, le=3600)
     #: Loopback ports handed out in pairs, two fixed "slots" per app and phase (app.slots).
     slot_ports: str = Field(default="20000-29999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     work_dir: Path = PROJECT_ROOT / "var" / "work"

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy import select
 
+from app import services
 from app.actions import current
 from app.adapters import git
 from app.adapters.docker import ContainerInfo, ContainerSpec
@@ -97,7 +98,8 @@ class Rollout:
             if deployment is None or DeploymentStatus(deployment.status).finished:
                 return "nothing to do"
             app_name, phase = app.name, deployment.phase
-        with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}"):
+        with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}",
+                         expires=self.ctx.settings.deploy_lock_seconds):
             newer = self.newer_queued()
             if newer is not None:
                 self.update(status=DeploymentStatus.SUPERSEDED.value, reason=f"superseded by deployment {newer}",
@@ -158,15 +160,40 @@ class Rollout:
             deployment.sha, deployment.tree_sha, deployment.image_id, deployment.build_id = sha, tree, image_id, build_id
             build = session.get(Build, build_id) if build_id else None
             repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
-            if source is not None and deployment.trigger in ("rollback", "restore"):
+            app_id, phase, trigger = deployment.app_id, deployment.phase, deployment.trigger
+        restoring = source is not None and trigger in ("rollback", "restore")
+        if repo_config.services and not restoring:
+            # Before the snapshot, so a phase's first snapshot holds its own service passwords.
+            services.ensure_passwords(self.ctx, app_id=app_id, phase=phase, repo_config=repo_config, say=self.say)
+        with self.ctx.db.session() as session:
+            deployment = session.get(Deployment, self.deployment_id)
+            if restoring:
                 snapshot = source.profile_snapshot  # a rollback restores the profile it ran with
             else:
-                snapshot = resolve(session, self.ctx.config, deployment.app_id, deployment.phase).snapshot()
+                snapshot = resolve(session, self.ctx.config, app_id, phase).snapshot()
             deployment.profile_snapshot = snapshot
             deployment.status = DeploymentStatus.DEPLOYING.value
-            version, phase = deployment.version, deployment.phase
+            version = deployment.version
         self.report("started")
-        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot)
+        with tempfile.TemporaryDirectory(prefix="services-", dir=self._work_dir()) as scratch:
+            # Backing services come first (created and healthy before the app container starts);
+            # a `build:` service needs the repository, fetched only if it is really built.
+            provisioned = services.provision(
+                self.ctx, app_name=app_name, app_id=app_id, phase=phase, repo_config=repo_config,
+                checkout_archive=self.lazy_archive(clone_url, sha, token, scratch), say=self.say,
+                snapshot=snapshot, apply_pending=not restoring)
+        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot, provisioned)
+
+    def lazy_archive(self, clone_url: str, sha: str, token: str | None, scratch: str):
+        """A tar of a directory at the deployed commit, cloning on first use only."""
+        fetched: list[git.Checkout] = []
+
+        def archive(path: str) -> bytes:
+            if not fetched:
+                fetched.append(git.fetch_commit(clone_url, sha, scratch + "/src", token=token, **self.git_options()))
+            return git.archive(fetched[0], path)
+
+        return archive
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -274,7 +301,7 @@ class Rollout:
         return str(self.ctx.settings.work_dir)
 
     def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
-                 repo_config: RepoConfig, snapshot: dict) -> None:
+                 repo_config: RepoConfig, snapshot: dict, provisioned: services.Provisioned) -> None:
         """The new container starts on the phase's free slot and must pass our health gate; the
         router then takes it by its own health check (its configuration does not change), and
         only then is the old container drained and stopped. Anything failing before that
@@ -291,7 +318,8 @@ class Rollout:
         previous = [c for c in existing if c is serving or (c.status == "running" and c.host_port != port)]
         spec = ContainerSpec(
             app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
-            image=image_id, env=container_env(snapshot, self.ctx.box), port=repo_config.port,
+            image=image_id, env={**container_env(snapshot, self.ctx.box), **provisioned.env},
+            port=repo_config.port, network=provisioned.network,
             memory=snapshot.get("memory"), cpus=snapshot.get("cpus"), host_port=port,
         )
         self.say(f"starting {version} ({image_id[:19]}) on slot port {port}")
