@@ -61,6 +61,9 @@ def worker(burst: bool) -> None:
 
     from app.jobs import QUEUES
     from workers import command, reconcile  # noqa: F401  (command: fails fast if a command has no runner)
+    # Imported once here, before RQ forks a work horse per job, so no job pays for importing
+    # them (GitPython and the rest: ~60 ms per deploy).
+    from workers import deploy, report  # noqa: F401
 
     ctx = _context()
     reconcile.on_worker_start(ctx)

@@ -118,15 +118,17 @@ class Ours:
 
         self.app = slugify(repo.name)
 
-    def push(self, version: str) -> int:
-        sha = self.repo.commit(version)
+    def push(self, version: str, sha: str | None = None) -> int:
+        """POST the push of `sha` (default: a new commit serving `version`); the deployment id."""
+        sha = sha or self.repo.commit(version)
         answer = self.sender.deliver("push", self.repo.push_payload(sha))
         if "deployment" not in answer:
             raise BenchError(f"the push of {version} planned no deployment: {answer}")
         return answer["deployment"]
 
-    def promote(self, tag: str) -> int:
-        tag_object, commit = self.repo.tag(tag)
+    def promote(self, tag: str, tagged: tuple[str, str] | None = None) -> int:
+        """POST a release tag's push and create deliveries (default: tag HEAD now)."""
+        tag_object, commit = tagged or self.repo.tag(tag)
         ids = []
         for event, payload in self.repo.tag_payloads(tag, tag_object, commit):
             answer = self.sender.deliver(event, payload)
@@ -205,8 +207,9 @@ def run_ours(ours: Ours, router_port: int, run: int) -> Run:
     version = f"ours-{run}-{secrets.token_hex(3)}"
     watcher = Watcher(router_port, f"{ours.app}-demo.localhost", "/version", [version])
     watcher.start()
+    sha = ours.repo.commit(version)  # the commit is there before the clock starts, as on GitHub
     started, started_wall = time.monotonic(), time.time()
-    deployment = ours.push(version)
+    deployment = ours.push(version, sha)
     matched = watcher.wait_match(DEPLOY_TIMEOUT)
     ours.wait_finished(deployment)
     watcher.finish()
@@ -221,8 +224,9 @@ def run_promote(ours: Ours, router_port: int, tag: str) -> tuple[Run, bool]:
     watcher = Watcher(router_port, f"{ours.app}-stage.localhost", "/cgi-bin/info",
                       [f"APP_VERSION={tag}\n", f"BUILD={version}\n"])
     watcher.start()
+    tagged = ours.repo.tag(tag)
     started, started_wall = time.monotonic(), time.time()
-    deployment = ours.promote(tag)
+    deployment = ours.promote(tag, tagged)
     matched = watcher.wait_match(DEPLOY_TIMEOUT)
     ours.wait_finished(deployment)
     watcher.finish()
@@ -236,8 +240,10 @@ class Naive:
         self.name = f"{env.naive_instance}-app"
         self.label = f"release-pipeline.instance={env.naive_instance}"
 
-    def deploy(self, version: str) -> subprocess.CompletedProcess:
+    def commit(self, version: str) -> None:
         self.repo.commit(version)
+
+    def deploy(self, version: str) -> subprocess.CompletedProcess:
         try:
             return subprocess.run(
                 ["bash", str(NAIVE_SCRIPT), self.repo.clone_url, "main", self.name, str(self.port), self.label,
@@ -248,6 +254,7 @@ class Naive:
 
 def run_naive(naive: Naive, run: int) -> Run:
     version = f"naive-{run}-{secrets.token_hex(3)}"
+    naive.commit(version)
     watcher = Watcher(naive.port, "127.0.0.1", "/version", [version])
     watcher.start()
     started, started_wall = time.monotonic(), time.time()
@@ -276,7 +283,9 @@ def run(env: Env, ctx, sender: Sender, *, runs: int, promote_runs: int, naive_po
     first = ours.push(f"ours-warmup-{secrets.token_hex(3)}")
     ours.wait_finished(first)
     ours.wait_finished(ours.promote("v0.1.0"))
-    done = naive.deploy(f"naive-warmup-{secrets.token_hex(3)}")
+    warmup = f"naive-warmup-{secrets.token_hex(3)}"
+    naive.commit(warmup)
+    done = naive.deploy(warmup)
     if done.returncode != 0:
         raise BenchError(f"the naive script failed ({done.returncode}): {done.stderr.strip()[-400:]}")
 

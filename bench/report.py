@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 
 from bench.deploys import DeployResults
@@ -89,7 +90,10 @@ def scale_rows(table: Table, result: ScaleResults) -> None:
     parts = ", ".join(f"{name} {_duration(sec)}" for name, sec in result.deploy_seconds.items())
     table.add("5", f"deploy {result.apps} apps × 3 phases ({result.deployments} deployments, "
               f"{result.workers} workers; {result.containers} containers running after)",
-              f"{_duration(total)} ({parts})", "", "", "(measured)", "")
+              f"{_duration(total)} ({parts})", "", "", "all succeed", _yes(not result.failed))
+    if result.failed:
+        table.add("5", f"deployments that failed ({len(result.failed)} of {result.deployments})",
+                  f"first: {result.failed[0][:300]}", "", "", "0", "no")
     for label, times in result.render.items():
         median, p95 = summary(times)
         table.add("5", f"render {label}, median / p95 of {len(times)}", f"{_ms(median)} / {_ms(p95)}", "", "",
@@ -104,8 +108,10 @@ def scale_rows(table: Table, result: ScaleResults) -> None:
               f"{rss.get('worker', 0):.0f} / {rss.get('work horse', 0):.0f} MiB", "", "", "≤ 200 MiB",
               _yes(0 < worker <= 200))
     if result.caddy_cpu_percent is not None:
-        table.add("5", f"Caddy CPU, idle, health-checking {result.deployments} routes × 2 slots every 250 ms",
-                  f"{result.caddy_cpu_percent:.0f} % of one core", "", "", "(measured)", "")
+        table.add("5", f"at rest after: Caddy health-checking {result.deployments} routes × 2 slots every "
+                  "250 ms; whole host busy (other users included)",
+                  f"Caddy {result.caddy_cpu_percent:.0f} % of one core; host {result.host_busy_percent:.0f} % "
+                  f"of {os.cpu_count()} CPUs", "", "", "(measured)", "")
 
 
 def error_row(table: Table, part: str, what: str, error: str) -> None:

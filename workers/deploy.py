@@ -15,6 +15,8 @@ import time
 from contextlib import suppress
 from urllib.parse import urlparse
 
+import requests
+from docker.errors import DockerException
 from sqlalchemy import select
 
 from app import services
@@ -114,6 +116,9 @@ class Rollout:
                 return self.finish(DeploymentStatus.REFUSED, str(exc))
             except ReleasePipelineError as exc:
                 return self.finish(DeploymentStatus.FAILED, str(exc))
+            except (DockerException, requests.ConnectionError) as exc:  # e.g. the engine is restarting
+                log.warning("deployment %s: Docker engine: %s", self.deployment_id, exc)
+                return self.finish(DeploymentStatus.FAILED, f"the Docker engine failed or is unreachable: {exc}")
             except Exception as exc:
                 log.exception("deployment %s failed unexpectedly", self.deployment_id)
                 return self.finish(DeploymentStatus.FAILED, f"internal error: {type(exc).__name__}")
