@@ -11,6 +11,7 @@ import json
 import secrets
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     raw: str
+    cpu_seconds: float = 0.0  # CPU time of the server's processes during the round
 
     @property
     def rps(self) -> float:
@@ -94,14 +96,35 @@ class WrkResult:
     def errors(self) -> int:
         return self.other_status + self.socket_errors
 
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / max(1, self.requests)
+
+
+def process_cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds of `pid` (with its reaped children), plus its live children's when asked."""
+    import os
+
+    def own(p: int) -> float:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+    from bench.env import children_of
+
+    return own(pid) + (sum(own(c) for c in children_of(pid)) if children else 0.0)
+
 
 def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, *, threads: int,
-            connections: int, seconds: int, tag: str) -> WrkResult:
+            connections: int, seconds: int, tag: str, server_pid: int | None = None) -> WrkResult:
     script = env.home / f"wrk-{tag}.lua"
     script.write_text(LUA % {"prefix": f"{tag}-{secrets.token_hex(4)}", "body": body_file,
                              "signature": signature, "expected": expected})
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
             "-s", str(script), url]
+    cpu_before = process_cpu(server_pid) if server_pid else 0.0
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired:
@@ -117,6 +140,7 @@ def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, 
         other_status=data["other_status"], socket_errors=socket_errors,
         p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000, raw=done.stdout,
+        cpu_seconds=(process_cpu(server_pid) - cpu_before) if server_pid else 0.0,
     )
 
 
@@ -151,7 +175,7 @@ def combine(rounds: list[WrkResult]) -> WrkResult:
         socket_errors=sum(r.socket_errors for r in rounds),
         p50_ms=statistics.median(r.p50_ms for r in rounds), p90_ms=max(r.p90_ms for r in rounds),
         p99_ms=max(r.p99_ms for r in rounds), max_ms=max(r.max_ms for r in rounds),
-        raw="\n".join(r.raw for r in rounds),
+        raw="\n".join(r.raw for r in rounds), cpu_seconds=sum(r.cpu_seconds for r in rounds),
     )
 
 
@@ -196,15 +220,18 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
         for side in order[index % 2]:
             if side == "ours":
                 ours_rounds.append(run_wrk(env, url, body_file, signature, 202, threads=threads,
-                                           connections=connections, seconds=seconds, tag=f"ours{index}"))
+                                           connections=connections, seconds=seconds, tag=f"ours{index}",
+                                           server_pid=web.pid))
             else:
                 peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
-                                           connections=connections, seconds=seconds, tag=f"peer{index}"))
+                                           connections=connections, seconds=seconds, tag=f"peer{index}",
+                                           server_pid=peer.pid))
         log(f"  intake round {index + 1}/{rounds}: ours {ours_rounds[-1].rps:,.0f} req/s "
             f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
             f"p99 {peer_rounds[-1].p99_ms:.0f} ms")
     if recording is not None:
         recording.stop()
+    time.sleep(1)  # requests wrk gave up on at the end of a round finish on the server
     counts = {k: v - counts_before[k] for k, v in _counts(env, ctx).items()}
     env.stop(web)
     env.stop(peer)

@@ -53,6 +53,9 @@ def intake_rows(table: Table, result, settings: str) -> None:
     table.add("1", "intake latency p50 / p99", f"{ours.p50_ms:.1f} / {ours.p99_ms:.1f} ms",
               f"{peer.p50_ms:.1f} / {peer.p99_ms:.1f} ms", f"p99 {ours.p99_ms / max(peer.p99_ms, 1e-9):.2f}×",
               "p99 ≤ 50 ms", _yes(ours.p99_ms <= 50))
+    table.add("1", "intake server CPU per request (gunicorn master + workers / webhook + its /bin/true)",
+              f"{ours.cpu_ms_per_request:.2f} ms", f"{peer.cpu_ms_per_request:.2f} ms",
+              f"{ours.cpu_ms_per_request / max(peer.cpu_ms_per_request, 1e-9):.1f}×", "(measured)", "")
     table.add("1", "intake errors (non-2xx + socket errors)", f"{ours.errors} of {ours.requests:,}",
               f"{peer.errors} of {peer.requests:,}", "", "0", _yes(ours.errors == 0))
     done = counts["deliveries"] >= ours.expected and counts["deployments"] >= ours.expected \

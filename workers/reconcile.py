@@ -18,7 +18,6 @@ from app.actions import current
 from app.adapters.docker import LABEL_DEPLOYMENT
 from app.context import Context
 from app.deployments import schedule
-from app.exceptions import ReleasePipelineError
 from app.jobs import job_id
 from app.locks import holder
 from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
@@ -49,8 +48,8 @@ def run() -> dict:
 def on_worker_start(ctx: Context) -> None:
     try:
         findings = reconcile(ctx)
-    except ReleasePipelineError as exc:
-        log.error("reconcile on start failed: %s", exc)
+    except Exception as exc:  # e.g. Docker still starting: the worker runs anyway (reports, commands),
+        log.error("reconcile on start failed: %s", exc)  # the periodic reconcile catches up later
         return
     log.info("reconciled on start: %s", findings)
 

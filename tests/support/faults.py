@@ -62,6 +62,15 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that still runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def kill_tree(root: int) -> list[int]:
     """SIGKILL `root` and all its descendants at once, as a crash or an OOM kill would.
 
@@ -180,6 +189,10 @@ class PrivateCaddy:
                 return False
 
         wait_for(answers, 15, "caddy's admin API")
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.start()
 
     def kill(self) -> None:
         """SIGKILL: Caddy loses its whole configuration (it was never saved to load again)."""
