@@ -198,7 +198,7 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
             workers.append(env.start_worker(settings, f"worker-{index + 1}"))
         try:
             result = scale.run(env, ctx, sender, web, web_port, workers, apps=args.apps,
-                               render_runs=10 if args.quick else 30, log=log)
+                               render_runs=10 if args.quick else 30, profile_dir=profile_dir, log=log)
             report.scale_rows(table, result)
         except BenchError as exc:
             failures += 1

@@ -144,7 +144,7 @@ def host_cpu() -> tuple[int, int]:
 
 
 def run(env: Env, ctx, sender: Sender, web: Proc, web_port: int, workers: list[Proc], *, apps: int,
-        render_runs: int, log=print) -> ScaleResults:
+        render_runs: int, profile_dir=None, log=print) -> ScaleResults:
     results = ScaleResults(apps=apps, workers=len(workers))
     repos = [Repo(env.home / "repos" / f"app-{i:02d}", f"bench/app-{i:02d}") for i in range(apps)]
     api = requests.Session()
@@ -211,11 +211,18 @@ def run(env: Env, ctx, sender: Sender, web: Proc, web_port: int, workers: list[P
     }
     sampler = RssSampler(web, workers)
     sampler.start()
+    recording = None
+    if profile_dir is not None:
+        from bench.profiling import Recording
+
+        recording = Recording(web.pid, profile_dir / "profile-render.txt")
     try:
         for label, (session, url, text) in pages.items():
             time_get(session, url, 2, must_contain=text)
             results.render[label] = time_get(session, url, render_runs, must_contain=text)
     finally:
+        if recording is not None:
+            recording.stop()
         for role, value in sampler.stop().items():
             results.rss[role] = max(results.rss.get(role, 0.0), value)
     return results

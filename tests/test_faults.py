@@ -370,9 +370,9 @@ def test_a_worker_killed_mid_build_and_mid_rollout(make_stack):
         assert len(killed) >= 2  # the worker and its work horse (and RQ's scheduler process)
         wait_for(lambda: not any(running(pid) for pid in killed), 5, "every killed process to be gone")
         assert stack.deployment(building).status == "building"
+        assert holder(stack.ctx.redis, APP, "demo") == f"deployment {building}"
         # The engine cancels a build whose client went away: its build container goes at once.
         wait_for(lambda: not stack.build_step_running(), 10, "the engine to end the abandoned build")
-        assert holder(stack.ctx.redis, APP, "demo") == f"deployment {building}"
         wait_for(stack.lock_free, LOCK_SECONDS + 2, "the dead worker's lock to expire")
         assert stack.deployment(building).status == "building"  # until a worker reconciles
 
