@@ -10,12 +10,11 @@ import pytest
 from rq import Queue
 from sqlalchemy import select
 
-from app.context import Context
 from app.models import AuditEntry, Deployment, Profile
-from app.web import create_app
 from tests.support.portal_data import (
     ADMIN_TOKEN,
-    StubEngine,
+    build,  # noqa: F401 (fixture)
+    engine,  # noqa: F401 (fixture)
     add_app,
     add_deployment,
     add_log,
@@ -25,21 +24,6 @@ from tests.support.portal_data import (
 
 SECRET = "api-plaintext-secret-9c1e"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def engine() -> StubEngine:
-    return StubEngine()
-
-
-@pytest.fixture
-def build(make_settings, database_url, redis_conn, engine):
-    def make(**overrides):
-        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides))
-        ctx.__dict__["engine"] = engine
-        return ctx, create_app(context=ctx)
-
-    return make
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from app.context import Context
 from app.models import AuditEntry, Deployment, Profile
 from app.portal import views
-from app.web import create_app
 from tests.support.portal_data import (
     ADMIN_TOKEN,
-    StubEngine,
+    build,  # noqa: F401 (fixture)
+    engine,  # noqa: F401 (fixture)
     add_app,
     add_deployment,
     add_log,
@@ -29,23 +28,6 @@ from tests.support.portal_data import (
 )
 
 SECRET = "pl41ntext-secret-value-never-shown"
-
-
-@pytest.fixture
-def engine() -> StubEngine:
-    return StubEngine()
-
-
-@pytest.fixture
-def build(make_settings, database_url, redis_conn, engine):
-    """A portal app for the given settings, on this test's database, Redis DB and engine stub."""
-
-    def make(**overrides):
-        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides))
-        ctx.__dict__["engine"] = engine
-        return ctx, create_app(context=ctx)
-
-    return make
 
 
 @pytest.fixture

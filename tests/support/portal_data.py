@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
+
 from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, ContainerInfo
+from app.context import Context
 from app.models import App, Deployment, LogLine, Profile, utcnow
+from app.web import create_app
 
 ADMIN_TOKEN = "admin-token-for-portal-tests-7f3a"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -91,3 +95,20 @@ def csrf_from(html: str) -> str:
     match = CSRF_INPUT.search(html)
     assert match, "no CSRF token on the page"
     return match.group(1)
+
+
+@pytest.fixture
+def engine() -> StubEngine:
+    return StubEngine()
+
+
+@pytest.fixture
+def build(make_settings, database_url, redis_conn, engine):
+    """A portal app for the given settings, on this test's database, Redis DB and engine stub."""
+
+    def make(**overrides):
+        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides))
+        ctx.__dict__["engine"] = engine
+        return ctx, create_app(context=ctx)
+
+    return make
