@@ -197,7 +197,7 @@ def test_wait_serving_tells_serving_from_standby(router, pair):
     assert router.wait_serving("shop", "demo", slots.a, timeout=5) is True
     started = time.monotonic()
     assert router.wait_serving("shop", "demo", slots.b, timeout=5) is False  # ready behind A
-    assert time.monotonic() - started >= router.health_interval + router.health_timeout - 0.05
+    assert time.monotonic() - started >= router.health_interval  # gave Caddy one check of B
     blue.stop()
     assert router.wait_serving("shop", "demo", slots.b, timeout=5) is True
     with pytest.raises(RouterError, match="did not route shop/demo to port"):

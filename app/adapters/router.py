@@ -35,6 +35,8 @@ _PATH = re.compile(r"^/[^\s\x00-\x1f\x7f]{0,499}$")
 #: A request carrying this header is answered with UPSTREAM_HEADER naming the slot that served it.
 PROBE_HEADER = "X-Release-Pipeline-Probe"
 UPSTREAM_HEADER = "X-Release-Pipeline-Upstream"
+#: How long a check of a ready container takes at most, beyond the interval.
+_CHECK_MARGIN = 0.1
 _PROBE_PAUSE = 0.05
 
 
@@ -153,8 +155,8 @@ class CaddyRouter:
         """Ask Caddy, through the phase URL, which slot answers (PROBE_HEADER) until it is `port`.
 
         Slot A answers as soon as Caddy's check of it passed. While slot A serves, a healthy
-        slot B cannot be seen answering; it is taken as ready once Caddy has had the time of a
-        full health check since the caller's own check passed.
+        slot B cannot be seen answering; it is taken as ready once Caddy has had the time of one
+        check interval (plus a margin) since the caller's own check passed.
         """
         route_id = self._route_id(app, phase)
         response = self._request("GET", f"/id/{route_id}", ok=(404,))
@@ -165,7 +167,9 @@ class CaddyRouter:
             raise RouterError(f"port {port} is not one of the slots Caddy routes {app}/{phase} to")
         host = urlsplit(self.url_for(app, phase)).hostname
         started = time.monotonic()
-        checked_since = started + self.health_interval + self.health_timeout
+        # A ready container answers Caddy's next check in milliseconds, not in health_timeout;
+        # should that check still be running, Caddy retries requests for `try_duration`.
+        checked_since = started + self.health_interval + _CHECK_MARGIN
         deadline = started + timeout
         while True:
             serving, seen = self._probe(host, health_path)
