@@ -42,6 +42,8 @@ from workers import runtime
 log = logging.getLogger(__name__)
 
 REPO_FILE = ".release-pipeline.yml"
+#: Scratch directories in WORK_DIR; reconcile sweeps old ones a killed worker left behind.
+SCRATCH_PREFIXES = ("clone-", "services-")
 #: Seconds the router has to take a healthy new container (Caddy: one health check).
 ROUTE_TIMEOUT = 10
 
@@ -229,7 +231,7 @@ class Rollout:
             deployment.status = DeploymentStatus.DEPLOYING.value
             version = deployment.version
         self.report("started")
-        with tempfile.TemporaryDirectory(prefix="services-", dir=self._work_dir()) as scratch:
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIXES[1], dir=self._work_dir()) as scratch:
             # Backing services come first (created and healthy before the app container starts);
             # a `build:` service needs the repository, fetched only if it is really built.
             provisioned = services.provision(
@@ -311,7 +313,7 @@ class Rollout:
             if known is not None and engine.find_image(app_name, known.tree_sha):
                 self.say(f"reusing image {known.image_id[:19]} built for tree {known.tree_sha[:7]}")
                 return known.id, known.tree_sha, known.image_id
-        workdir = tempfile.mkdtemp(prefix="clone-", dir=self._work_dir())
+        workdir = tempfile.mkdtemp(prefix=SCRATCH_PREFIXES[0], dir=self._work_dir())
         try:
             self.say(f"fetching {sha[:7]}", "build")
             checkout = git.fetch_commit(clone_url, sha, workdir + "/src", token=token, **self.git_options())

@@ -9,6 +9,8 @@ from its last good deployment.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from dataclasses import dataclass, field
 
 from rq.job import Job
@@ -18,13 +20,14 @@ from app.actions import current
 from app.adapters.docker import LABEL_DEPLOYMENT
 from app.context import Context
 from app.deployments import schedule
-from app.jobs import job_id
+from app.jobs import DEPLOY_TIMEOUT, job_id
 from app.locks import holder
 from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig
 from app.plans import Deploy, Repo
 from app.slots import find_slots
 from workers import runtime
+from workers.deploy import SCRATCH_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class Findings:
     removed_containers: list[str] = field(default_factory=list)
     restored_routes: list[str] = field(default_factory=list)
     redeployed: list[int] = field(default_factory=list)
+    interrupted_builds: list[int] = field(default_factory=list)
+    removed_work_dirs: list[str] = field(default_factory=list)
 
 
 def run() -> dict:
@@ -57,6 +62,8 @@ def on_worker_start(ctx: Context) -> None:
 def reconcile(ctx: Context) -> Findings:
     findings = Findings()
     _settle_interrupted(ctx, findings)
+    _settle_builds(ctx, findings)
+    _sweep_work_dir(ctx, findings)
     _requeue_lost(ctx, findings)
     _converge_containers(ctx, findings)
     return findings
@@ -82,6 +89,29 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
             pending += [r.id for r in reports if r.state == "pending"]
     for report_id in pending:
         ctx.jobs.report(report_id)
+
+
+def _settle_builds(ctx: Context, findings: Findings) -> None:
+    """A build left "building" while no deployment of its app is in progress was interrupted."""
+    with ctx.db.session() as session:
+        busy_apps = set(session.scalars(select(Deployment.app_id).where(Deployment.status.in_(IN_PROGRESS))).all())
+        for build in session.scalars(select(Build).where(Build.status == "building")).all():
+            if build.app_id in busy_apps:
+                continue
+            build.status, build.reason, build.finished_at = "failed", "the build was interrupted", utcnow()
+            findings.interrupted_builds.append(build.id)
+
+
+def _sweep_work_dir(ctx: Context, findings: Findings) -> None:
+    """Clones left behind by a killed worker; old enough that no running deploy still uses them."""
+    work_dir = ctx.settings.work_dir
+    if not work_dir.is_dir():
+        return
+    cutoff = time.time() - DEPLOY_TIMEOUT
+    for path in work_dir.iterdir():
+        if path.is_dir() and path.name.startswith(SCRATCH_PREFIXES) and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            findings.removed_work_dirs.append(path.name)
 
 
 def _requeue_lost(ctx: Context, findings: Findings) -> None:
