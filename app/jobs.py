@@ -59,6 +59,18 @@ class Jobs:
             timeout=600,
         )
 
+    def promotion(self, *, app_id: int, phase: str, branch: str, version: str, sha: str, source_id: int,
+                  actor: str) -> str:
+        """Open the promotion pull request a portal user asked for (a phase that needs approvals)."""
+        return self._enqueue(
+            COMMANDS,
+            "workers.command.open_promotion_pr",
+            job_id("promotion", app_id, phase, version),
+            {"app_id": app_id, "phase": phase, "branch": branch, "version": version, "sha": sha,
+             "source_id": source_id, "actor": actor},
+            timeout=300,
+        )
+
     def report(self, report_id: int) -> str:
         return self._enqueue(
             REPORTS,

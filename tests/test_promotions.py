@@ -198,3 +198,24 @@ def test_promotion_merges_follow_the_role_matrix(pipeline, merger, reviewer, rev
     pipeline.work()
     [live] = pipeline.deployments("live")
     assert live.status == "refused" and reason in live.reason, live.reason
+
+
+def test_pushing_to_live_in_the_portal_opens_the_promotion_pull_request(pipeline):
+    from app.approvals import PROMOTION_REQUESTED
+    from app.models import AuditEntry
+    from app.portal import changes
+
+    sha = pipeline.commit("5.0.0", tag="v5.0.0")
+    pipeline.push_tag("v5.0.0")
+    pipeline.work()
+    result = changes.promote(pipeline.ctx, APP, "live", actor="ada", role_of=lambda app: "admin")
+    assert "is being opened on GitHub" in result.message
+    pipeline.work()
+    [(number, pull)] = [(n, p) for (r, n), p in pipeline.github.pulls.items() if r == REPO]
+    assert (pull["title"], pull["head"]["ref"], pull["base"]["ref"]) == ("Promote v5.0.0 to Live", "promote/live/v5.0.0", "live")
+    assert "@ada in the Apps Portal" in pull["body"]
+    assert pipeline.github.refs[(REPO, "refs/heads/promote/live/v5.0.0")] == sha
+    with pipeline.ctx.db.session() as session:
+        [entry] = session.scalars(select(AuditEntry).where(AuditEntry.action == PROMOTION_REQUESTED)).all()
+        assert (entry.actor, entry.detail["pr_number"]) == ("ada", number)
+    assert pipeline.deployments("live") == []

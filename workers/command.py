@@ -39,6 +39,38 @@ def run(*, app_id: int, pr_number: int, comment_id: int, actor: str, body: str) 
                       actor=actor, body=body).run()
 
 
+def repo_client(ctx: Context, app_id: int):
+    """The app repository's GitHub client; raises GitHubError when GitHub is not configured."""
+    if ctx.github is None:
+        raise GitHubError("GitHub is not configured here (GITHUB_APP_ID is unset)")
+    with ctx.db.session() as session:
+        app = session.get(App, app_id)
+        if app.installation_id is None:
+            app.installation_id = ctx.github.installation_for_repo(app.full_name)
+        installation_id, full_name = app.installation_id, app.full_name
+    return ctx.github.repo(installation_id, full_name)
+
+
+def open_promotion_pr(*, app_id: int, phase: str, branch: str, version: str, sha: str, source_id: int,
+                      actor: str) -> str:
+    """RQ entry point (enqueued by `app.jobs.Jobs.promotion`): a promotion asked for in the portal."""
+    ctx = runtime.context()
+    request = PromotionRequest(phase, branch, version, sha, source_id)
+    number, url, _ = open_promotion(repo_client(ctx, app_id), request, requested_by=actor,
+                                    origin="in the Apps Portal")
+    with ctx.db.session() as session:
+        record_promotion_request(session, app_id, actor, request, number, url)
+    return url
+
+
+def record_promotion_request(session: Session, app_id: int, actor: str, request: PromotionRequest,
+                             number: int, url: str) -> None:
+    """Remembered so the requester's own approval of this PR does not count."""
+    session.add(AuditEntry(actor=actor, app_id=app_id, phase=request.phase, action=PROMOTION_REQUESTED,
+                           detail={"pr_number": number, "url": url, "version": request.version,
+                                   "sha": request.sha}))
+
+
 @dataclass(frozen=True)
 class Answer:
     """What a runner did, in words for the reply, and the deployment it queued, if any."""
@@ -63,14 +95,7 @@ class CommandJob:
     def client(self):
         """The repository's GitHub client; raises GitHubError when GitHub is not configured."""
         if self._client is None:
-            if self.ctx.github is None:
-                raise GitHubError("GitHub is not configured here (GITHUB_APP_ID is unset)")
-            with self.ctx.db.session() as session:
-                app = session.get(App, self.app_id)
-                if app.installation_id is None:
-                    app.installation_id = self.ctx.github.installation_for_repo(app.full_name)
-                installation_id, full_name = app.installation_id, app.full_name
-            self._client = self.ctx.github.repo(installation_id, full_name)
+            self._client = repo_client(self.ctx, self.app_id)
         return self._client
 
     def role(self) -> tuple[str, str]:
@@ -171,11 +196,10 @@ def run_promote(job: CommandJob, session: Session, app: App, command: commands.P
                                   pr_number=job.pr_number, comment_id=job.comment_id)
     if outcome.promotion is None:
         return _from_outcome(command, outcome)
-    number, url, reused = open_promotion(job, outcome.promotion)
     request = outcome.promotion
-    # Remembered so the requester's own approval of this PR does not count.
-    session.add(AuditEntry(actor=job.actor, app_id=app.id, phase=request.phase, action=PROMOTION_REQUESTED,
-                           detail={"pr_number": number, "version": request.version, "sha": request.sha}))
+    number, url, reused = open_promotion(job.client(), request, requested_by=job.actor,
+                                         origin=f"in #{job.pr_number}")
+    record_promotion_request(session, app.id, job.actor, request, number, url)
     needed = job.ctx.config.phase(request.phase).approvals
     opened = "is already open" if reused else "is open"
     return Answer(
@@ -186,10 +210,9 @@ def run_promote(job: CommandJob, session: Session, app: App, command: commands.P
     )
 
 
-def open_promotion(job: CommandJob, request: PromotionRequest) -> tuple[int, str, bool]:
+def open_promotion(client, request: PromotionRequest, *, requested_by: str, origin: str) -> tuple[int, str, bool]:
     """Branch `promote/<phase>/<version>` at the sha and a pull request into the phase branch;
-    an open one for the same branch is reused, so repeating the command is harmless."""
-    client = job.client()
+    an open one for the same branch is reused, so repeating the request is harmless."""
     try:
         client.create_ref(f"refs/heads/{request.head_branch}", request.sha)
     except GitHubError as exc:
@@ -200,7 +223,7 @@ def open_promotion(job: CommandJob, request: PromotionRequest) -> tuple[int, str
         return (*existing, True)
     body = (
         f"Promotes **{request.version}** (`{request.sha[:7]}`) to **{request.phase}**, as asked by "
-        f"@{job.actor} in #{job.pr_number}.\n\n"
+        f"@{requested_by} {origin}.\n\n"
         f"Merging this pull request deploys the image already built for that commit to {request.phase}, "
         f"once it has the approvals the pipeline requires."
     )

@@ -111,11 +111,26 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
     if result.promotion is not None:
         p = result.promotion
         needed = ctx.config.phase(phase).approvals
-        command = f"/promote {phase}" + (f" {version}" if version else "") + (f" as {rename_to}" if rename_to else "")
+        approvals = f"{needed} approval{'s' if needed != 1 else ''}"
+        if ctx.github is None:
+            command = (f"/promote {phase}" + (f" {version}" if version else "")
+                       + (f" as {rename_to}" if rename_to else ""))
+            return Result(
+                f"{phase.capitalize()} needs {approvals}, so {p.version} goes there through a promotion pull "
+                f"request ({p.head_branch} → {p.branch}). GitHub is not configured here: comment “{command}” "
+                f"on a pull request once it is; merging it once approved deploys {p.version}.",
+                promotion=p)
+        with ctx.db.session() as session:
+            app_id = get_app(session, app_name).id
+        try:
+            ctx.jobs.promotion(app_id=app_id, phase=p.phase, branch=p.branch, version=p.version, sha=p.sha,
+                               source_id=p.source_id, actor=actor)
+        except RedisError:
+            raise ServiceUnavailable("the job queue is unavailable; no pull request was opened, try again") from None
         return Result(
-            f"{phase.capitalize()} needs {needed} approval{'s' if needed != 1 else ''}, so {p.version} goes "
-            f"there through a promotion pull request ({p.head_branch} → {p.branch}). Comment “{command}” "
-            f"on a pull request to open it; merging it once approved deploys {p.version}.",
+            f"{phase.capitalize()} needs {approvals}, so a promotion pull request for {p.version} "
+            f"({p.head_branch} → {p.branch}) is being opened on GitHub; its link appears in the audit log. "
+            f"Merging it once approved deploys {p.version}.",
             promotion=p)
     return result
 
