@@ -22,7 +22,7 @@ import requests
 from rq import Queue, SimpleWorker
 from sqlalchemy import func, select
 
-from app.adapters.docker import LABEL_APP, LABEL_INSTANCE, ContainerSpec, Engine
+from app.adapters.docker import LABEL_APP, LABEL_INSTANCE, ContainerSpec
 from app.context import Context
 from app.deployments import schedule
 from app.locks import deploy_lock, lock_name
@@ -31,7 +31,8 @@ from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import delivery_headers, load_payload
-from tests.support.dockerkit import (
+from tests.support.dockerkit import (  # noqa: F401 (remove_docker_objects: a fixture)
+    remove_docker_objects,
     APP_PORT,
     CRASH_MESSAGE,
     caddy_server,  # noqa: F401 (fixture)
@@ -69,15 +70,6 @@ TOKEN = "ghs_TopSecretInstallationToken1234567890"
 @pytest.fixture(scope="module")
 def router_port() -> int:
     return free_port()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_docker_objects(instance) -> Iterator[None]:
-    engine = Engine(instance=instance)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
-    yield
-    engine.remove_instance_objects()
 
 
 @dataclass

@@ -38,7 +38,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import select
 
 import app.jobs
-from app.adapters.docker import LABEL_DEPLOYMENT, LABEL_INSTANCE, Engine
+from app.adapters.docker import LABEL_DEPLOYMENT, LABEL_INSTANCE
 from app.adapters.router import PROBE_HEADER, UPSTREAM_HEADER, Slots
 from app.context import Context
 from app.deployments import schedule
@@ -52,7 +52,7 @@ from app.settings import load_settings
 from app.slots import find_slots
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
-from tests.support.dockerkit import make_sample_repo
+from tests.support.dockerkit import make_sample_repo, remove_docker_objects  # noqa: F401 (fixture)
 from tests.support.faults import (
     PrivateCaddy,
     PrivateDocker,
@@ -104,15 +104,6 @@ def _start_command(ready_after: float) -> str:
     later = f"(/bin/busybox sleep {ready_after}; echo ok > /www/healthz) & " if ready_after else ""
     return ("trap 'kill $httpd; /bin/busybox sleep 0.5; exit 0' TERM; " + later
             + "/bin/busybox httpd -f -p \"$PORT\" -h /www & httpd=$!; wait")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_docker_objects(instance) -> Iterator[None]:
-    engine = Engine(instance=instance)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
-    yield
-    engine.remove_instance_objects()
 
 
 @pytest.fixture(scope="module")

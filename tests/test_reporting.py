@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import timezone
 
 import pytest
-import requests
 from rq import Queue, Retry, SimpleWorker, Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import select
@@ -26,10 +25,10 @@ from app.context import Context
 from app.jobs import DEPLOYS, QUEUES, REPORTS
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 from app.reporting import DESCRIPTION_LIMIT, Reports, short
-from app.settings import PROJECT_ROOT, load_settings
-from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET
+from app.settings import PROJECT_ROOT
+from tests.conftest import SECRET_KEY, WEBHOOK_SECRET
 from tests.support.dockerkit import make_sample_repo
-from tests.support.pipeline_e2e import INSTALLATION, REPO, REPO_FILE, Pipeline
+from tests.support.pipeline_e2e import INSTALLATION, REPO, REPO_FILE, Pipeline, service_environment
 from workers import report as report_job
 from workers import runtime
 
@@ -44,32 +43,15 @@ def make_pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypa
         pytest.skip("no Docker engine reachable")
 
     def make(*, reporting: bool = True, health_timeout: int | None = None) -> Pipeline:
-        values = {
-            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "SECRET_KEY": SECRET_KEY,
-            "REDIS_URL": REDIS_URL,
-            "DATABASE_URL": database_url,
-            "PIPELINE_INSTANCE": instance,
-            "PIPELINE_ALLOW_FILE_CLONES": "1",
-            "ROUTER": "direct",
-            "DRAIN_SECONDS": "0",
-            "WORK_DIR": str(tmp_path / "work"),
-            "PUBLIC_URL": PORTAL,
-        }
-        if reporting:
-            values.update(github.environ)
+        extra = {}
         if health_timeout is not None:
             config = (PROJECT_ROOT / "config" / "pipeline.yml").read_text()
             path = tmp_path / "pipeline.yml"
             path.write_text(config.replace("health_timeout: 30", f"health_timeout: {health_timeout}"))
-            values["PIPELINE_CONFIG"] = str(path)
-        for name in ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "GITHUB_API_URL",
-                     "PIPELINE_CONFIG"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-        runtime.reset()
-        return Pipeline(ctx=Context.from_settings(load_settings(values)), github=github, redis_conn=redis_conn,
+            extra["PIPELINE_CONFIG"] = str(path)
+        settings = service_environment(monkeypatch, database_url=database_url, instance=instance,
+                                       tmp_path=tmp_path, github=github if reporting else None, **extra)
+        return Pipeline(ctx=Context.from_settings(settings), github=github, redis_conn=redis_conn,
                         repo_path=tmp_path / "repo")
 
     try:

@@ -221,3 +221,13 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
         except requests.ConnectionError:
             time.sleep(0.05)
     raise RuntimeError(f"caddy admin API did not answer at {url}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_docker_objects(instance) -> Iterator[None]:
+    """Imported into a test module: skip it without an engine, remove its run's objects after it."""
+    engine = Engine(instance=instance)
+    if not engine.ping():
+        pytest.skip("no Docker engine reachable")
+    yield
+    engine.remove_instance_objects()

@@ -194,9 +194,11 @@ class Pipeline:
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_path: Path, github) -> Settings:
+def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_path: Path, github,
+                        **extra: str) -> Settings:
     """Point the worker's Context (built from the environment) at the test's services; the same
-    settings are returned for the web side. `github=None`: GitHub not configured."""
+    settings are returned for the web side. `github=None`: GitHub not configured; `extra`: more
+    variables (e.g. PIPELINE_CONFIG)."""
     values = {
         "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SECRET_KEY": SECRET_KEY,
@@ -209,8 +211,10 @@ def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_pa
         "WORK_DIR": str(tmp_path / "work"),
         "PUBLIC_URL": "http://portal.test",
         **(github.environ if github is not None else {}),
+        **extra,
     }
-    for name in ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "GITHUB_API_URL"):
+    for name in ("GITHUB_APP_ID", "GITHUB_PRIVATE_KEY", "GITHUB_PRIVATE_KEY_PATH", "GITHUB_API_URL",
+                 "PIPELINE_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
