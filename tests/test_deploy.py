@@ -32,6 +32,8 @@ from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import delivery_headers, load_payload
 from tests.support.dockerkit import (  # noqa: F401 (remove_docker_objects: a fixture)
+    RequestLoop,
+    wait_until,
     remove_docker_objects,
     APP_PORT,
     CRASH_MESSAGE,
@@ -163,58 +165,6 @@ def rig(make_settings, database_url, redis_conn, caddy_server, router_port, tmp_
         api.remove_container(container["Id"], force=True, v=True)
 
 
-class RequestLoop:
-    """GETs on the phase URL from clients that never retry, until stopped (and at most
-    `limit` seconds): one opens a new connection per request, the other keeps one keep-alive
-    connection. Any exception and any non-2xx answer is a failure."""
-
-    def __init__(self, rig: Rig, limit: float = 60):
-        self.rig, self.limit = rig, limit
-        self.failures: list[str] = []
-        self.answers: list[str] = []
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
-                         for keep_alive in (False, True)]
-
-    def __enter__(self) -> RequestLoop:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-    @property
-    def last(self) -> str:
-        return self.answers[-1] if self.answers else ""
-
-    def _run(self, keep_alive: bool) -> None:
-        with requests.Session() as session:
-            session.trust_env = False
-            if not keep_alive:
-                session.headers["Connection"] = "close"
-            stop_at = time.monotonic() + self.limit
-            while not self._done.is_set() and time.monotonic() < stop_at:
-                try:
-                    response = self.rig.get(session=session)
-                    if not 200 <= response.status_code < 300:
-                        self.failures.append(f"{response.status_code} {response.text[:80]!r}")
-                    else:
-                        self.answers.append(response.text.strip())
-                except requests.RequestException as exc:
-                    self.failures.append(repr(exc))
-                time.sleep(0.002)
-
-
-def wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 # -- deploying ---------------------------------------------------------------------------------
 
 
@@ -263,7 +213,7 @@ def test_a_container_that_exits_at_once_fails_and_the_old_one_keeps_serving(rig)
     assert rig.deploy("1.0.0").status == "succeeded"
     serving = rig.containers()
     rig.commit("2.0.0", crashes=True)
-    with RequestLoop(rig) as loop:
+    with RequestLoop(lambda session: rig.get(session=session)) as loop:
         failed = rig.deploy("2.0.0")
     assert failed.status == "failed"
     assert failed.reason.startswith("container exited") and "\n" not in failed.reason
@@ -284,7 +234,7 @@ def test_a_container_that_never_turns_healthy_is_never_routed_to(rig):
         assert rig.deploy(version).status == "succeeded"
     serving = rig.containers()
     rig.commit("3.0.0", healthy=False)
-    with RequestLoop(rig) as loop:
+    with RequestLoop(lambda session: rig.get(session=session)) as loop:
         started = time.monotonic()
         failed = rig.deploy("3.0.0")
         elapsed = time.monotonic() - started
@@ -308,7 +258,7 @@ def test_redeploys_drop_no_request(rig):
     versions = ["2.0.0", "3.0.0", "4.0.0"]
     for version in versions:
         rig.commit(version)
-    with RequestLoop(rig) as loop:
+    with RequestLoop(lambda session: rig.get(session=session)) as loop:
         wait_until(lambda: len(loop.answers) > 20, timeout=5)
         for version in versions:
             deployment = rig.deploy(version)
@@ -524,7 +474,7 @@ def test_measure_push_to_url_and_dropped_requests(rig, service):
     """RP_BENCH=1 pytest tests/test_deploy.py -k measure -s"""
     _push_to_url(service, rig, "0.1.0")
     timings = []
-    with RequestLoop(rig, limit=300) as loop:
+    with RequestLoop(lambda session: rig.get(session=session), limit=300) as loop:
         for number in range(1, 6):
             timings.append(_push_to_url(service, rig, f"1.{number}.0"))
     print(f"\npush-to-URL seconds: {[round(t, 2) for t in timings]}, median {statistics.median(timings):.2f}; "

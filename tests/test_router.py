@@ -18,8 +18,10 @@ from app.adapters.router import PROBE_HEADER, UPSTREAM_HEADER, CaddyRouter, Dire
 from app.exceptions import RouterError
 from tests.support.dockerkit import (
     caddy_server,  # noqa: F401 (fixture)
+    RequestLoop,
     free_port,
     unique_instance,
+    wait_until,
 )
 
 HEALTH = "/healthz"
@@ -111,9 +113,9 @@ def test_the_phase_url_goes_to_the_first_healthy_slot(router, pair):
     assert router.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
     assert _get(url).text == "blue"
     blue.healthy = False
-    _wait_until(lambda: _get(url).text == "green", timeout=3)
+    wait_until(lambda: _get(url).text == "green", timeout=3)
     blue.healthy = True
-    _wait_until(lambda: _get(url).text == "blue", timeout=3)
+    wait_until(lambda: _get(url).text == "blue", timeout=3)
     assert router.routes() == {("shop", "demo"): slots_of(pair)}
 
 
@@ -140,13 +142,13 @@ def test_a_new_health_path_or_new_slots_update_the_route(router, pair):
     green.health_paths.add("/ready")
     assert router.ensure_route("shop", "demo", slots_of(pair), "/ready") is True
     # Only green answers /ready: Caddy's checks take blue out of service.
-    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
+    wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
     assert router.ensure_route("shop", "demo", slots_of(pair), HEALTH) is True
-    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "blue", timeout=3)
+    wait_until(lambda: _get(router.url_for("shop", "demo")).text == "blue", timeout=3)
     swapped = Slots(green.port, blue.port)
     assert router.ensure_route("shop", "demo", swapped, HEALTH) is True
     assert router.routes() == {("shop", "demo"): swapped}
-    _wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
+    wait_until(lambda: _get(router.url_for("shop", "demo")).text == "green", timeout=3)
 
 
 def test_a_starting_upstream_gets_no_traffic_until_caddys_check_passes(router):
@@ -157,14 +159,14 @@ def test_a_starting_upstream_gets_no_traffic_until_caddys_check_passes(router):
     try:
         router.ensure_route("shop", "demo", Slots(blue.port, green.port), HEALTH)
         url = router.url_for("shop", "demo")
-        _wait_until(lambda: _get(url).text == "green", timeout=3)
+        wait_until(lambda: _get(url).text == "green", timeout=3)
         blue.start()
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             assert _get(url).text == "green"
         assert blue.served == 0
         blue.healthy = True
-        _wait_until(lambda: _get(url).text == "blue", timeout=3)
+        wait_until(lambda: _get(url).text == "blue", timeout=3)
     finally:
         blue.stop()
         green.stop()
@@ -176,18 +178,18 @@ def test_a_stopped_slot_is_failed_over_without_a_client_error(router, pair):
     blue, green = pair
     router.ensure_route("busy", "live", slots_of(pair), HEALTH)
     url = router.url_for("busy", "live")
-    _wait_until(lambda: _get(url).text == "blue", timeout=3)
-    with _RequestLoop(url) as loop:
+    wait_until(lambda: _get(url).text == "blue", timeout=3)
+    with RequestLoop(lambda session: _get(url, session)) as loop:
         for _ in range(3):
             blue.stop()  # slot A goes away: B takes over
-            _wait_until(lambda: loop.last == "green", timeout=5)
+            wait_until(lambda: loop.last == "green", timeout=5)
             blue.start()  # A is back and healthy: it serves again
-            _wait_until(lambda: loop.last == "blue", timeout=5)
+            wait_until(lambda: loop.last == "blue", timeout=5)
         green.stop()
         time.sleep(0.3)
         green.start()
-    assert loop.errors == []
-    assert loop.count > 50
+    assert loop.failures == []
+    assert len(loop.answers) > 50
 
 
 def test_wait_serving_tells_serving_from_standby(router, pair):
@@ -340,55 +342,6 @@ def test_slots_pick_the_other_slot():
     assert slots.other(20000) == 20001
     assert slots.other(20001) == 20000
     assert slots.other(31337) == 20000  # a container from before slots: A is free
-
-
-class _RequestLoop:
-    """GETs on the phase URL from two clients that never retry, until stopped: one opens a new
-    connection per request, the other keeps one keep-alive session. Every exception and every
-    non-2xx answer counts as an error."""
-
-    def __init__(self, url: str, deadline: float = 60):
-        self.url, self.deadline = url, deadline
-        self.errors: list[str] = []
-        self.count = 0
-        self.last = ""
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
-                         for keep_alive in (False, True)]
-
-    def __enter__(self) -> _RequestLoop:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def _run(self, keep_alive: bool) -> None:
-        session = requests.Session()
-        session.trust_env = False
-        if not keep_alive:
-            session.headers["Connection"] = "close"
-        stop_at = time.monotonic() + self.deadline  # bounded even if the test forgets to stop it
-        while not self._done.is_set() and time.monotonic() < stop_at:
-            try:
-                response = _get(self.url, session)
-                if not response.ok:
-                    self.errors.append(f"{response.status_code} {response.text[:80]}")
-                self.last = response.text
-            except requests.RequestException as exc:
-                self.errors.append(repr(exc))
-            self.count += 1
-        session.close()
-
-
-def _wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def _get(url: str, session=None) -> requests.Response:

@@ -19,8 +19,9 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -221,6 +222,58 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
         except requests.ConnectionError:
             time.sleep(0.05)
     raise RuntimeError(f"caddy admin API did not answer at {url}")
+
+
+class RequestLoop:
+    """GETs from two clients that never retry, until stopped (and at most `limit` seconds): one
+    opens a new connection per request, the other keeps one keep-alive connection. Any
+    exception and any non-2xx answer is a failure; `get(session)` makes one request."""
+
+    def __init__(self, get: Callable[[requests.Session], requests.Response], limit: float = 60):
+        self.get, self.limit = get, limit
+        self.failures: list[str] = []
+        self.answers: list[str] = []
+        self._done = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
+                         for keep_alive in (False, True)]
+
+    def __enter__(self) -> RequestLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    @property
+    def last(self) -> str:
+        return self.answers[-1] if self.answers else ""
+
+    def _run(self, keep_alive: bool) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            if not keep_alive:
+                session.headers["Connection"] = "close"
+            stop_at = time.monotonic() + self.limit  # bounded even if the test forgets to stop it
+            while not self._done.is_set() and time.monotonic() < stop_at:
+                try:
+                    response = self.get(session)
+                    if not 200 <= response.status_code < 300:
+                        self.failures.append(f"{response.status_code} {response.text[:80]!r}")
+                    else:
+                        self.answers.append(response.text.strip())
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                time.sleep(0.002)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module", autouse=True)
