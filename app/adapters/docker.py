@@ -346,14 +346,13 @@ class Engine:
     LABEL_SERVICE_APP = "release-pipeline.service-app"
     LABEL_SERVICE_PHASE = "release-pipeline.service-phase"
     LABEL_SERVICE_DEFINITION = "release-pipeline.service-definition"
-    _SERVICE_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
     _SERVICE_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
     _SIZES_TTL = 30.0
 
     def service_labels(self, app: str, phase: str | None = None, service: str | None = None,
                        **extra: str) -> dict[str, str]:
         for what, value in (("app", app), ("phase", phase), ("service", service)):
-            if value is not None and (not isinstance(value, str) or not self._SERVICE_SLUG.fullmatch(value)):
+            if value is not None and (not isinstance(value, str) or not _NAME.fullmatch(value)):
                 raise DeployFailed(f"{what} {str(value)[:80]!r} is not safe to use in Docker names and labels")
         labels = {self.LABEL_SERVICE_APP: app}
         if phase is not None:
