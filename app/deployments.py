@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +32,3 @@ def schedule(session: Session, app: App, plan: Deploy, *, source_id: int | None 
         return None
     return deployment
 
-
-def by_dedup_key(session: Session, key: str) -> Deployment | None:
-    return session.scalar(select(Deployment).where(Deployment.dedup_key == key))
