@@ -284,3 +284,25 @@ class ServiceInstance(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class ApiToken(Base):
+    """A personal API token: acts as the user who created it, with their repository roles.
+
+    Only a SHA-256 of the token is kept (it is 256 random bits, so a slow hash adds nothing);
+    the token itself is shown once, when it is created.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(100), index=True)
+    #: How the owner signed in when creating it (auth.Kind); the token ends with that method.
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The token's first characters, so its owner can tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

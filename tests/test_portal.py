@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from app.models import AuditEntry, Deployment, Profile
-from app.portal import views
+from app.portal import live_log
 from tests.support.portal_data import (
     ADMIN_TOKEN,
     build,  # noqa: F401 (fixture)
@@ -561,7 +561,7 @@ def test_log_stream_sends_lines_after_the_last_id_and_ends_when_finished(admin, 
 
 
 def test_log_stream_follows_a_running_deployment(admin, pctx, monkeypatch):
-    monkeypatch.setattr(views, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(live_log, "POLL_SECONDS", 0.05)
     app_id = add_app(pctx)
     running = add_deployment(pctx, app_id, "demo", "a1b2c3d", status="building")
 

@@ -138,6 +138,21 @@ def document(server_url: str, phases: list[str]) -> dict:
                 "The deployment")},
             parameters=[APP, DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")],
             errors=(400, 401, 403, 404))},
+        "/api/v1/apps/{name}/deployments/{deployment_id}/events": {"get": _op(
+            "The deployment's live log as server-sent events, until it finishes",
+            {"200": {"description": "text/event-stream: `line` (id = log line id), `status` on each change, "
+                                    "`done` at the end; a stream that ends without `done` is resumed with "
+                                    "Last-Event-ID or ?after"}},
+            parameters=[APP, DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")])},
+        "/api/v1/deployments/{deployment_id}": {"get": _op(
+            "A deployment by id alone (as the app-scoped path answers)",
+            {"200": _json(_ref("Deployment"), "The deployment, its log and evidence")},
+            parameters=[DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")],
+            errors=(400, 401, 403, 404))},
+        "/api/v1/deployments/{deployment_id}/events": {"get": _op(
+            "A deployment's live log by id alone (as the app-scoped path streams it)",
+            {"200": {"description": "text/event-stream"}},
+            parameters=[DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")])},
         "/api/v1/apps/{name}/compare": {"get": _op(
             "Versions in one phase not yet in the next (default: the last two phases)",
             {"200": _json({"type": "object"}, "The comparison")},
@@ -160,6 +175,13 @@ def document(server_url: str, phases: list[str]) -> dict:
                          {"200": _json({"type": "object"}, "What changed, and the profile now")},
                          parameters=profile_params, body=_ref("ProfileChange"), errors=(400, 401, 403, 404)),
         },
+        "/api/v1/apps/{name}/phases/{phase}/deploy": {"post": _op(
+            "Build a commit (or reuse its image) and deploy it to this phase",
+            {"202": _json(_ref("ActionResult"), "A deployment was queued")},
+            parameters=[APP, PHASE],
+            body={"type": "object", "additionalProperties": False, "required": ["sha"], "properties": {
+                "sha": {"type": "string", "pattern": "^[0-9a-f]{40}$", "description": "The full commit sha"}}},
+            errors=(400, 401, 403, 404, 409, 503))},
         "/api/v1/apps/{name}/phases/{phase}/promote": {"post": _op(
             "Push a version to this phase (default: what the previous phase serves), optionally renamed",
             {"202": _json(_ref("ActionResult"), "A deployment was queued"),
@@ -208,7 +230,8 @@ def document(server_url: str, phases: list[str]) -> dict:
         "openapi": "3.1.0",
         "info": {"title": "Release Pipeline API", "version": "1",
                  "description": "Apps, phases, deployments, profiles and actions. Authenticate with "
-                                "`Authorization: Bearer <ADMIN_TOKEN>` or a portal session (then send the "
+                                "`Authorization: Bearer <token>` (the admin token, or a personal API token made "
+                                "in the portal, acting with its owner's roles) or a portal session (then send the "
                                 "CSRF token in `X-CSRFToken` on changes). Errors are JSON {error, reason}."},
         "servers": [{"url": server_url}],
         "security": [{"adminToken": []}, {"session": []}],

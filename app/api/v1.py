@@ -1,7 +1,8 @@
 """JSON API v1: apps, phases, deployments, profiles and actions (OpenAPI at /api/v1/openapi.json).
 
-Authentication: `Authorization: Bearer <ADMIN_TOKEN>`, or the portal's signed-in session
-(then unsafe methods also need the session's CSRF token in `X-CSRFToken`). Permissions and
+Authentication: `Authorization: Bearer <token>` (the admin token, or a personal API token,
+which acts with its owner's repository roles), or the portal's signed-in session (then
+unsafe methods also need the session's CSRF token in `X-CSRFToken`). Permissions and
 actions go through `app.portal.changes`, exactly like the portal's forms. Errors are JSON
 `{"error", "reason"}` with 400/401/403/404/409.
 """
@@ -15,9 +16,9 @@ from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
 from app.actions import profile_differences, rollback_target
-from app.models import Profile
+from app.models import Deployment, Profile
 from app.permissions import Action, check
-from app.portal import auth, changes, csrf, queries
+from app.portal import auth, changes, csrf, live_log, queries
 from app.profiles import resolve
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
@@ -40,7 +41,7 @@ def authenticate():
         g.user = user
         return
     if auth.current_user() is None:
-        abort(401, description="sign in, or send Authorization: Bearer <admin token>")
+        abort(401, description="sign in, or send Authorization: Bearer <admin token or personal API token>")
     if request.method in ("POST", "PUT", "PATCH", "DELETE"):
         csrf.protect()  # a session cookie alone must not be enough to act
 
@@ -176,6 +177,36 @@ def deployment_detail(name: str, deployment_id: int):
         })
 
 
+@bp.get("/apps/<name>/deployments/<int:deployment_id>/events")
+def deployment_events(name: str, deployment_id: int):
+    """The live log as server-sent events (`line`, `status`, `done`), as the portal shows it."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        queries.get_deployment(session, app, deployment_id)
+    return live_log.response(ctx, deployment_id)
+
+
+def _app_of(deployment_id: int) -> str:
+    """Deployment ids are unique across apps: the command line names a deployment by id alone."""
+    with _ctx().db.session() as session:
+        d = session.get(Deployment, deployment_id)
+        if d is None:
+            abort(404, description=f"there is no deployment {deployment_id}")
+        return d.app.name
+
+
+@bp.get("/deployments/<int:deployment_id>")
+def any_deployment(deployment_id: int):
+    return deployment_detail(_app_of(deployment_id), deployment_id)
+
+
+@bp.get("/deployments/<int:deployment_id>/events")
+def any_deployment_events(deployment_id: int):
+    return deployment_events(_app_of(deployment_id), deployment_id)
+
+
 @bp.get("/apps/<name>/compare")
 def compare(name: str):
     ctx = _ctx()
@@ -287,6 +318,14 @@ def _action_response(name: str, result: changes.Result):
         d = queries.get_deployment(session, app, result.deployment_id)
         return jsonify({"message": result.message, "deployment": queries.deployment_json(app, d),
                         "promotion": None}), 202
+
+
+@bp.post("/apps/<name>/phases/<phase>/deploy")
+def deploy(name: str, phase: str):
+    body = _body({"sha"})
+    result = changes.deploy(_ctx(), name, phase, sha=_optional_str(body, "sha"), actor=_actor(),
+                            role_of=auth.role_for)
+    return _action_response(name, result)
 
 
 @bp.post("/apps/<name>/phases/<phase>/promote")

@@ -26,7 +26,7 @@ STATUS_TONE = {
 
 def init_app(flask_app: Flask) -> None:
     from app.api import v1
-    from app.portal import auth, views
+    from app.portal import auth, tokens, views
 
     ctx = flask_app.extensions["release_pipeline"]
     flask_app.config.update(
@@ -44,6 +44,7 @@ def init_app(flask_app: Flask) -> None:
     csrf.init_app(flask_app)
     flask_app.register_blueprint(auth.bp)
     flask_app.register_blueprint(views.bp)
+    flask_app.register_blueprint(tokens.bp)
     flask_app.register_blueprint(v1.bp)
 
     flask_app.jinja_env.filters.update(ago=ago, timestamp=timestamp, iso=iso, duration=duration, tone=tone,

@@ -4,7 +4,8 @@ A person signs in once (GitHub OAuth web flow, or the admin token in a form); th
 then carries only their login and how they signed in. Their role on an app comes from the
 repository's collaborator permission, asked through the GitHub App and cached in the session
 for a few minutes, so a permission removed on GitHub stops working here soon after. API
-clients may instead send the admin token as a bearer token.
+clients send a bearer token instead: the admin token, or a personal API token a signed-in
+user created (`app.api_tokens`), which acts as that user with their roles, cached in Redis.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import requests
+from redis.exceptions import RedisError
 from flask import (
     Blueprint,
     abort,
@@ -30,8 +32,10 @@ from flask import (
     url_for,
 )
 
+from app import api_tokens
 from app.exceptions import GitHubError, TransientGitHubError
 from app.models import App
+from app.portal.queries import iso
 from app.portal import protect_forms
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ class Kind:
 class User:
     login: str
     kind: str
+    #: Set when the request came with one of the user's personal API tokens.
+    token_id: int | None = None
 
     @property
     def is_admin_everywhere(self) -> bool:
@@ -63,7 +69,10 @@ class User:
 
     @property
     def description(self) -> str:
-        return {Kind.GITHUB: "GitHub", Kind.TOKEN: "admin token", Kind.DEV: "development sign-in"}[self.kind]
+        return _DESCRIPTION[self.kind] + (" (personal API token)" if self.token_id is not None else "")
+
+
+_DESCRIPTION = {Kind.GITHUB: "GitHub", Kind.TOKEN: "admin token", Kind.DEV: "development sign-in"}
 
 
 @dataclass(frozen=True)
@@ -113,22 +122,35 @@ def user_from_bearer() -> User | None:
     token = bearer_token()
     if token is None:
         return None
-    if not _admin_token_matches(token):
-        abort(401, description="the bearer token is not the admin token")
-    return User(login="admin", kind=Kind.TOKEN)
+    if _admin_token_matches(token):
+        return User(login="admin", kind=Kind.TOKEN)
+    with _ctx().db.session() as db:
+        row = api_tokens.find(db, token)
+        if row is None:
+            abort(401, description="the bearer token is not the admin token or a personal API token")
+        if row.revoked_at is not None:
+            abort(401, description=f"the personal API token “{row.name}” was revoked at {iso(row.revoked_at)}")
+        if not _offered(row.kind):
+            abort(401, description=f"the personal API token “{row.name}” was made with {_DESCRIPTION[row.kind]}, "
+                                   "which this installation no longer offers")
+        api_tokens.mark_used(row)
+        return User(login=row.login, kind=row.kind, token_id=row.id)
+
+
+def _offered(kind: str) -> bool:
+    """A session or personal token from a sign-in method since switched off (admin token
+    removed, dev mode off, GitHub sign-in unconfigured) stops working."""
+    offered = methods()
+    return {Kind.GITHUB: offered.github, Kind.TOKEN: offered.token, Kind.DEV: offered.dev}.get(kind, False)
 
 
 def user_from_session() -> User | None:
     data = session.get("user")
     if not isinstance(data, dict) or data.get("kind") not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV):
         return None
-    user = User(login=str(data.get("login", "")), kind=data["kind"])
-    # A session from a sign-in method since switched off (token removed, dev mode off) ends.
-    offered = methods()
-    if (user.kind == Kind.TOKEN and not offered.token) or (user.kind == Kind.DEV and not offered.dev) or (
-            user.kind == Kind.GITHUB and not offered.github):
+    if not _offered(data["kind"]):
         return None
-    return user
+    return User(login=str(data.get("login", "")), kind=data["kind"])
 
 
 def current_user() -> User | None:
@@ -144,6 +166,8 @@ def role_for(app: App) -> str:
         return "none"
     if user.is_admin_everywhere:
         return "admin"
+    if user.token_id is not None:
+        return _token_user_role(app, user.login)
     cache = session.get("roles") or {}
     cached = cache.get(app.full_name)
     now = time.time()
@@ -154,6 +178,25 @@ def role_for(app: App) -> str:
         fresh = {name: entry for name, entry in cache.items() if isinstance(entry, list) and entry[1] > now}
         fresh[app.full_name] = [role, now + ROLE_TTL_SECONDS]
         session["roles"] = dict(sorted(fresh.items(), key=lambda item: item[1][1])[-ROLE_CACHE_SIZE:])
+    return role
+
+
+def _token_user_role(app: App, login: str) -> str:
+    """Token requests carry no session, so their roles are cached in Redis for as long."""
+    ctx = _ctx()
+    key = f"rp:{ctx.settings.pipeline_instance}:role:{login}:{app.full_name}"
+    try:
+        cached = ctx.redis.get(key)
+    except RedisError:
+        cached = None
+    if cached is not None:
+        return cached.decode()
+    role, cacheable = _github_role(app, login)
+    if cacheable:
+        try:
+            ctx.redis.set(key, role, ex=ROLE_TTL_SECONDS)
+        except RedisError:
+            log.warning("cannot cache %s's role on %s: Redis is unavailable", login, app.full_name)
     return role
 
 

@@ -29,6 +29,7 @@ from app.versions import validate_version
 log = logging.getLogger(__name__)
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 MAX_VALUE_LENGTH = 8192
 MAX_VARIABLES = 200
 TRIGGER = "portal"
@@ -133,6 +134,15 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
             f"Merging it once approved deploys {p.version}.",
             promotion=p)
     return result
+
+
+def deploy(ctx, app_name: str, phase: str, *, sha: str | None, actor: str, role_of: RoleOf) -> Result:
+    """Build (or reuse the image of) a commit and put it on `phase`, as `/deploy` does for a PR."""
+    if not isinstance(sha, str) or not FULL_SHA.fullmatch(sha):
+        raise BadRequest("sha: must be a full 40-character commit sha (git rev-parse <ref>)")
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.DEPLOY, "deploy",
+                      lambda session, app: Actions(ctx.config).deploy_commit(
+                          session, app, phase, sha=sha, actor=actor, role=role_of(app), trigger=TRIGGER))
 
 
 def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_version: str | None = None) -> Result:

@@ -6,13 +6,10 @@ through `app.portal.changes`, the same functions the JSON API uses.
 
 from __future__ import annotations
 
-import json
 import re
-import time
 
 from flask import (
     Blueprint,
-    Response,
     abort,
     current_app,
     flash,
@@ -27,18 +24,13 @@ from werkzeug.exceptions import HTTPException
 from app.actions import current, profile_differences, rollback_target
 from app.models import Deployment, DeploymentStatus, Profile
 from app.permissions import Action, check
-from app.portal import changes, protect_forms, queries
+from app.portal import changes, live_log, protect_forms, queries
 from app.portal.auth import current_user, role_for
 from app.profiles import SIZING, resolve
 
 bp = Blueprint("portal", __name__)
 bp.before_request(protect_forms)
 
-#: How often the log stream looks for new lines, and how long one stream lasts before the
-#: browser reconnects (with Last-Event-ID): a stream holds a server thread while open.
-POLL_SECONDS = 0.5
-STREAM_SECONDS = 55.0
-HEARTBEAT_SECONDS = 15.0
 LOG_PAGE_LINES = 5000
 
 
@@ -141,50 +133,7 @@ def deployment_events(name: str, deployment_id: int):
         app = queries.get_app(session, name)
         _require_view(app)
         queries.get_deployment(session, app, deployment_id)
-    after = request.headers.get("Last-Event-ID", type=int) or request.args.get("after", type=int) or 0
-    return Response(_stream(ctx, deployment_id, max(after, 0)), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def _event(kind: str, data: dict, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-
-def _stream(ctx, deployment_id: int, after: int):
-    last, last_status = after, None
-    started = quiet_since = time.monotonic()
-    yield "retry: 2000\n\n"
-    while True:
-        with ctx.db.session() as session:
-            lines = queries.log_lines(session, deployment_id, after=last, limit=500)
-            d = session.get(Deployment, deployment_id)
-            if d is None:  # removed while we watched (an app uninstalled): nothing more to say
-                yield _event("done", {"status": "gone", "reason": "the deployment no longer exists", "url": None})
-                return
-            status, reason, finished = d.status, d.reason, queries.is_finished(d)
-            url = d.url
-        for line in lines:
-            last = line.id
-            yield _event("line", {"id": line.id, "stream": line.stream, "text": line.text,
-                                  "at": queries.iso(line.at)}, line.id)
-        changed = status != last_status
-        if changed:
-            last_status = status
-            yield _event("status", {"status": status, "reason": reason, "url": url})
-        if lines or changed:
-            quiet_since = time.monotonic()
-        if finished and not lines:
-            yield _event("done", {"status": status, "reason": reason, "url": url})
-            return
-        now = time.monotonic()
-        if now - started > STREAM_SECONDS:
-            return  # the browser reconnects, resuming after Last-Event-ID
-        if now - quiet_since > HEARTBEAT_SECONDS:
-            quiet_since = now
-            yield ": still here\n\n"
-        if not lines:
-            time.sleep(POLL_SECONDS)
+    return live_log.response(ctx, deployment_id)
 
 
 @bp.get("/apps/<name>/compare")
