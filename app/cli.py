@@ -1,4 +1,4 @@
-"""The `release-pipeline` command: up, serve, worker, migrate, doctor."""
+"""The `release-pipeline` command: up, serve, worker, migrate, doctor (client commands: app.cli_client)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 
 import click
 
+from app import cli_client
 from app.exceptions import ReleasePipelineError
 from app.settings import PROJECT_ROOT, load_settings
 
@@ -27,7 +28,7 @@ def _context():
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+@click.group(cls=cli_client.SectionedGroup)
 def main() -> None:
     """Release Pipeline: git events in, deployments through phases out."""
 
@@ -184,6 +185,8 @@ def load_settings_or_explain():
         click.echo("       fix: export the variables named above (see README, Settings)")
         sys.exit(1)
 
+
+cli_client.register(main)
 
 if __name__ == "__main__":
     main()
