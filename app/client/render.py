@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -86,18 +86,24 @@ class Progress:
     is left to `logs`: a build can print thousands of lines."""
 
     shown_status: str | None = None
-    final: dict[str, Any] = field(default_factory=dict)
+    last_text: str | None = None
 
     def lines(self, kind: str, data: dict, elapsed: float) -> list[str]:
         if kind == "line" and data.get("stream") != "build":
-            return [f"{seconds(elapsed)}  {data.get('text', '')}"]
+            return self._say(data.get("text", ""), elapsed)
         if kind == "status" and data.get("status") != self.shown_status:
             self.shown_status = data.get("status")
-            return [f"{seconds(elapsed)}  {self.shown_status}"]
+            return self._say(self.shown_status, elapsed)
         if kind == "done":
-            self.final = data
             return [outcome(data, elapsed)]
         return []
+
+    def _say(self, text: str, elapsed: float) -> list[str]:
+        """A step; the rollout's own "succeeded" line and the status change say it only once."""
+        if text == self.last_text:
+            return []
+        self.last_text = text
+        return [f"{seconds(elapsed)}  {text}"]
 
 
 def outcome(data: dict, elapsed: float | None = None) -> str:
