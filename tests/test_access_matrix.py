@@ -10,6 +10,7 @@ if either changes, this test says where they disagree. A reader can never change
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import yaml
@@ -296,20 +297,27 @@ def test_any_protected_key_refuses_the_whole_file(extra, allowed_part):
 
 @pytest.fixture
 def portal_for(github, make_settings, database_url, redis_conn):
-    """A portal client signed in with GitHub as a user holding `role` on acme/shop."""
+    """A portal client signed in with GitHub as a user holding `role` on acme/shop; with
+    `via="token"`, an API client sending a personal token that user made in the portal instead."""
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, GITHUB_CLIENT_ID="Iv1.client",
                                               GITHUB_CLIENT_SECRET="client-secret", **github.environ))
     ctx.__dict__["engine"] = MatrixEngine()
     flask_app = create_app(context=ctx)
 
-    def make(role: str):
+    def make(role: str, via: str = "session"):
         login = f"user-{role}"
         if role != "none":
             github.permissions[("acme/shop", login)] = role
         client = flask_app.test_client()
         with client.session_transaction() as session:
             session["user"] = {"login": login, "kind": "github"}
-        return client, csrf_from(client.get("/").get_data(as_text=True))
+        csrf = csrf_from(client.get("/").get_data(as_text=True))
+        if via == "session":
+            return client, csrf
+        made = client.post("/tokens", data={"name": "matrix", "csrf_token": csrf}).get_data(as_text=True)
+        api = flask_app.test_client()
+        api.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + re.search(r'id="new-token">([^<]+)<', made).group(1)
+        return api, ""
 
     return ctx, make
 
@@ -326,12 +334,13 @@ class MatrixEngine(StubEngine):
 
 # (method, path under /api/v1/apps/shop/phases/<phase>/, action, body; "{phase}" is filled in)
 API_ACTIONS = [
+    ("POST", "deploy", Action.DEPLOY, {"sha": "d" * 40}),
     ("POST", "promote", Action.PROMOTE, {}),
     ("POST", "rollback", Action.ROLLBACK, {}),
     ("PATCH", "profile", Action.EDIT_PROFILE, {"memory": "1g", "env": {"CHANGED": "yes"}}),
     ("DELETE", "services", Action.REMOVE_SERVICES, {"confirm": "shop/{phase}"}),
 ]
-#: The portal's form for each, and what it posts.
+#: The portal's form for each (deploying a commit is the API's and the command line's only), and what it posts.
 PORTAL_FORMS = {"promote": ("promote", {}), "rollback": ("rollback", {}), "profile": ("profile", {"memory": "2g"}),
                 "services": ("services/remove", {"confirm": "shop/{phase}"})}
 
@@ -349,13 +358,14 @@ def _state(ctx) -> tuple:
         )
 
 
-def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_conn):
+@pytest.mark.parametrize("via", ["session", "token"])
+def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_conn, via):
     ctx, make = portal_for
     seed(ctx)
     wrong = []
     changed_by_allowed = set()
     for role in ROLES:
-        client, token = make(role)
+        client, token = make(role, via)
         view = client.get("/api/v1/apps/shop")
         if (view.status_code == 200) != allowed(role, "read"):
             wrong.append(f"{role}: GET app {view.status_code}")
@@ -377,7 +387,9 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
                                  f"changed: {after != before}")
                 elif f"needs the {required} role" not in reason and allowed(role, "read"):
                     wrong.append(f"{role} {method} {phase}/{path}: reason {reason!r}")
-            # the portal's own forms, same rule
+            # the portal's own forms, same rule (a token is for the API only)
+            if path not in PORTAL_FORMS or via == "token":
+                continue
             form_path, form = PORTAL_FORMS[path]
             before = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
             page = client.post(f"/apps/shop/phases/{phase}/{form_path}",
@@ -389,7 +401,8 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
                     wrong.append(f"{role} portal {phase}/{path}: {page.status_code}, changed: {after != before}")
     assert not wrong, "\n".join(wrong)
     # allowed requests really acted: rollbacks, stage promotions and profile edits changed state
-    assert {("rollback", "live", True), ("promote", "stage", True), ("profile", "demo", True)} <= changed_by_allowed
+    assert {("rollback", "live", True), ("promote", "stage", True), ("profile", "demo", True),
+            ("deploy", "stage", True)} <= changed_by_allowed
 
 
 def test_a_reader_can_never_change_a_phase(portal_for, redis_conn):
