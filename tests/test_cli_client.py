@@ -50,9 +50,9 @@ class Installation:
             session["user"] = {"login": login, "kind": "github"}
         return client
 
-    def cli(self, token: str, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
+    def cli(self, token: str, *args: str, url: str | None = None, **env_extra: str) -> subprocess.CompletedProcess:
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-               "RELEASE_PIPELINE_URL": url or self.url, "RELEASE_PIPELINE_TOKEN": token}
+               "RELEASE_PIPELINE_URL": url or self.url, "RELEASE_PIPELINE_TOKEN": token, **env_extra}
         return subprocess.run([EXECUTABLE, *args], env=env, capture_output=True, text=True, timeout=180)
 
     def serves(self, phase: str) -> str:
@@ -183,6 +183,12 @@ def test_refusals_revoked_tokens_and_unreachable_servers_exit_1_with_the_reason(
     assert listed.returncode == 0, _lines(listed)
     assert [a["name"] for a in json.loads(listed.stdout)["apps"]] == [APP]
     assert installation.cli(wes, "whoami").stdout.strip() == "wes (GitHub (personal API token))"
+    completed = installation.cli(wes, _RELEASE_PIPELINE_COMPLETE="bash_complete", COMP_CWORD="2",
+                                 COMP_WORDS="release-pipeline history s")
+    assert completed.stdout.split() == ["plain,shop"]  # app names asked from the server
+    completed = installation.cli(wes, _RELEASE_PIPELINE_COMPLETE="bash_complete", COMP_CWORD="3",
+                                 COMP_WORDS="release-pipeline history shop ")
+    assert completed.stdout.split() == ["plain,demo", "plain,stage", "plain,live"]
 
     browser = installation.browser("wes")
     page = browser.get("/tokens")

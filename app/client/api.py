@@ -16,8 +16,6 @@ from urllib.parse import quote
 
 import requests
 
-from app.api_tokens import PREFIX
-
 TIMEOUT_SECONDS = 30
 #: A live log stream may be quiet for a while: the server sends a heartbeat every 15 s.
 STREAM_READ_SECONDS = 60
@@ -60,10 +58,6 @@ class Client:
         self.http = session or requests.Session()
         self.http.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json",
                                   "User-Agent": "release-pipeline-cli"})
-
-    @property
-    def uses_personal_token(self) -> bool:
-        return self.token.startswith(PREFIX)
 
     def portal_link(self, app: str, deployment_id: int) -> str:
         return f"{self.url}/apps/{quote(app, safe='')}/deployments/{deployment_id}"
