@@ -19,7 +19,7 @@ import requests
 from werkzeug.serving import make_server
 
 from app.web import create_app
-from tests.support.dockerkit import free_port
+from tests.support.dockerkit import free_port, stop_process
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, service_environment
 from tests.support.portal_data import csrf_from
 
@@ -100,12 +100,7 @@ def worker(installation, tmp_path) -> Iterator[subprocess.Popen]:
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30)  # RQ's warm shutdown lets a running job finish
         log.close()
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from app.humanize import ago_words
+
 DASH = "-"
 
 
@@ -23,13 +25,7 @@ def ago(iso: str | None, now: datetime | None = None) -> str | None:
     if not iso:
         return None
     moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
-    if seconds < 45:
-        return "just now"
-    for size, unit in ((86400 * 30, "mo"), (86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "1 min ago"
+    return ago_words(((now or datetime.now(timezone.utc)) - moment).total_seconds())
 
 
 def apps_table(body: dict) -> str:

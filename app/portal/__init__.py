@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFProtect
 
+from app.humanize import ago_words
 from app.portal.queries import aware, iso
 
 csrf = CSRFProtect()
@@ -81,13 +82,7 @@ def ago(moment: datetime | None) -> str:
     moment = aware(moment)
     if moment is None:
         return "—"
-    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
-    if seconds < 45:
-        return "just now"
-    for size, unit in ((86400 * 30, "mo"), (86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "1 min ago"
+    return ago_words((datetime.now(timezone.utc) - moment).total_seconds())
 
 
 def timestamp(moment: datetime | None) -> str:

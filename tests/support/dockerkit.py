@@ -202,13 +202,18 @@ def caddy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaddyServ
         _wait_for(f"{admin_url}/config/", process)
         yield CaddyServer(admin_url=admin_url, http_port=http_port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         log.close()
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it is not gone within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
