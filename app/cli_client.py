@@ -18,8 +18,7 @@ from typing import Any
 
 import click
 
-from app.client import ApiError, Client, ClientError
-from app.client import render
+from app.client import Client, ClientError, render
 from app.client.api import path
 
 OPERATOR = "Operator commands (run the service on this machine)"
@@ -161,9 +160,10 @@ def _deployment_id(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _started(client: Client, out: Output, app: str, status: int, body: dict, no_wait: bool,
-             started: float) -> None:
-    """After an action's answer: say what the server did, then follow the deployment (if any)."""
+def _act(client: Client, out: Output, app: str, api_path: str, request: dict | None, no_wait: bool) -> None:
+    """Ask for an action, say what the server did, then follow its deployment (if any)."""
+    started = time.monotonic()
+    body = client.post(api_path, request)
     deployment_id = _deployment_id(body.get("deployment"))
     message = body.get("message") or (f"deployment {deployment_id} queued" if deployment_id else "done")
     if deployment_id is None or no_wait:
@@ -250,9 +250,7 @@ def deploy(client: Client, out: Output, app: str, phase: str, sha: str, no_wait:
 
     SHA is the full commit sha, e.g. $(git rev-parse HEAD).
     """
-    started = time.monotonic()
-    status_code, body = client.post(path("apps", app, "phases", phase, "deploy"), {"sha": sha})
-    _started(client, out, app, status_code, body, no_wait, started)
+    _act(client, out, app, path("apps", app, "phases", phase, "deploy"), {"sha": sha}, no_wait)
 
 
 @client_command
@@ -267,9 +265,7 @@ def promote(client: Client, out: Output, app: str, phase: str, version: str | No
     """Push to PHASE what the previous phase serves (or VERSION), and wait until it serves."""
     body = {key: value for key, value in (("version", version), ("rename_to", rename_to), ("force", force))
             if value is not None}
-    started = time.monotonic()
-    status_code, answer = client.post(path("apps", app, "phases", phase, "promote"), body)
-    _started(client, out, app, status_code, answer, no_wait, started)
+    _act(client, out, app, path("apps", app, "phases", phase, "promote"), body, no_wait)
 
 
 @client_command
@@ -280,10 +276,8 @@ def promote(client: Client, out: Output, app: str, phase: str, version: str | No
 @NO_WAIT
 def rollback(client: Client, out: Output, app: str, phase: str, to_version: str | None, no_wait: bool) -> None:
     """Redeploy an earlier deployment of PHASE: its image and its profile."""
-    started = time.monotonic()
-    status_code, body = client.post(path("apps", app, "phases", phase, "rollback"),
-                                    {"to_version": to_version} if to_version else {})
-    _started(client, out, app, status_code, body, no_wait, started)
+    _act(client, out, app, path("apps", app, "phases", phase, "rollback"),
+         {"to_version": to_version} if to_version else None, no_wait)
 
 
 @client_command
@@ -292,9 +286,7 @@ def rollback(client: Client, out: Output, app: str, phase: str, to_version: str 
 @NO_WAIT
 def redeploy(client: Client, out: Output, app: str, phase: str, no_wait: bool) -> None:
     """Deploy again what PHASE serves (e.g. to apply an edited profile)."""
-    started = time.monotonic()
-    status_code, body = client.post(path("apps", app, "phases", phase, "redeploy"))
-    _started(client, out, app, status_code, body, no_wait, started)
+    _act(client, out, app, path("apps", app, "phases", phase, "redeploy"), None, no_wait)
 
 
 @client_command
@@ -302,10 +294,8 @@ def redeploy(client: Client, out: Output, app: str, phase: str, no_wait: bool) -
 @NO_WAIT
 def retry(client: Client, out: Output, deployment: int, no_wait: bool) -> None:
     """Try a failed deployment again."""
-    started = time.monotonic()
     app = _app_of(client, deployment)
-    status_code, body = client.post(path("apps", app, "deployments", deployment, "retry"))
-    _started(client, out, app, status_code, body, no_wait, started)
+    _act(client, out, app, path("apps", app, "deployments", deployment, "retry"), None, no_wait)
 
 
 @client_command
@@ -313,7 +303,7 @@ def retry(client: Client, out: Output, deployment: int, no_wait: bool) -> None:
 def cancel(client: Client, out: Output, deployment: int) -> None:
     """Cancel a queued or building deployment (the previous version keeps serving)."""
     app = _app_of(client, deployment)
-    _, body = client.post(path("apps", app, "deployments", deployment, "cancel"))
+    body = client.post(path("apps", app, "deployments", deployment, "cancel"))
     out.result(body.get("message") or f"deployment {deployment} cancelled", body)
 
 
@@ -323,7 +313,7 @@ def cancel(client: Client, out: Output, deployment: int) -> None:
 @click.argument("reason", nargs=-1)
 def freeze(client: Client, out: Output, app: str, phase: str, reason: tuple[str, ...]) -> None:
     """Refuse every deployment into PHASE until unfrozen (REASON is shown to whoever tries)."""
-    _, body = client.post(path("apps", app, "phases", phase, "freeze"),
+    body = client.post(path("apps", app, "phases", phase, "freeze"),
                           {"reason": " ".join(reason)} if reason else {})
     out.result(body.get("message") or f"{phase} is frozen", body)
 
@@ -333,7 +323,7 @@ def freeze(client: Client, out: Output, app: str, phase: str, reason: tuple[str,
 @PHASE
 def unfreeze(client: Client, out: Output, app: str, phase: str) -> None:
     """Allow deployments into PHASE again."""
-    _, body = client.delete(path("apps", app, "phases", phase, "freeze"))
+    body = client.delete(path("apps", app, "phases", phase, "freeze"))
     out.result(body.get("message") or f"{phase} is no longer frozen", body)
 
 
@@ -345,5 +335,3 @@ def register(group: click.Group) -> None:
     for command in COMMANDS:
         group.add_command(command)
 
-
-__all__ = ["ApiError", "SectionedGroup", "register"]

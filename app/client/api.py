@@ -76,11 +76,11 @@ class Client:
     def get(self, api_path: str, **params: Any) -> Any:
         return self.request("GET", api_path, params={k: v for k, v in params.items() if v is not None})[1]
 
-    def post(self, api_path: str, body: dict | None = None) -> tuple[int, Any]:
-        return self.request("POST", api_path, body=body or {})
+    def post(self, api_path: str, body: dict | None = None) -> Any:
+        return self.request("POST", api_path, body=body or {})[1]
 
-    def delete(self, api_path: str, body: dict | None = None) -> tuple[int, Any]:
-        return self.request("DELETE", api_path, body=body or {})
+    def delete(self, api_path: str, body: dict | None = None) -> Any:
+        return self.request("DELETE", api_path, body=body or {})[1]
 
     def _json(self, response: requests.Response) -> Any:
         try:

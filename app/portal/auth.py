@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from redis.exceptions import RedisError
 from flask import (
     Blueprint,
     abort,
@@ -31,12 +30,13 @@ from flask import (
     session,
     url_for,
 )
+from redis.exceptions import RedisError
 
 from app import api_tokens
 from app.exceptions import GitHubError, TransientGitHubError
 from app.models import App
-from app.portal.queries import iso
 from app.portal import protect_forms
+from app.portal.queries import iso
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
