@@ -142,9 +142,13 @@ def _follow(client: Client, out: Output, app: str, deployment_id: int, started: 
     """Show the deployment's steps until it ends; exit 1 unless it now serves."""
     out.progress(f"deployment {deployment_id}: {client.portal_link(app, deployment_id)}")
     progress = render.Progress()
-    for event in client.events(deployment_id):
-        for line in progress.lines(event.kind, event.data, time.monotonic() - started):
-            out.progress(line)
+    try:
+        for event in client.events(deployment_id):
+            for line in progress.lines(event.kind, event.data, time.monotonic() - started):
+                out.progress(line)
+    except KeyboardInterrupt:
+        out.progress(f"stopped watching; the deployment goes on (release-pipeline logs {deployment_id} --follow)")
+        sys.exit(130)
     final = client.get(path("deployments", deployment_id))
     final.pop("log", None)
     if out.as_json:
