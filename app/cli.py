@@ -199,5 +199,90 @@ def doctor() -> None:
     sys.exit(1 if problems else 0)
 
 
+@main.group()
+@click.option("--repo", "path", default=".", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="The git repository to deploy (with a Dockerfile).")
+@click.pass_context
+def simulate(click_ctx: click.Context, path: str) -> None:
+    """Deploy a repository on this machine as if GitHub sent its events (needs PIPELINE_ALLOW_FILE_CLONES=1)."""
+    from app import local
+    from app.adapters.git import local_repository
+
+    local.load()  # the webhook secret and address of the running `up`
+    try:
+        click_ctx.obj = (_context(), local_repository(path))
+    except ReleasePipelineError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@simulate.command("push")
+@click.pass_obj
+def simulate_push(obj) -> None:
+    """A push of the checked-out branch (the app's default branch): deploys to the first phase."""
+    from app import simulate as sim
+
+    ctx, repo = obj
+    _simulated(ctx, sim.push(repo, f"refs/heads/{repo.branch}", repo.head))
+
+
+@simulate.command("tag")
+@click.argument("version")
+@click.pass_obj
+def simulate_tag(obj, version: str) -> None:
+    """A release tag VERSION (e.g. v1.0.0) pushed for the checked-out commit (tagged if need be)."""
+    from app import simulate as sim
+    from app.adapters.git import ensure_local_tag
+    from app.webhooks.tags import tag_phase
+
+    ctx, repo = obj
+    if tag_phase(ctx.config, version) is None:
+        raise click.ClickException(f"{version} is not a release tag of any phase (semver, matching the tag pattern)")
+    try:
+        if ensure_local_tag(repo, version, repo.head):
+            click.echo(f"tagged {repo.head[:7]} as {version}")
+    except ReleasePipelineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _simulated(ctx, sim.push(repo, f"refs/tags/{version}", repo.head))
+
+
+@simulate.command("pr-merge")
+@click.pass_obj
+def simulate_pr_merge(obj) -> None:
+    """A merged promotion pull request: what the phase before the pull-request phase serves goes there."""
+    from app import simulate as sim
+
+    ctx, repo = obj
+    phase = next((p for p in ctx.config.phases.values() if p.trigger == "pull_request"), None)
+    if phase is None:
+        raise click.ClickException("no phase of the pipeline is deployed by a pull request")
+    if phase.approvals and ctx.github is None:
+        raise click.ClickException(
+            f"{phase.name} needs {phase.approvals} approval(s), which only GitHub can count: without a GitHub App, "
+            "start up with PIPELINE_CONFIG=config/pipeline.local.yml (no approvals)")
+    previous = ctx.config.previous_phases(phase.name)[0]
+    source = sim.serving(ctx.db, repo, previous)
+    if source is None:
+        raise click.ClickException(f"nothing to promote: {previous} serves nothing yet")
+    _simulated(ctx, sim.pr_merge(repo, number=source.id, base=phase.branch, phase=phase.name,
+                                 version=source.version, sha=source.sha))
+
+
+def _simulated(ctx, delivery) -> None:
+    """Send, then follow the deployment to its end; exit 1 unless it succeeded."""
+    from app import simulate as sim
+
+    try:
+        answer = sim.send(ctx.settings.public_url, ctx.settings.webhook_secret or "", delivery)
+    except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
+        raise click.ClickException(f"{ctx.settings.public_url}: {exc} (is `release-pipeline up` running?)") from None
+    click.echo(answer.get("reason", ""))
+    if not answer.get("deployment"):
+        sys.exit(1)
+    deployment = sim.wait(ctx.db, answer["deployment"])
+    if deployment.status != "succeeded":
+        raise click.ClickException(f"{deployment.phase}: {deployment.status}: {deployment.reason or 'see the portal'}")
+    click.echo(f"{deployment.phase} serves {deployment.version} at {deployment.url}")
+
+
 if __name__ == "__main__":
     main()

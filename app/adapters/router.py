@@ -282,8 +282,8 @@ class CaddyRouter:
 
     def _probe(self, host: str, path: str) -> tuple[int | None, str]:
         """The slot port that answered `path` through the phase URL (2xx/3xx only), and what came back."""
-        host = f"[{self.bind}]" if ":" in self.bind else self.bind or "127.0.0.1"
-        url = f"http://{host}:{self.listen_port}{path}"
+        address = f"[{self.bind}]" if ":" in self.bind else self.bind or "127.0.0.1"
+        url = f"http://{address}:{self.listen_port}{path}"
         try:
             with requests.Session() as session:
                 session.trust_env = False
