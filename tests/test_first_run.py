@@ -200,3 +200,98 @@ def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
                        details=lambda: f"{processes.logs()}\nGitHub saw: {[(c.method, c.path, c.json) for c in github.calls]} sha {sha}")
     assert success[0]["target_url"] == phase_url and success[0]["context"] == "release-pipeline/demo"
     assert honcho_process.poll() is None, processes.logs()
+
+
+# -- refusing at start, in one line ------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def start_env(tmp_path, redis_url, instance):
+    def make(**changes: str | None) -> dict:
+        settings = readme_settings(tmp_path, instance, f"sqlite:///{tmp_path / 'state.db'}", redis_url)
+        settings.update({k: v for k, v in changes.items() if v is not None})
+        return clean_environ(**{k: v for k, v in settings.items() if changes.get(k, "") is not None})
+
+    return make
+
+
+@pytest.mark.parametrize("process", ["serve", "worker", "scheduler"])
+def test_a_process_on_a_database_without_schema_refuses_to_start(start_env, process):
+    result = run_cli(process, env=start_env())
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["Error: the database has no schema yet: run release-pipeline migrate"]
+
+
+def test_a_process_on_a_schema_behind_refuses_to_start(start_env):
+    from alembic import command
+
+    from app.db import alembic_config
+
+    env = start_env()
+    command.upgrade(alembic_config(env["DATABASE_URL"]), "0001")
+    result = run_cli("worker", env=env)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert re.fullmatch(r"Error: the database schema is at 0001, this version needs \S+: run release-pipeline migrate",
+                        line), line
+    assert run_cli("migrate", env=env).returncode == 0
+    assert run_cli("worker", "--burst", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("process, what", [("serve", "web server"), ("worker", "worker")])
+def test_a_process_that_needs_secret_key_refuses_to_start_without_it(start_env, process, what):
+    env = start_env(SECRET_KEY=None)
+    assert run_cli("migrate", env=env).returncode == 0  # migrating needs no SECRET_KEY
+    result = run_cli(process, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: SECRET_KEY is required to run the {what} (it signs sessions and encrypts secrets): "
+        "set it to a long random string, the same for every process"]
+
+
+@pytest.mark.parametrize("process", ["serve", "worker", "scheduler", "router", "migrate"])
+def test_a_process_with_an_invalid_pipeline_refuses_to_start(start_env, tmp_path, process):
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text((PROJECT_ROOT / "config" / "pipeline.yml").read_text().replace("approvals: 1", "approvals: -1"))
+    result = run_cli(process, env=start_env(PIPELINE_CONFIG=str(pipeline)))
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and "phases/live/approvals" in line, line
+
+
+def test_a_worker_waits_for_a_database_that_is_away(start_env, tmp_path, processes, redis_conn):
+    """Away is not a reason to exit: it says so once, waits, and starts once the database is back."""
+    from rq import Worker
+
+    name = f"rp_away_{uuid.uuid4().hex[:8]}"
+    url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    env = start_env(DATABASE_URL=url)
+    admin = create_engine(POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        assert run_cli("migrate", env=env).returncode == 0
+        with admin.connect() as conn:  # the database refuses every connection, as while it restarts
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        log = tmp_path / "worker.log"
+        worker = processes.start([sys.executable, "-m", "app.cli", "worker"], env, log)
+        wait_for(lambda: "waiting for the database" in log.read_text(), 60, "the worker to say it waits",
+                 details=lambda: log.read_text())
+        assert worker.poll() is None and not Worker.all(connection=redis_conn)
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        wait_for(lambda: Worker.all(connection=redis_conn), 60, "the worker to register with RQ",
+                 details=lambda: log.read_text())
+        assert worker.poll() is None
+        assert log.read_text().count("waiting for the database") == 1
+    finally:
+        processes.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
