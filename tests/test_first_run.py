@@ -295,3 +295,70 @@ def test_a_worker_waits_for_a_database_that_is_away(start_env, tmp_path, process
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# -- up, doctor, the sign-in link, simulate --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
+        redis_url, instance, tmp_path, processes):
+    from tests.support.faults import descendants
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], check=True)
+    web_port = free_port()
+    settings = readme_settings(tmp_path, instance, "unused", redis_url)
+    for generated in ("GITHUB_WEBHOOK_SECRET", "SECRET_KEY", "DATABASE_URL"):  # up's own defaults
+        del settings[generated]
+    env = clean_environ(**settings, PIPELINE_CONFIG=str(clone / "config" / "pipeline.local.yml"))
+    up_log = tmp_path / "up.log"
+    up = processes.start([sys.executable, "-m", "app.cli", "up", "--port", str(web_port)], env, up_log, cwd=clone)
+    link = wait_for(lambda: re.search(r"sign in \(one use.*\): (\S+)", up_log.read_text()), 120,
+                    "up to print the sign-in link", details=lambda: up_log.read_text())[1]
+    assert link.startswith(f"http://localhost:{web_port}/signin/once?token=")
+    assert (clone / "var" / "sign-in-link").read_text().strip() == link
+
+    def doctor() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", "doctor"], cwd=clone, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    result = wait_for(lambda: (r := doctor()).returncode == 0 and r, 60, "doctor to pass",
+                      details=lambda: doctor().stdout + up_log.read_text())
+    for check in ("schema", "worker", "scheduler", "sign-in", "web", "router"):
+        assert re.search(rf"^\[ok \] {check}: ", result.stdout, re.M), result.stdout
+
+    # The link signs in once, as admin.
+    browser = requests.Session()
+    page = browser.get(link, timeout=10)
+    assert page.status_code == 200 and "Sign in as admin" in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)[1]
+    token = link.partition("token=")[2]
+    signed_in = browser.post(f"http://localhost:{web_port}/signin/once", data={"csrf_token": csrf, "token": token},
+                             timeout=10)
+    assert signed_in.status_code == 200 and signed_in.url == f"http://localhost:{web_port}/"
+    assert browser.get(f"http://localhost:{web_port}/api/v1/me", timeout=10).json()["signed_in_with"] == \
+        "one-time sign-in link"
+    again = requests.Session()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', again.get(link, timeout=10).text or "")
+    assert csrf is None  # spent: the page says so instead of offering the button
+
+    # A newcomer's own repository, demo → stage → live in three commands.
+    repo = tmp_path / "myapp"
+    make_sample_repo(repo, version_text="my app 1.0", extra_files=REPO_FILE)
+    router_port = settings["ROUTER_PORT"]
+    for command, phase in ((["push"], "demo"), (["tag", "v1.0.0"], "stage"), (["pr-merge"], "live")):
+        step = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--repo", str(repo), *command], cwd=clone,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert step.returncode == 0, step.stdout + step.stderr + up_log.read_text()
+        assert f"{phase} serves " in step.stdout and f"http://myapp-{phase}.localhost:{router_port}" in step.stdout
+    assert phase_serves(int(router_port), "myapp-live.localhost") == "my app 1.0"
+
+    # A child that dies is restarted, and says so.
+    (worker,) = [pid for pid in descendants(up.pid)
+                 if "app.cli\x00worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: "worker restarted" in up_log.read_text(), 60, "up to restart the worker",
+             details=lambda: up_log.read_text())
+    assert re.search(r"worker exited with status -9; restarting it", up_log.read_text())
+    wait_for(lambda: doctor().returncode == 0, 60, "doctor to pass again", details=lambda: doctor().stdout)
