@@ -51,8 +51,9 @@ def full_name(repo: LocalRepository) -> str:
 
 
 def _repository(repo: LocalRepository) -> dict:
+    # No html_url: the portal links only to http(s) pages.
     return {"name": repo.path.name, "full_name": full_name(repo), "owner": {"login": OWNER},
-            "clone_url": repo.clone_url, "html_url": repo.clone_url, "default_branch": repo.branch}
+            "clone_url": repo.clone_url, "default_branch": repo.branch}
 
 
 def _user() -> dict:

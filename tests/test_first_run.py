@@ -118,6 +118,10 @@ def new_database_url(request, tmp_path):
     admin.dispose()
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
 def procfile() -> dict[str, str]:
     lines = (PROJECT_ROOT / "Procfile").read_text().splitlines()
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
@@ -355,8 +359,8 @@ def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
     assert phase_serves(int(router_port), "myapp-live.localhost") == "my app 1.0"
 
     # A child that dies is restarted, and says so.
-    (worker,) = [pid for pid in descendants(up.pid)
-                 if "app.cli\x00worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    (worker,) = [pid for pid in descendants(up.pid) if parent(pid) == up.pid
+                 and "app.cli\x00worker" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
     os.kill(worker, signal.SIGKILL)
     wait_for(lambda: "worker restarted" in up_log.read_text(), 60, "up to restart the worker",
              details=lambda: up_log.read_text())
