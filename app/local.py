@@ -1,7 +1,8 @@
 """The files `up` keeps in var/ so that a first run needs no configuration, and `doctor` and
 `simulate` see the same settings as the running `up`.
 
-- `secret_key`, `webhook_secret`: generated once (mode 0600) when the variable is unset;
+- `secret_key`, `webhook_secret`, `admin_token`: generated once (mode 0600) when the variable
+  is unset (the admin token only without GitHub sign-in), so the portal can always be entered;
 - `github-app.env`: the GitHub App registered through the manifest flow (app.github_setup);
 - `up.env`: where the running `up` listens (BIND, PORT, PUBLIC_URL), rewritten at each start.
 
@@ -22,7 +23,7 @@ VAR = PROJECT_ROOT / "var"
 UP_ENV = VAR / "up.env"
 SIGN_IN_LINK = VAR / "sign-in-link"
 #: Setting → the file in var/ holding the generated value.
-GENERATED = {"SECRET_KEY": "secret_key", "GITHUB_WEBHOOK_SECRET": "webhook_secret"}
+GENERATED = {"SECRET_KEY": "secret_key", "GITHUB_WEBHOOK_SECRET": "webhook_secret", "ADMIN_TOKEN": "admin_token"}
 
 
 def load(environ: MutableMapping[str, str] | None = None, *, generate: bool = False) -> list[str]:
@@ -35,7 +36,8 @@ def load(environ: MutableMapping[str, str] | None = None, *, generate: bool = Fa
     if load_env_file(UP_ENV, environ):
         used.append(f"listening settings of `up` loaded from {UP_ENV}")
     for name, filename in GENERATED.items():
-        if environ.get(name) or (name == "GITHUB_WEBHOOK_SECRET" and environ.get("PIPELINE_DEV")):
+        if environ.get(name) or (name == "GITHUB_WEBHOOK_SECRET" and environ.get("PIPELINE_DEV")) or (
+                name == "ADMIN_TOKEN" and environ.get("GITHUB_CLIENT_ID")):
             continue
         path = VAR / filename
         if generate and not path.exists():

@@ -322,6 +322,7 @@ def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
                     "up to print the sign-in link", details=lambda: up_log.read_text())[1]
     assert link.startswith(f"http://localhost:{web_port}/signin/once?token=")
     assert (clone / "var" / "sign-in-link").read_text().strip() == link
+    assert "ADMIN_TOKEN generated into" in up_log.read_text()  # the sign-in form works after the link is spent
 
     def doctor() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "app.cli", "doctor"], cwd=clone, env=env,
@@ -365,4 +366,5 @@ def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
     wait_for(lambda: "worker restarted" in up_log.read_text(), 60, "up to restart the worker",
              details=lambda: up_log.read_text())
     assert re.search(r"worker exited with status -9; restarting it", up_log.read_text())
-    wait_for(lambda: doctor().returncode == 0, 60, "doctor to pass again", details=lambda: doctor().stdout)
+    wait_for(lambda: doctor().returncode == 0, 90, "doctor to pass again",
+             details=lambda: doctor().stdout + up_log.read_text()[-6000:])
