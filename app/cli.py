@@ -156,7 +156,7 @@ def _announce(ctx, host: str, port: int) -> None:
 
     settings = ctx.settings
     if settings.router == "caddy":
-        for _ in range(100):  # the router must be up before a deploy asks it for a route
+        for _ in range(300):  # the router must be up before a deploy asks it for a route (30 s)
             if ctx.router.ping():
                 break
             time.sleep(0.1)
