@@ -147,7 +147,8 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F8
     try:
         result = wait_healthy(
             f"http://127.0.0.1:{running.host_port}/healthz",
-            timeout=1.5,
+            # Long enough for a busy machine to start the container and answer once.
+            timeout=10,
             interval=0.05,
             is_alive=lambda: docker_engine.container_status(running.id) == "running",
         )
@@ -155,4 +156,4 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F8
         docker_engine.stop_and_remove(running.id, timeout=2)
     assert result.ok is healthy
     if not healthy:
-        assert result.reason == "health check failed: 404 Not Found on /healthz after 1.5s"
+        assert result.reason == "health check failed: 404 Not Found on /healthz after 10s"
