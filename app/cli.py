@@ -1,12 +1,14 @@
-"""The `release-pipeline` command: up, serve, worker, migrate, doctor (client commands: app.cli_client)."""
+"""The `release-pipeline` command: operator commands (up, migrate, serve, worker, scheduler,
+router, doctor, simulate) and client commands (app.cli_client). Every process checks what it
+needs before it starts (app.startup)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,43 +16,54 @@ import click
 
 from app import cli_client
 from app.exceptions import ReleasePipelineError
-from app.settings import PROJECT_ROOT, load_settings
-
-VAR = PROJECT_ROOT / "var"
+from app.settings import load_settings
 
 
-def _context():
+def _context(process: str | None = None, *, secret_key: bool = False, schema: bool = False):
+    """Settings and pipeline checked; for a long-running `process`, SECRET_KEY and the schema too.
+
+    Anything that only the operator can fix ends the process here with one line (exit 1).
+    """
+    from app import startup
     from app.context import Context
 
     try:
-        return Context.from_settings(load_settings())
+        ctx = Context.from_settings(load_settings())
+        if secret_key:
+            startup.require_secret_key(ctx.settings, process)
+        if schema:
+            startup.require_schema(ctx.db)
     except ReleasePipelineError as exc:
         raise click.ClickException(str(exc)) from None
+    return ctx
 
 
 @click.group(cls=cli_client.SectionedGroup)
 def main() -> None:
     """Release Pipeline: git events in, deployments through phases out."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the database schema."""
+    """Create or upgrade the database schema (the Procfile's release phase)."""
     ctx = _context()
     ctx.db.migrate()
     click.echo("database is at the latest schema")
 
 
 @main.command()
-@click.option("--port", default=lambda: int(os.environ.get("PORT", "8000")), show_default="$PORT or 8000")
+@click.option("--host", default=None, help="Address to listen on.  [default: $BIND or 0.0.0.0]")
+@click.option("--port", type=int, default=None, help="Port to listen on.  [default: $PORT or 8000]")
 @click.option("--workers", default=2, show_default=True)
-def serve(port: int, workers: int) -> None:
+def serve(host: str | None, port: int | None, workers: int) -> None:
     """Serve the webhook endpoint, portal and API with gunicorn."""
-    _context()  # fail fast, with a readable message, on bad settings
+    ctx = _context("web server", secret_key=True, schema=True)
+    bind = f"{host or ctx.settings.bind}:{port or ctx.settings.port}"
     os.execvp(
         sys.executable,
-        [sys.executable, "-m", "gunicorn", "--bind", f"0.0.0.0:{port}", "--workers", str(workers),
-         "--threads", "4", "--access-logfile", "-", "app.web:create_app()"],
+        [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads", "4",
+         "--no-control-socket", "--access-logfile", "-", "app.web:create_app()"],
     )
 
 
@@ -58,132 +71,219 @@ def serve(port: int, workers: int) -> None:
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 def worker(burst: bool) -> None:
     """Run an RQ worker for deploys, commands and reports (reconciling Docker first)."""
-    from rq import Worker
-
-    from app.jobs import QUEUES
+    from app import startup
     from workers import command, reconcile  # noqa: F401  (command: fails fast if a command has no runner)
     # Imported once here, before RQ forks a work horse per job, so no job pays for importing
     # them (GitPython and the rest: ~60 ms per deploy).
     from workers import deploy, report  # noqa: F401
 
-    ctx = _context()
-    reconcile.on_worker_start(ctx)
-    Worker(list(QUEUES), connection=ctx.redis).work(burst=burst, with_scheduler=True)
+    ctx = _context("worker", secret_key=True, schema=True)
+    startup.run_worker(ctx, burst=burst, on_start=reconcile.on_worker_start)
 
 
 @main.command()
 def scheduler() -> None:
     """Enqueue the periodic jobs: reconcile, report catch-up, redelivery of missed webhooks."""
-    from rq.cron import CronScheduler
-
+    from app import startup
     from app.jobs import DEPLOYS, REPORTS
     from workers import reconcile, redeliver, report
 
-    ctx = _context()
-    cron = CronScheduler(connection=ctx.redis, name=f"release-pipeline-{ctx.settings.pipeline_instance}")
-    cron.register(reconcile.run, DEPLOYS, interval=60, job_timeout=300)
-    cron.register(report.catch_up, REPORTS, interval=120, job_timeout=120)
-    cron.register(redeliver.run, REPORTS, interval=300, job_timeout=120)
-    cron.start()
+    def register(cron) -> None:
+        cron.register(reconcile.run, DEPLOYS, interval=60, job_timeout=300)
+        cron.register(report.catch_up, REPORTS, interval=120, job_timeout=120)
+        cron.register(redeliver.run, REPORTS, interval=300, job_timeout=120)
 
-
-def _secret_file(name: str) -> str:
-    """A generated secret kept in var/ so `up` is repeatable without configuration."""
-    path = VAR / name
-    if not path.exists():
-        VAR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-def _start_caddy(settings) -> subprocess.Popen | None:
-    from app.adapters.router import CaddyRouter
-
-    router = CaddyRouter(settings.caddy_admin_url, settings.router_port, instance=settings.pipeline_instance)
-    if router.ping():
-        return None
-    caddy = shutil.which("caddy")
-    if caddy is None:
-        raise click.ClickException("caddy is not installed (apt-get install caddy), or set ROUTER=direct")
-    admin = settings.caddy_admin_url.split("://", 1)[1]
-    config = VAR / "caddy.json"
-    # Caddy logs every failed active health check, i.e. the idle slot of every phase, 4 times a
-    # second: keep those out of var/caddy.log.
-    config.write_text('{"admin": {"listen": "%s"}, "logging": {"logs": {"default": {"exclude": '
-                      '["http.handlers.reverse_proxy.health_checker.active"]}}}}' % admin)
-    process = subprocess.Popen([caddy, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=open(VAR / "caddy.log", "ab"))
-    for _ in range(50):
-        if router.ping():
-            return process
-        time.sleep(0.1)
-    raise click.ClickException(f"caddy did not start; see {VAR / 'caddy.log'}")
+    startup.run_scheduler(_context(schema=True), register)
 
 
 @main.command()
-@click.option("--port", default=8000, show_default=True)
-def up(port: int) -> None:
-    """Everything on one machine: migrations, router, web and worker, until Ctrl-C."""
-    from app.github_setup import ENV_FILE, load_env_file
+def router() -> None:
+    """Run Caddy, which serves the phase URLs, on CADDY_ADMIN_URL and BIND:ROUTER_PORT."""
+    from app.local import VAR
 
-    if load_env_file(ENV_FILE):  # written by the manifest flow (/github/register); set variables win
-        click.echo(f"GitHub App settings loaded from {ENV_FILE}")
-    os.environ.setdefault("SECRET_KEY", _secret_file("secret_key"))
-    if not os.environ.get("GITHUB_WEBHOOK_SECRET") and not os.environ.get("PIPELINE_DEV"):
-        os.environ["GITHUB_WEBHOOK_SECRET"] = _secret_file("webhook_secret")
-        click.echo(f"webhook secret (for the GitHub App settings): {VAR / 'webhook_secret'}")
+    ctx = _context()
+    if ctx.settings.router != "caddy":
+        raise click.ClickException("ROUTER=direct needs no router process: remove the router line, or set ROUTER=caddy")
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        raise click.ClickException("caddy is not installed (apt-get install caddy), or set ROUTER=direct")
+    config = VAR / f"caddy-{ctx.settings.pipeline_instance}.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(ctx.router.base_config(), indent=1))
+    os.execv(caddy, [caddy, "run", "--config", str(config)])
+
+
+@main.command()
+@click.option("--host", default=None, help="Address of the web server and router.  [default: $BIND or 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="Port of the web server.  [default: $PORT or 8000]")
+def up(host: str | None, port: int | None) -> None:
+    """Everything on one machine: migrations, router, web, worker and scheduler, until Ctrl-C."""
+    from app import local
+    from app.supervisor import Child, Supervisor
+
+    port = port or int(os.environ.get("PORT") or 8000)
+    host = host or os.environ.get("BIND") or "127.0.0.1"
+    for line in local.load(generate=True):
+        click.echo(line)
+    os.environ.update(BIND=host, PORT=str(port))
     os.environ.setdefault("PUBLIC_URL", f"http://localhost:{port}")
+    local.write_private(local.UP_ENV, "# where the running `release-pipeline up` listens (read by doctor, simulate)\n"
+                        f'BIND="{host}"\nPORT="{port}"\nPUBLIC_URL="{os.environ["PUBLIC_URL"]}"\n')
     ctx = _context()
     ctx.db.migrate()
-    children = []
-    if ctx.settings.router == "caddy":
-        caddy = _start_caddy(ctx.settings)
-        if caddy:
-            children.append(caddy)
-        ctx.router.ensure_server()
     exe = [sys.executable, "-m", "app.cli"]
-    children.append(subprocess.Popen([*exe, "serve", "--port", str(port)]))
-    children.append(subprocess.Popen([*exe, "worker"]))
-    children.append(subprocess.Popen([*exe, "scheduler"]))
-    click.echo(f"Release Pipeline is up: webhooks at http://localhost:{port}/api/github/webhooks, "
-               f"portal at http://localhost:{port}/")
+    children = [Child(name, [*exe, name]) for name in ("serve", "worker", "scheduler")]
+    if ctx.settings.router == "caddy" and not ctx.router.ping():
+        log = open(local.VAR / "caddy.log", "ab")
+        children.insert(0, Child("router", [*exe, "router"], {"stdout": log, "stderr": log}))
+    supervisor = Supervisor(children, say=lambda text: click.echo(f"up: {text}", err=True))
+    supervisor.start()
 
     def stop(*_):
-        for child in children:
-            child.terminate()
+        supervisor.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    stop()
-    for child in children:
-        child.wait(timeout=20)
+    try:
+        _announce(ctx, host, port)
+        supervisor.run()
+    finally:
+        supervisor.stop()
+
+
+def _announce(ctx, host: str, port: int) -> None:
+    """Where everything is, how to sign in at once, and which settings need a restart."""
+    from app import local
+    from app.portal.auth import issue_one_time_token
+
+    settings = ctx.settings
+    if settings.router == "caddy":
+        for _ in range(300):  # the router must be up before a deploy asks it for a route (30 s)
+            if ctx.router.ping():
+                break
+            time.sleep(0.1)
+        else:
+            raise click.ClickException(f"caddy did not start; see {local.VAR / 'caddy.log'}")
+        ctx.router.ensure_server()
+    click.echo(f"Release Pipeline is up: webhooks at http://{host}:{port}/api/github/webhooks, "
+               f"portal at {settings.public_url}/")
+    try:
+        token = issue_one_time_token(ctx.redis, settings.pipeline_instance)
+    except Exception as exc:  # Redis still starting: the admin token or OAuth still work
+        click.echo(f"no sign-in link (Redis: {exc})")
+    else:
+        link = f"{settings.public_url}/signin/once?token={token}"
+        local.write_private(local.SIGN_IN_LINK, link + "\n")
+        click.echo(f"sign in (one use, within a day; also in {local.SIGN_IN_LINK}): {link}")
+    click.echo("settings are read at start: after changing ADMIN_TOKEN, GITHUB_* (sign-in, reporting), "
+               "PIPELINE_CONFIG, DATABASE_URL or REDIS_URL, restart up")
 
 
 @main.command()
 def doctor() -> None:
-    """Check Docker, Redis, the database, the router and GitHub credentials; say how to fix each."""
+    """Check every dependency and process of this installation; say how to fix each problem."""
+    from app import local
     from app.doctor import run_checks
 
+    local.load()  # the settings `up` generated into var/, as it uses them
+    try:
+        settings = load_settings()
+    except ReleasePipelineError as exc:
+        click.echo(f"[FAIL] settings: {exc}")
+        click.echo("       fix: export the variables named above (see README, Settings), or run scripts/dev up")
+        sys.exit(1)
     problems = 0
-    for check in run_checks(load_settings_or_explain()):
-        mark = "ok " if check.ok else "FAIL"
-        click.echo(f"[{mark}] {check.name}: {check.detail}")
+    for check in run_checks(settings):
+        click.echo(f"[{'ok ' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
         if not check.ok:
             problems += 1
             click.echo(f"       fix: {check.fix}")
     sys.exit(1 if problems else 0)
 
 
-def load_settings_or_explain():
+@main.group()
+@click.option("--repo", "path", default=".", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="The git repository to deploy (with a Dockerfile).")
+@click.pass_context
+def simulate(click_ctx: click.Context, path: str) -> None:
+    """Deploy a repository on this machine as if GitHub sent its events (needs PIPELINE_ALLOW_FILE_CLONES=1)."""
+    from app import local
+    from app.adapters.git import local_repository
+
+    local.load()  # the webhook secret and address of the running `up`
     try:
-        return load_settings()
+        click_ctx.obj = (_context(), local_repository(path))
     except ReleasePipelineError as exc:
-        click.echo(f"[FAIL] settings: {exc}")
-        click.echo("       fix: export the variables named above (see README, Settings)")
+        raise click.ClickException(str(exc)) from None
+
+
+@simulate.command("push")
+@click.pass_obj
+def simulate_push(obj) -> None:
+    """A push of the checked-out branch (the app's default branch): deploys to the first phase."""
+    from app import simulate as sim
+
+    ctx, repo = obj
+    _simulated(ctx, sim.push(repo, f"refs/heads/{repo.branch}", repo.head))
+
+
+@simulate.command("tag")
+@click.argument("version")
+@click.pass_obj
+def simulate_tag(obj, version: str) -> None:
+    """A release tag VERSION (e.g. v1.0.0) pushed for the checked-out commit (tagged if need be)."""
+    from app import simulate as sim
+    from app.adapters.git import ensure_local_tag
+    from app.webhooks.tags import tag_phase
+
+    ctx, repo = obj
+    if tag_phase(ctx.config, version) is None:
+        raise click.ClickException(f"{version} is not a release tag of any phase (semver, matching the tag pattern)")
+    try:
+        if ensure_local_tag(repo, version, repo.head):
+            click.echo(f"tagged {repo.head[:7]} as {version}")
+    except ReleasePipelineError as exc:
+        raise click.ClickException(str(exc)) from None
+    _simulated(ctx, sim.push(repo, f"refs/tags/{version}", repo.head))
+
+
+@simulate.command("pr-merge")
+@click.pass_obj
+def simulate_pr_merge(obj) -> None:
+    """A merged promotion pull request: what the phase before the pull-request phase serves goes there."""
+    from app import simulate as sim
+
+    ctx, repo = obj
+    phase = next((p for p in ctx.config.phases.values() if p.trigger == "pull_request"), None)
+    if phase is None:
+        raise click.ClickException("no phase of the pipeline is deployed by a pull request")
+    if phase.approvals and ctx.github is None:
+        raise click.ClickException(
+            f"{phase.name} needs {phase.approvals} approval(s), which only GitHub can count: without a GitHub App, "
+            "start up with PIPELINE_CONFIG=config/pipeline.local.yml (no approvals)")
+    previous = ctx.config.previous_phases(phase.name)[0]
+    source = sim.serving(ctx.db, repo, previous)
+    if source is None:
+        raise click.ClickException(f"nothing to promote: {previous} serves nothing yet")
+    _simulated(ctx, sim.pr_merge(repo, number=source.id, base=phase.branch, phase=phase.name,
+                                 version=source.version, sha=source.sha))
+
+
+def _simulated(ctx, delivery) -> None:
+    """Send, then follow the deployment to its end; exit 1 unless it succeeded."""
+    from app import simulate as sim
+
+    try:
+        answer = sim.send(ctx.settings.public_url, ctx.settings.webhook_secret or "", delivery)
+    except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
+        raise click.ClickException(f"{ctx.settings.public_url}: {exc} (is `release-pipeline up` running?)") from None
+    click.echo(answer.get("reason", ""))
+    if not answer.get("deployment"):
         sys.exit(1)
+    deployment = sim.wait(ctx.db, answer["deployment"])
+    if deployment.status != "succeeded":
+        raise click.ClickException(f"{deployment.phase}: {deployment.status}: {deployment.reason or 'see the portal'}")
+    click.echo(f"{deployment.phase} serves {deployment.version} at {deployment.url}")
 
 
 cli_client.register(main)

@@ -71,5 +71,6 @@ class Context:
 
         s = self.settings
         if s.router == "caddy":
-            return CaddyRouter(s.caddy_admin_url, s.router_port, self.config.defaults.url, instance=s.pipeline_instance)
+            return CaddyRouter(s.caddy_admin_url, s.router_port, self.config.defaults.url, instance=s.pipeline_instance,
+                               bind=s.bind)
         return DirectRouter()

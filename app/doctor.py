@@ -1,8 +1,10 @@
-"""`release-pipeline doctor`: each dependency checked, each failure with its fix."""
+"""`release-pipeline doctor`: each dependency and process checked, each failure with its fix."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import requests
 
 from app.context import Context
 from app.exceptions import ReleasePipelineError
@@ -32,20 +34,95 @@ def run_checks(settings: Settings) -> list[Check]:
         Check("redis", ctx.jobs.ping(), settings.redis_url,
               "start Redis (redis-server --daemonize yes) or correct REDIS_URL")
     )
+    redis_ok = checks[-1].ok
     db_ok = ctx.db.ping()
     checks.append(
         Check("database", db_ok, ctx.db.engine.url.render_as_string(hide_password=True),
               "start the database or correct DATABASE_URL, then run: release-pipeline migrate")
     )
-    if settings.router == "caddy":
-        checks.append(
-            Check("router", ctx.router.ping(), f"caddy admin API at {settings.caddy_admin_url}",
-                  "start Caddy (release-pipeline up starts it) or set ROUTER=direct")
-        )
-    else:
-        checks.append(Check("router", True, "direct (no proxy: phase URLs change on every deploy)"))
+    if db_ok:
+        checks.append(_schema(ctx))
+    if redis_ok:
+        checks.extend(_processes(ctx))
+    checks.append(_sign_in(ctx, redis_ok))
+    checks.append(_web(settings))
+    checks.append(_router(ctx))
     checks.append(_github(ctx))
     return checks
+
+
+def _schema(ctx: Context) -> Check:
+    from app.startup import schema_problem, schema_revisions
+
+    current, heads = schema_revisions(ctx.db)
+    problem = schema_problem(current, heads)
+    if problem:
+        return Check("schema", False, problem.partition(":")[0], "release-pipeline migrate")
+    return Check("schema", True, f"at {', '.join(heads)} (latest)")
+
+
+def _processes(ctx: Context) -> list[Check]:
+    """Workers and the scheduler, as they registered themselves in Redis (RQ's registries)."""
+    from rq import Worker
+    from rq.cron import CronScheduler
+
+    from app.jobs import QUEUES
+    from app.startup import scheduler_name
+
+    workers = [w for w in Worker.all(connection=ctx.redis) if set(w.queue_names()) >= set(QUEUES)]
+    schedulers = [s for s in CronScheduler.all(connection=ctx.redis) if s.name == scheduler_name(ctx.settings)]
+    return [
+        Check("worker", bool(workers), f"{len(workers)} worker(s) serving {', '.join(QUEUES)}",
+              "start one: release-pipeline worker (up and the Procfile start one)"),
+        Check("scheduler", bool(schedulers), "running" if schedulers else "not running",
+              "start one: release-pipeline scheduler (up and the Procfile start one)"),
+    ]
+
+
+def _sign_in(ctx: Context, redis_ok: bool) -> Check:
+    from app.portal.auth import one_time_tokens_waiting
+
+    settings = ctx.settings
+    ways = []
+    if settings.github_client_id and settings.github_client_secret:
+        ways.append("GitHub")
+    if settings.admin_token and settings.admin_token.get_secret_value():
+        ways.append("ADMIN_TOKEN")
+    if redis_ok and one_time_tokens_waiting(ctx.redis, settings.pipeline_instance):
+        ways.append("the one-time link up printed (var/sign-in-link)")
+    if settings.pipeline_dev and not ways:
+        ways.append("development mode (anyone can sign in as admin)")
+    if settings.secret_key is None:
+        return Check("sign-in", False, "SECRET_KEY is unset: no session can be signed", "set SECRET_KEY and restart")
+    return Check("sign-in", bool(ways), ", ".join(ways) or "nobody can sign in to the portal",
+                 "set ADMIN_TOKEN, or GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET, and restart")
+
+
+def _web(settings: Settings) -> Check:
+    url = f"{settings.public_url}/healthz"
+    try:
+        response = requests.get(url, timeout=5)
+    except requests.RequestException as exc:
+        return Check("web", False, f"{url}: {type(exc).__name__}",
+                     "start it: release-pipeline serve (or up); check PUBLIC_URL and PORT")
+    return Check("web", response.status_code in (200, 503), f"{url} answered {response.status_code}",
+                 "see the web server's log")
+
+
+def _router(ctx: Context) -> Check:
+    settings = ctx.settings
+    if settings.router != "caddy":
+        return Check("router", True, "direct (no proxy: phase URLs change on every deploy)")
+    if not ctx.router.ping():
+        return Check("router", False, f"caddy admin API at {settings.caddy_admin_url} not answering",
+                     "start it: release-pipeline router (up and the Procfile start it), or set ROUTER=direct")
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
+    try:
+        requests.get(f"http://{host}:{settings.router_port}/", timeout=5)
+    except requests.RequestException as exc:
+        return Check("router", False, f"caddy does not serve phase URLs on port {settings.router_port}: "
+                     f"{type(exc).__name__}", "restart release-pipeline router; check ROUTER_PORT and BIND")
+    return Check("router", True, f"caddy at {settings.caddy_admin_url}, phase URLs on port {settings.router_port}")
 
 
 def _github(ctx: Context) -> Check:

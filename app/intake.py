@@ -90,6 +90,8 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome
         sync_installation(session, plan)
         return Outcome(202, {"ok": True, "reason": f"installation {plan.action}: registry updated"})
     app = ensure_app(session, plan.repo)
+    if app.deleted_at is not None:
+        return Outcome(202, {"ok": True, "reason": f"{app.name} was deleted by {app.deleted_by}: nothing to do"})
     if isinstance(plan, Deploy):
         deployment = schedule(session, app, plan)
         if deployment is None:

@@ -86,6 +86,10 @@ class App(Base):
     default_branch: Mapped[str] = mapped_column(String(200), default="main")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Deleted from the portal or API: everything it ran is gone, its history stays readable,
+    #: and deliveries for it deploy nothing.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_by: Mapped[str | None] = mapped_column(String(100))
 
     deployments: Mapped[list[Deployment]] = relationship(back_populates="app")
 

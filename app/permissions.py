@@ -26,6 +26,7 @@ class Action(StrEnum):
     REMOVE_SERVICES = "remove_services"
     MERGE_PROMOTION = "merge_promotion"
     VIEW = "view"
+    DELETE_APP = "delete_app"
 
 
 # The role each action needs; PHASE means the target phase's configured role.
@@ -39,6 +40,7 @@ RULES: dict[Action, str] = {
     Action.STATUS: "read",
     Action.HELP: "read",
     Action.VIEW: "read",
+    Action.DELETE_APP: "admin",
 }
 # Floors under RULES that no phase configuration lowers. On a public repository everyone
 # has read, so a phase configured as "read" (or "none") must not open deployments to the
@@ -62,6 +64,7 @@ _WHAT: dict[Action, str] = {
     Action.STATUS: "see the status",
     Action.HELP: "get help",
     Action.VIEW: "view this app",
+    Action.DELETE_APP: "delete this app",
 }
 
 

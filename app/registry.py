@@ -46,7 +46,7 @@ def ensure_app(session: Session, repo: Repo) -> App:
     if repo.installation_id:
         app.installation_id = repo.installation_id
     app.default_branch = repo.default_branch or app.default_branch
-    app.active = True
+    app.active = app.deleted_at is None
     session.flush()
     return app
 
@@ -63,7 +63,7 @@ def sync_installation(session: Session, plan: SyncInstallation) -> None:
         if app is None:
             ensure_app(session, repo)
         else:
-            app.installation_id, app.active = plan.installation_id, True
+            app.installation_id, app.active = plan.installation_id, app.deleted_at is None
     removed = list(plan.removed)
     if plan.action == "deleted":
         removed += session.scalars(

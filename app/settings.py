@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     #: Token for the portal and API when GitHub OAuth is not configured.
     admin_token: SecretStr | None = None
 
+    #: The address the web server and the router listen on (`up` keeps them on loopback).
+    bind: str = Field(default="0.0.0.0", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    #: The web server's port (Procfile hosts set $PORT).
+    port: int = Field(default=8000, ge=1, le=65535)
+
     router: Literal["caddy", "direct"] = "caddy"
     caddy_admin_url: str = "http://127.0.0.1:2019"
     #: Port on which the router serves the phase URLs.

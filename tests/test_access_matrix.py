@@ -47,6 +47,7 @@ EXPECTED: dict[Action, dict[str, str]] = {
     Action.STATUS: {"demo": "read", "stage": "read", "live": "read"},
     Action.HELP: {"demo": "read", "stage": "read", "live": "read"},
     Action.VIEW: {"demo": "read", "stage": "read", "live": "read"},
+    Action.DELETE_APP: {"demo": "admin", "stage": "admin", "live": "admin"},
 }
 #: What GitHub may answer as a role, and the role we must treat it as.
 ACTUAL_ROLES = {**{role: role for role in ROLES}, "pull": "read", "push": "write", "ADMIN": "admin",

@@ -92,7 +92,7 @@ def test_failure_names_status_path_and_time(scripted):
     started = time.monotonic()
     result = wait_healthy(scripted.url, timeout=0.6, interval=0.05)
     assert not result.ok
-    assert 0.6 <= time.monotonic() - started < 1.5
+    assert time.monotonic() - started >= 0.6  # waited the whole timeout
     assert result.reason == "health check failed: 503 Service Unavailable on /healthz after 0.6s"
     assert result.attempts > 1 and len(result.responses) <= 10
     assert set(result.responses) == {"503 Service Unavailable"}
@@ -112,12 +112,10 @@ def test_a_slow_answer_counts_as_no_answer(scripted):
 
 
 def test_stops_early_when_the_container_has_exited():
-    started = time.monotonic()
     result = wait_healthy(
         f"http://127.0.0.1:{free_port()}/healthz", timeout=30, is_alive=lambda: False
     )
-    assert time.monotonic() - started < 2
-    assert not result.ok and result.attempts == 1
+    assert not result.ok and result.attempts == 1  # stopped after one try, not after 30 s of them
     assert result.reason.startswith("container exited")
 
 
@@ -149,7 +147,8 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F8
     try:
         result = wait_healthy(
             f"http://127.0.0.1:{running.host_port}/healthz",
-            timeout=1.5,
+            # Long enough for a busy machine to start the container and answer once.
+            timeout=10,
             interval=0.05,
             is_alive=lambda: docker_engine.container_status(running.id) == "running",
         )
@@ -157,4 +156,4 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F8
         docker_engine.stop_and_remove(running.id, timeout=2)
     assert result.ok is healthy
     if not healthy:
-        assert result.reason == "health check failed: 404 Not Found on /healthz after 1.5s"
+        assert result.reason == "health check failed: 404 Not Found on /healthz after 10s"

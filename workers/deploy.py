@@ -153,6 +153,9 @@ class Rollout:
             app_name, phase = app.name, deployment.phase
         with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}",
                          expires=self.ctx.settings.deploy_lock_seconds):
+            with self.ctx.db.session() as session:  # settled while we waited (e.g. its app was deleted)
+                if DeploymentStatus(session.get(Deployment, self.deployment_id).status).finished:
+                    return "nothing to do"
             newer = self.newer_queued()
             if newer is not None:
                 self.update(status=DeploymentStatus.SUPERSEDED.value, reason=f"superseded by deployment {newer}",

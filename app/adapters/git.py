@@ -276,3 +276,44 @@ def _scrubbed_errors(token: str | None, action: str) -> Iterator[None]:
             for secret in (token, _basic_credentials(token)):
                 detail = detail.replace(secret, "***")
         raise CloneFailed(f"git {action} failed: {detail[:300]}") from None
+
+
+@dataclass(frozen=True)
+class LocalRepository:
+    """A repository on this machine, as `release-pipeline simulate` describes it to GitHub's payloads."""
+
+    path: Path
+    branch: str
+    head: str
+
+    @property
+    def clone_url(self) -> str:
+        return self.path.as_uri()
+
+
+def local_repository(path: str | Path) -> LocalRepository:
+    """The repository at `path` (or containing it): its checked-out branch and commit."""
+    try:
+        repo = Repo(Path(path), search_parent_directories=True)
+    except Exception as exc:  # InvalidGitRepositoryError, NoSuchPathError
+        raise ConfigError(f"{path}: not a git repository ({type(exc).__name__})") from None
+    with repo:
+        if repo.head.is_detached:
+            raise ConfigError(f"{repo.working_tree_dir}: HEAD is detached; check out the branch to deploy")
+        if not repo.head.is_valid():
+            raise ConfigError(f"{repo.working_tree_dir}: no commit yet")
+        return LocalRepository(Path(repo.working_tree_dir).resolve(), repo.active_branch.name, repo.head.commit.hexsha)
+
+
+def ensure_local_tag(repo: LocalRepository, tag: str, sha: str) -> bool:
+    """Tag `sha` as `tag` (lightweight) unless the tag exists; True if it was created.
+    A tag that exists on another commit is refused: release tags do not move."""
+    _check_ref(f"refs/tags/{tag}")
+    with Repo(repo.path) as handle:
+        existing = next((t for t in handle.tags if t.name == tag), None)
+        if existing is not None:
+            if existing.commit.hexsha != sha:
+                raise ConfigError(f"tag {tag} already names {existing.commit.hexsha[:7]}, not {sha[:7]}")
+            return False
+        handle.create_tag(tag, ref=sha)
+        return True

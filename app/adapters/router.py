@@ -111,9 +111,12 @@ class CaddyRouter:
         health_interval: float = 0.25,
         health_timeout: float = 1.0,
         try_duration: float = 5.0,
+        bind: str = "",
     ):
         self.admin_url = admin_url.rstrip("/")
         self.listen_port = listen_port
+        #: The address the phase URLs are served on; "" or 0.0.0.0: every interface.
+        self.bind = "" if bind in ("", "0.0.0.0", "::") else bind
         self.url_template = url_template
         self.instance = _slug(instance, "instance")
         self.server_name = f"release-pipeline-{self.instance}"
@@ -207,11 +210,26 @@ class CaddyRouter:
             return False
         return True
 
+    def base_config(self) -> dict:
+        """The whole configuration `release-pipeline router` starts Caddy with: its admin
+        endpoint, our server with no routes yet (deploys add them), quiet health-check logs."""
+        return {
+            "admin": {"listen": urlsplit(self.admin_url).netloc, "config": {"persist": False}},
+            # Caddy logs every failed active health check, i.e. the idle slot of every phase,
+            # four times a second.
+            "logging": {"logs": {"default": {"exclude": ["http.handlers.reverse_proxy.health_checker.active"]}}},
+            **self._server_config(),
+        }
+
+    def _server_config(self) -> dict:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        server = {"listen": [f"{host}:{self.listen_port}"], "routes": [], "automatic_https": {"disable": True}}
+        return {"apps": {"http": {"servers": {self.server_name: server}}}}
+
     def ensure_server(self) -> None:
         """Add our server, merging into whatever Caddy already serves; an existing one is kept."""
-        listen = [f":{self.listen_port}"]
-        server = {"listen": listen, "routes": [], "automatic_https": {"disable": True}}
-        nested = {"apps": {"http": {"servers": {self.server_name: server}}}}
+        nested = self._server_config()
+        listen = nested["apps"]["http"]["servers"][self.server_name]["listen"]
         config = self._request("GET", "/config/").json()
         if config is None:  # Caddy started without any configuration
             self._request("POST", "/config/", nested)
@@ -264,7 +282,8 @@ class CaddyRouter:
 
     def _probe(self, host: str, path: str) -> tuple[int | None, str]:
         """The slot port that answered `path` through the phase URL (2xx/3xx only), and what came back."""
-        url = f"http://127.0.0.1:{self.listen_port}{path}"
+        address = f"[{self.bind}]" if ":" in self.bind else self.bind or "127.0.0.1"
+        url = f"http://{address}:{self.listen_port}{path}"
         try:
             with requests.Session() as session:
                 session.trust_env = False

@@ -120,9 +120,20 @@ def document(server_url: str, phases: list[str]) -> dict:
                                   {"200": _json({"type": "object"}, "The user")}, errors=(401,))},
         "/api/v1/apps": {"get": _op("Apps you can see, with each phase's version and health",
                                     {"200": _json({"type": "object"}, "Apps")}, errors=(401,))},
-        "/api/v1/apps/{name}": {"get": _op(
-            "An app's pipeline: per phase the current deployment, URL, health, what you may do",
-            {"200": _json({"type": "object"}, "The app")}, parameters=[APP])},
+        "/api/v1/apps/{name}": {
+            "get": _op("An app's pipeline: per phase the current deployment, URL, health, what you may do",
+                       {"200": _json({"type": "object"}, "The app")}, parameters=[APP]),
+            "delete": _op("Delete the app: its containers, images, routes, backing services and their data "
+                          "(irreversible; confirmed). Its history stays readable",
+                          {"200": _json({"type": "object", "properties": {
+                              "removed": {"type": "object"}, "message": {"type": "string"}}}, "What was removed")},
+                          parameters=[APP],
+                          body={"type": "object", "additionalProperties": False, "required": ["confirm"],
+                                "properties": {"confirm": {"type": "string", "description": "The app's name"}}},
+                          errors=(400, 401, 403, 404, 409, 503),
+                          description="Needs the admin role. Refused (409) while one of its phases deploys; "
+                                      "queued deployments are superseded. Deliveries for it then deploy nothing."),
+        },
         "/api/v1/apps/{name}/deployments": {"get": _op(
             "Deployments of an app, newest first", {"200": _json({"type": "object", "properties": {
                 "deployments": {"type": "array", "items": _ref("Deployment")},

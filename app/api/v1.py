@@ -403,6 +403,15 @@ def remove_services(name: str, phase: str):
                                f"the next deployment to {phase} creates new ones"})
 
 
+@bp.delete("/apps/<name>")
+def delete_app(name: str):
+    body = _body({"confirm"})
+    removed = changes.delete_app(_ctx(), name, confirm=_optional_str(body, "confirm"), actor=_actor(),
+                                 role_of=auth.role_for)
+    return jsonify({"removed": removed, "message": f"deleted {name}: its containers, images, routes and backing "
+                                                   "services are gone; its history stays readable"})
+
+
 @bp.get("/openapi.json")
 def openapi():
     from app.api.openapi import document

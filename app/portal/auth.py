@@ -10,6 +10,7 @@ user created (`app.api_tokens`), which acts as that user with their roles, cache
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -47,12 +48,16 @@ ROLE_TTL_SECONDS = 300
 #: Roles of at most this many repositories are kept in the (cookie) session.
 ROLE_CACHE_SIZE = 40
 OAUTH_TIMEOUT_SECONDS = 10
+#: How long the sign-in link `up` prints stays usable (once).
+ONE_TIME_TTL_SECONDS = 24 * 3600
 
 
 class Kind:
     GITHUB = "github"
     TOKEN = "token"
     DEV = "dev"
+    #: The one-time sign-in link `release-pipeline up` prints.
+    ONCE = "once"
 
 
 @dataclass(frozen=True)
@@ -65,14 +70,15 @@ class User:
     @property
     def is_admin_everywhere(self) -> bool:
         """The admin token and development sign-in act as repository admin on every app."""
-        return self.kind in (Kind.TOKEN, Kind.DEV)
+        return self.kind in (Kind.TOKEN, Kind.DEV, Kind.ONCE)
 
     @property
     def description(self) -> str:
         return _DESCRIPTION[self.kind] + (" (personal API token)" if self.token_id is not None else "")
 
 
-_DESCRIPTION = {Kind.GITHUB: "GitHub", Kind.TOKEN: "admin token", Kind.DEV: "development sign-in"}
+_DESCRIPTION = {Kind.GITHUB: "GitHub", Kind.TOKEN: "admin token", Kind.DEV: "development sign-in",
+                Kind.ONCE: "one-time sign-in link"}
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,13 @@ def _offered(kind: str) -> bool:
     """A session or personal token from a sign-in method since switched off (admin token
     removed, dev mode off, GitHub sign-in unconfigured) stops working."""
     offered = methods()
-    return {Kind.GITHUB: offered.github, Kind.TOKEN: offered.token, Kind.DEV: offered.dev}.get(kind, False)
+    return {Kind.GITHUB: offered.github, Kind.TOKEN: offered.token, Kind.DEV: offered.dev,
+            Kind.ONCE: True}.get(kind, False)
 
 
 def user_from_session() -> User | None:
     data = session.get("user")
-    if not isinstance(data, dict) or data.get("kind") not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV):
+    if not isinstance(data, dict) or data.get("kind") not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV, Kind.ONCE):
         return None
     if not _offered(data["kind"]):
         return None
@@ -250,6 +257,46 @@ def signin():
     if current_user() is not None:
         return redirect(next_url)
     return render_template("signin.html", methods=offered, next=next_url)
+
+
+def _one_time_key(instance: str, token: str) -> str:
+    """Only a digest of the token is stored: reading Redis does not give a sign-in."""
+    return f"release-pipeline:{instance}:signin-once:{hashlib.sha256(token.encode()).hexdigest()}"
+
+
+def _one_time_keys(instance: str) -> str:
+    return f"release-pipeline:{instance}:signin-once:*"
+
+
+def issue_one_time_token(redis, instance: str) -> str:
+    """A token that signs one browser in as admin, once, within ONE_TIME_TTL_SECONDS (for `up`)."""
+    token = secrets.token_urlsafe(24)
+    redis.set(_one_time_key(instance, token), "1", ex=ONE_TIME_TTL_SECONDS)
+    return token
+
+
+def one_time_tokens_waiting(redis, instance: str) -> int:
+    """How many sign-in links `up` printed that are still unused."""
+    return sum(1 for _ in redis.scan_iter(match=_one_time_keys(instance), count=100))
+
+
+@bp.route("/signin/once", methods=["GET", "POST"])
+def signin_once():
+    """The link `up` prints: a page with one button (a GET must not spend the token: link
+    previews fetch URLs), whose POST spends it and signs in as admin."""
+    if not current_app.secret_key:
+        abort(503, description="Sign-in needs SECRET_KEY (it signs the session cookie); set it and restart.")
+    token = (request.values.get("token") or "")[:100]
+    ctx = _ctx()
+    key = _one_time_key(ctx.settings.pipeline_instance, token)
+    if request.method == "POST":
+        if token and ctx.redis.delete(key) == 1:
+            log.info("signed in with the one-time sign-in link")
+            sign_in(User(login="admin", kind=Kind.ONCE))
+            return redirect(url_for("portal.apps"))
+        return render_template("signin_once.html", usable=False), 401
+    usable = bool(token) and bool(ctx.redis.exists(key))
+    return render_template("signin_once.html", usable=usable, token=token), 200 if usable else 401
 
 
 @bp.post("/signin/dev")

@@ -344,3 +344,79 @@ def remove_services(ctx, app_name: str, phase: str, *, confirm: str | None, acto
         _audit(session, actor, session.get(App, app_id), phase, "services.remove", {"removed": removed})
     log.info("%s removed the %s services of %s: %s", actor, phase, app_name, ", ".join(removed) or "none")
     return removed
+
+
+def delete_app(ctx, app_name: str, *, confirm: str | None, actor: str, role_of: RoleOf) -> dict[str, Any]:
+    """Delete an app: admin only, confirmed by typing its name, never while one of its phases deploys.
+
+    Its containers, images, routes, backing services and their volumes go; its deployments, logs
+    and audit log stay readable, the app marked deleted (deliveries for it then deploy nothing).
+    Queued deployments are superseded first, under every phase's deploy lock, so none starts.
+    Deleting again retries the removal of whatever is left.
+    """
+    from contextlib import ExitStack
+
+    from docker.errors import DockerException
+    from requests import RequestException
+
+    from app.exceptions import LockHeld, ReleasePipelineError
+    from app.locks import deploy_lock
+
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        _require(role_of(app), Action.DELETE_APP, None, ctx.config)
+        app_id = app.id
+        phases = sorted(set(ctx.config.phase_names) | set(session.scalars(
+            select(Deployment.phase).where(Deployment.app_id == app_id).distinct()).all()))
+    if confirm != app_name:
+        raise BadRequest(f"confirm: deleting {app_name} removes its containers, images, routes, backing services "
+                         f"and their data for good; confirm with “{app_name}”")
+    try:
+        with ExitStack() as locks:
+            for phase in phases:
+                locks.enter_context(deploy_lock(ctx.redis, app_name, phase, owner=f"{actor}: deleting the app",
+                                                wait=0))
+            with ctx.db.session() as session:
+                app = session.get(App, app_id)
+                app.deleted_at, app.deleted_by, app.active = app.deleted_at or utcnow(), app.deleted_by or actor, False
+                for deployment in session.scalars(select(Deployment).where(
+                        Deployment.app_id == app_id, Deployment.status == DeploymentStatus.QUEUED.value)):
+                    deployment.status = DeploymentStatus.SUPERSEDED.value
+                    deployment.reason, deployment.finished_at = f"the app was deleted by {actor}", utcnow()
+            removed = _remove_app_objects(ctx, app_name, app_id, phases)
+    except LockHeld:
+        raise Conflict(f"{app_name} is being deployed; delete it once that finishes") from None
+    except RedisError:
+        raise ServiceUnavailable("the job queue (Redis) is unavailable; nothing was deleted") from None
+    except (DockerException, RequestException, ReleasePipelineError) as exc:
+        log.error("deleting %s failed: %s", app_name, exc)
+        raise ServiceUnavailable("the Docker engine or the router did not complete the removal; "
+                                 "delete the app again to finish it") from None
+    with ctx.db.session() as session:
+        _audit(session, actor, session.get(App, app_id), None, "app.delete", removed)
+    log.info("%s deleted %s: %s", actor, app_name, removed)
+    return removed
+
+
+def _remove_app_objects(ctx, app_name: str, app_id: int, phases: list[str]) -> dict[str, Any]:
+    """App containers first (they hold the services' networks), then services, routes, images, slots."""
+    from sqlalchemy import delete
+
+    from app import services
+    from app.models import PhaseSlots, ServiceInstance
+
+    engine = ctx.engine
+    containers = engine.list_containers(app=app_name)
+    for container in containers:
+        engine.stop_and_remove(container.id, timeout=2)
+    with ctx.db.session() as session:
+        service_images = {i for i in session.scalars(select(ServiceInstance.image_id).where(
+            ServiceInstance.app_id == app_id)).all() if i}
+    removed_services = {phase: names for phase in phases if (names := services.remove(ctx, app_name, app_id, phase))}
+    for phase in phases:
+        ctx.router.remove(app_name, phase)
+    images = engine.prune_images(app_name, keep_ids=set(), keep_last=0)
+    images += [image for image in sorted(service_images) if engine.remove_service_image(image)]
+    with ctx.db.session() as session:
+        session.execute(delete(PhaseSlots).where(PhaseSlots.app_id == app_id))
+    return {"containers": len(containers), "services": removed_services, "routes": phases, "images": len(images)}

@@ -404,4 +404,6 @@ def app_json(app: App) -> dict[str, Any]:
         "repository": app.full_name,
         "html_url": app.html_url,
         "default_branch": app.default_branch,
+        "deleted_at": iso(app.deleted_at),
+        "deleted_by": app.deleted_by,
     }

@@ -94,7 +94,8 @@ def board(name: str):
     backing = services.describe_app(ctx, app_id)
     remove_services = {phase: check(role, Action.REMOVE_SERVICES, phase, ctx.config.roles) for phase in backing}
     return render_template("board.html", app=app, role=role, columns=columns, recent=recent,
-                           health_known=index is not None, services=backing, remove_services=remove_services)
+                           health_known=index is not None, services=backing, remove_services=remove_services,
+                           delete_app=check(role, Action.DELETE_APP, None, ctx.config.roles))
 
 
 @bp.get("/apps/<name>/phases/<phase>")
@@ -232,6 +233,22 @@ def remove_services(name: str, phase: str):
         return _form_failure(exc, back)
     flash(f"Removed the {phase} services ({', '.join(removed) or 'none'}) and their data. "
           f"The next deployment to {phase.capitalize()} creates new, empty ones.", "success")
+    return redirect(back, code=303)
+
+
+@bp.post("/apps/<name>/delete")
+def delete_app(name: str):
+    """The board's confirmed "Delete this app" form (same path as the API's DELETE)."""
+    back = url_for("portal.board", name=name)
+    try:
+        changes.delete_app(_ctx(), name, confirm=(request.form.get("confirm") or "").strip(), actor=_actor(),
+                           role_of=role_for)
+    except HTTPException as exc:
+        if exc.code == 404:
+            raise
+        return _form_failure(exc, back)
+    flash(f"Deleted {name}: its containers, images, routes and backing services are gone. "
+          "Its history stays readable here.", "success")
     return redirect(back, code=303)
 
 
