@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008_app_deletion'
-down_revision = '0007'
+down_revision = '0007_api_tokens'
 branch_labels = None
 depends_on = None
 
