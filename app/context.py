@@ -63,7 +63,8 @@ class Context:
     def engine(self):
         from app.adapters.docker import Engine
 
-        return Engine(self.settings.docker_host, instance=self.settings.pipeline_instance)
+        return Engine(self.settings.docker_host, instance=self.settings.pipeline_instance,
+                      pull=self.settings.build_pull)
 
     @cached_property
     def router(self):

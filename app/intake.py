@@ -41,6 +41,7 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
     repository = repository.get("full_name") if isinstance(repository, dict) else None
     action = payload.get("action")
     created_deployments: list[int] = []
+    created_reports: list[int] = []
     try:
         with ctx.db.session() as session:
             delivery = Delivery(
@@ -57,6 +58,7 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
                 return Outcome(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
             outcome = _carry_out(ctx, session, plan, delivery)
             created_deployments = [job[1] for job in outcome.enqueue if job[0] == "deploy"]
+            created_reports = [job[1] for job in outcome.enqueue if job[0] == "report"]
             delivery.reason = _column_text(outcome.body.get("reason", ""), 300) or ""
             if outcome.enqueue:
                 delivery.job_id = ",".join(str(j[1]) for j in outcome.enqueue)[:100]
@@ -70,7 +72,7 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
             _enqueue(ctx, job)
     except RedisError:
         log.error("queue unavailable; forgetting delivery %s so a redelivery is accepted", delivery_id)
-        _forget(ctx, delivery_id, created_deployments)
+        _forget(ctx, delivery_id, created_deployments, created_reports)
         return Outcome(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
     return outcome
 
@@ -127,10 +129,14 @@ def _enqueue(ctx: Context, job: tuple) -> None:
         ctx.jobs.command(**arg)
 
 
-def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int]) -> None:
+def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int], report_ids: list[int]) -> None:
+    """Undo what the delivery recorded, replies included, so nothing of it is sent later and
+    GitHub's redelivery starts afresh."""
     from app.models import Report
 
     with ctx.db.session() as session:
+        if report_ids:
+            session.execute(delete(Report).where(Report.id.in_(report_ids)))
         if deployment_ids:
             session.execute(delete(Report).where(Report.deployment_id.in_(deployment_ids)))
             session.execute(delete(Deployment).where(Deployment.id.in_(deployment_ids)))

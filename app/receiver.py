@@ -27,13 +27,21 @@ def _refuse(status: int, error: str, reason: str):
 def receive():
     ctx = current_app.extensions["release_pipeline"]
     body = request.get_data(cache=False)
+    limit = ctx.settings.max_body_bytes
+    # A chunked body has no length to refuse up front: Werkzeug stops reading at the cap, so
+    # a byte left over means the body was cut, and a cut body must not reach the signature check.
+    if request.content_length is None and len(body) >= limit and request.environ["wsgi.input"].read(1):
+        return _refuse(413, "request entity too large", f"the body is larger than MAX_BODY_BYTES ({limit} bytes)")
     secret = ctx.settings.webhook_secret
-    if secret is not None:
+    # Only development mode without any secret skips the check; settings refuse an empty one.
+    if secret or not ctx.settings.pipeline_dev:
         signature = request.headers.get("X-Hub-Signature-256", "")
         # githubkit falls back to SHA-1 for other prefixes; only accept SHA-256 signatures.
         if not signature.startswith("sha256="):
             return _refuse(401, "unauthorized", "missing X-Hub-Signature-256 header")
-        if not verify(secret, body, signature):
+        if not signature.isascii():  # hmac.compare_digest raises TypeError on non-ASCII text
+            return _refuse(401, "unauthorized", "signature does not match the webhook secret")
+        if not secret or not verify(secret, body, signature):
             return _refuse(401, "unauthorized", "signature does not match the webhook secret")
     event = request.headers.get("X-GitHub-Event", "")
     delivery_id = request.headers.get("X-GitHub-Delivery", "")

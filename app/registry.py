@@ -6,9 +6,11 @@ import itertools
 import re
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.models import App, Installation
+from app.models import App, Installation, utcnow
 from app.plans import Repo, SyncInstallation
 
 
@@ -32,13 +34,26 @@ def _free_slug(session: Session, owner: str, name: str) -> str:
     raise ValueError(f"no free app name for {owner}/{name}")
 
 
+def _insert_if_absent(session: Session, full_name: str) -> None:
+    """Create the repository's row unless another transaction just did: concurrent first
+    deliveries for one repository must not turn the unique violation into an outage (503)."""
+    owner, _, name = full_name.partition("/")
+    insert = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}[session.get_bind().dialect.name]
+    for _ in range(5):  # a concurrent new repository may take the same slug: pick again
+        session.execute(insert(App).values(full_name=full_name, name=_free_slug(session, owner, name),
+                                           default_branch="main", active=True, created_at=utcnow())
+                        .on_conflict_do_nothing())
+        if session.scalar(select(App.id).where(App.full_name == full_name)) is not None:
+            return
+    raise ValueError(f"no free app name for {full_name}")
+
+
 def ensure_app(session: Session, repo: Repo) -> App:
     """The App for a repository, created on first sight; its clone data kept current."""
     app = session.scalar(select(App).where(App.full_name == repo.full_name))
     if app is None:
-        owner, _, name = repo.full_name.partition("/")
-        app = App(full_name=repo.full_name, name=_free_slug(session, owner, name))
-        session.add(app)
+        _insert_if_absent(session, repo.full_name)
+        app = session.scalar(select(App).where(App.full_name == repo.full_name))
     if repo.clone_url:
         app.clone_url = repo.clone_url
     if repo.html_url:

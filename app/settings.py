@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     slot_ports: str = Field(default="20000-29999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     work_dir: Path = PROJECT_ROOT / "var" / "work"
     max_body_bytes: int = 25 * 1024 * 1024
+    #: Whether builds may pull a base image missing from the engine (`missing`) or never.
+    build_pull: Literal["never", "missing"] = "never"
 
     @field_validator("github_api_url", "github_url", "public_url", "caddy_admin_url")
     @classmethod
@@ -86,6 +88,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.github_webhook_secret is not None and not self.github_webhook_secret.get_secret_value().strip():
+            # An empty secret would sign nothing: refuse it rather than read it as "no secret".
+            raise ValueError("GITHUB_WEBHOOK_SECRET is empty; set the App's webhook secret (or unset it "
+                             "with PIPELINE_DEV=1 for local development)")
         if self.github_webhook_secret is None and not self.pipeline_dev:
             raise ValueError(
                 "GITHUB_WEBHOOK_SECRET is required (set PIPELINE_DEV=1 only for local development)"

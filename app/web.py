@@ -10,6 +10,12 @@ from werkzeug.exceptions import HTTPException
 from app.context import Context
 from app.settings import Settings
 
+#: Scripts and styles come from /static only: the portal has no inline script or style.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
 
 def create_app(settings: Settings | None = None, context: Context | None = None) -> Flask:
     ctx = context or Context.from_settings(settings)
@@ -22,6 +28,9 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from app import github_setup, healthz, receiver
+    from app.portal.queries import RowIdConverter
+
+    flask_app.url_map.converters["id"] = RowIdConverter
 
     flask_app.register_blueprint(receiver.bp)
     flask_app.register_blueprint(healthz.bp)
@@ -30,6 +39,15 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     from app import portal
 
     portal.init_app(flask_app)
+
+    @flask_app.after_request
+    def security_headers(response):
+        # No page may be framed (a framed rollback button is a clickjacking attack); pages that
+        # set a stricter policy of their own (the manifest flow's) keep it.
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
     @flask_app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

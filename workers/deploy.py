@@ -8,6 +8,7 @@ Anything failing before that leaves the previous version serving.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import tempfile
@@ -174,6 +175,8 @@ class Rollout:
                 log.warning("deployment %s: Docker engine: %s", self.deployment_id, exc)
                 return self.finish(DeploymentStatus.FAILED, f"the Docker engine failed or is unreachable: {exc}")
             except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # e.g. a scratch directory
+                    return self.finish(DeploymentStatus.FAILED, git.NO_SPACE)
                 log.exception("deployment %s failed unexpectedly", self.deployment_id)
                 return self.finish(DeploymentStatus.FAILED, f"internal error: {type(exc).__name__}")
             return self.finish(DeploymentStatus.SUCCEEDED, "")

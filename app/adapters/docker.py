@@ -97,11 +97,15 @@ class ContainerInfo:
 class Engine:
     """This installation's view of a Docker engine (`base_url` None: DOCKER_HOST or the socket)."""
 
-    def __init__(self, base_url: str | None = None, instance: str = "rp"):
+    def __init__(self, base_url: str | None = None, instance: str = "rp", pull: str = "never"):
         if not _INSTANCE.fullmatch(instance):
             raise ValueError(f"instance {instance!r} must match {_INSTANCE.pattern}")
+        if pull not in ("never", "missing"):
+            raise ValueError(f"pull {pull!r} must be never or missing")
         self.base_url = base_url
         self.instance = instance
+        #: BUILD_PULL: the engine pulls a missing FROM image by itself unless we refuse first.
+        self.pull = pull
         self._client: docker.DockerClient | None = None
 
     @property
@@ -139,6 +143,7 @@ class Engine:
         problem = _unsafe(app=app, tree=tree, sha=sha)
         if problem:
             raise BuildFailed(problem)
+        self._check_base_images(context_tar, dockerfile)
         tag = f"{self.instance}-{app}:{tree[:12]}"
         labels = self._labels(**{LABEL_APP: app, LABEL_TREE: tree, LABEL_SHA: sha})
         labelled = _with_label_line(context_tar, dockerfile, labels)
@@ -161,6 +166,22 @@ class Engine:
             return self.client.api.inspect_image(tag)["Id"]
         except APIError as exc:
             raise BuildFailed(_first_line(_explanation(exc))) from None
+
+    def _check_base_images(self, context_tar: bytes, dockerfile: str) -> None:
+        """With BUILD_PULL=never, every FROM image must already be on the engine: the classic
+        builder would otherwise fetch it from a registry (Docker Hub by default)."""
+        if self.pull != "never":
+            return
+        text = _dockerfile_text(context_tar, dockerfile)
+        if text is None:
+            return  # no such Dockerfile: the engine's own error says so
+        for reference in base_images(text):
+            if "$" in reference:
+                raise BuildFailed(f"FROM {reference[:100]}: a base image named by a build argument cannot be "
+                                  "checked, and BUILD_PULL=never; name the image or set BUILD_PULL=missing")
+            if self.local_image(reference) is None:
+                raise BuildFailed(f"base image {reference[:100]} is not on the Docker engine and BUILD_PULL=never: "
+                                  "load it there (docker load, docker build) or set BUILD_PULL=missing")
 
     def prune_images(self, app: str, keep_ids: set[str], keep_last: int) -> list[str]:
         """Remove this app's images except `keep_ids`, the newest `keep_last` and any in use."""
@@ -417,6 +438,7 @@ class Engine:
     def build_service_image(self, *, app: str, service: str, definition: str, context_tar: bytes,
                             dockerfile: str = "Dockerfile", on_line: Callable[[str], None]) -> str:
         """Build a `build:` service's image once per definition hash; returns the image id."""
+        self._check_base_images(context_tar, dockerfile)
         labels = self.service_labels(app, service=service, **{self.LABEL_SERVICE_DEFINITION: definition})
         tag = f"{self.instance}-{app}-svc-{service}:{definition[:12]}"
         try:
@@ -655,6 +677,48 @@ class Engine:
         except NotFound:
             return []
         return output.decode("utf-8", errors="replace").splitlines()
+
+
+def _dockerfile_text(context_tar: bytes, dockerfile: str) -> str | None:
+    wanted = posixpath.normpath(dockerfile)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(context_tar)) as source:
+            found = [m for m in source.getmembers() if posixpath.normpath(m.name.removeprefix("./")) == wanted]
+            if len(found) != 1 or not found[0].isfile():
+                return None
+            return source.extractfile(found[0]).read().decode("utf-8", "replace")
+    except (tarfile.TarError, OSError):
+        return None
+
+
+_FROM = re.compile(r"(?i)^\s*FROM\s+((?:--\S+\s+)*)(\S+)(?:\s+AS\s+(\S+))?\s*$")
+_ARG = re.compile(r"(?i)^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?\s*$")
+
+
+def base_images(text: str) -> list[str]:
+    """The images a Dockerfile's FROM lines need from outside the build: not `scratch`, not an
+    earlier stage; build arguments declared before the first FROM are filled in with their
+    defaults (one left unfilled keeps its `$`)."""
+    logical = re.sub(r"\\\r?\n", " ", text).splitlines()
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    images: list[str] = []
+    seen_from = False
+    for line in logical:
+        arg = _ARG.match(line)
+        if arg and not seen_from and arg.group(2) is not None:
+            args[arg.group(1)] = arg.group(2).strip("\"'")
+        match = _FROM.match(line)
+        if not match:
+            continue
+        seen_from = True
+        reference = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
+                           lambda m: args.get(m.group(1), m.group(0)), match.group(2))
+        if reference.lower() != "scratch" and reference.lower() not in stages and reference not in images:
+            images.append(reference)
+        if match.group(3):
+            stages.add(match.group(3).lower())
+    return images
 
 
 def _with_label_line(context_tar: bytes, dockerfile: str, labels: dict[str, str]) -> bytes | None:

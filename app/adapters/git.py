@@ -8,6 +8,7 @@ never in the URL, the argument list, `.git/config` or an error message.
 from __future__ import annotations
 
 import base64
+import errno
 import re
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 _FORBIDDEN_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 # git's own order for expanding a short name (refs.c, ref_rev_parse_rules), as served remotely.
 _REF_EXPANSIONS = ("{}", "refs/{}", "refs/tags/{}", "refs/heads/{}")
+NO_SPACE = "no space left in WORK_DIR"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def fetch_commit(
     if dest.exists() and any(dest.iterdir()):
         raise CloneFailed(f"destination {dest} is not empty")
     env = _git_env(token, allow_file=allow_file)
-    with Repo.init(dest, mkdir=True) as repo, _scrubbed_errors(token, "fetch"):
+    with _scrubbed_errors(token, "fetch"), Repo.init(dest, mkdir=True) as repo:
         repo.create_remote("origin", clone_url)
         repo.git.fetch(
             "--depth=1",
@@ -263,8 +265,14 @@ def _scrubbed_errors(token: str | None, action: str) -> Iterator[None]:
     """Turn git's failures into CloneFailed with one line of git's stderr, credentials removed."""
     try:
         yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CloneFailed(NO_SPACE) from None
+        raise
     except GitCommandError as exc:
         stderr = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
+        if "No space left on device" in stderr:
+            raise CloneFailed(NO_SPACE) from None
         lines = [
             line.strip().removeprefix("stderr: ").strip("'\" ") for line in stderr.splitlines()
         ]

@@ -160,7 +160,7 @@ def deployments(name: str):
         })
 
 
-@bp.get("/apps/<name>/deployments/<int:deployment_id>")
+@bp.get("/apps/<name>/deployments/<id:deployment_id>")
 def deployment_detail(name: str, deployment_id: int):
     ctx = _ctx()
     after = _int_arg("after", 0, 0, 2**62)
@@ -177,7 +177,7 @@ def deployment_detail(name: str, deployment_id: int):
         })
 
 
-@bp.get("/apps/<name>/deployments/<int:deployment_id>/events")
+@bp.get("/apps/<name>/deployments/<id:deployment_id>/events")
 def deployment_events(name: str, deployment_id: int):
     """The live log as server-sent events (`line`, `status`, `done`), as the portal shows it."""
     ctx = _ctx()
@@ -197,12 +197,12 @@ def _app_of(deployment_id: int) -> str:
         return d.app.name
 
 
-@bp.get("/deployments/<int:deployment_id>")
+@bp.get("/deployments/<id:deployment_id>")
 def any_deployment(deployment_id: int):
     return deployment_detail(_app_of(deployment_id), deployment_id)
 
 
-@bp.get("/deployments/<int:deployment_id>/events")
+@bp.get("/deployments/<id:deployment_id>/events")
 def any_deployment_events(deployment_id: int):
     return deployment_events(_app_of(deployment_id), deployment_id)
 

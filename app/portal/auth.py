@@ -231,7 +231,9 @@ def sign_in(user: User) -> None:
 
 def safe_next(target: str | None) -> str:
     """Only same-site paths: `next` must not turn sign-in into an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    # Control characters (CR, LF) cannot go into a Location header: no redirect there either.
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or not target.isprintable()):
         return url_for("portal.apps")
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc else url_for("portal.apps")

@@ -23,7 +23,7 @@ HEARTBEAT_SECONDS = 15.0
 
 def response(ctx, deployment_id: int) -> Response:
     """The stream of `deployment_id` (already checked visible), after Last-Event-ID or ?after."""
-    after = request.headers.get("Last-Event-ID", type=int) or request.args.get("after", type=int) or 0
+    after = request.headers.get("Last-Event-ID", type=queries.row_id) or request.args.get("after", type=queries.row_id) or 0
     return Response(stream(ctx, deployment_id, max(after, 0)), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

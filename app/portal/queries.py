@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter
 
 from app.actions import current, rollback_target
 from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 
 IN_PROGRESS = (DeploymentStatus.QUEUED.value, DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
 MASK = "••••••••"
+#: Row ids are 64-bit integers: a larger number in a path or query is no row (never an OverflowError).
+MAX_ROW_ID = 2**63 - 1
+
+
+def row_id(text: str) -> int:
+    """A row id from a query argument or header; ValueError (Werkzeug's "absent") beyond range."""
+    value = int(text)
+    if not 0 <= value <= MAX_ROW_ID:
+        raise ValueError("not a row id")
+    return value
+
+
+class RowIdConverter(IntegerConverter):
+    """`<id:...>` in routes: a row id, 404 when it cannot be one."""
+
+    def __init__(self, url_map, *args, **kwargs):
+        super().__init__(url_map, min=0, max=MAX_ROW_ID)
 
 
 def aware(moment: datetime | None) -> datetime | None:

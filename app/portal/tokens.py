@@ -55,7 +55,7 @@ def create():
     return _page(new_token=plaintext, status=201)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<id:token_id>/revoke")
 def revoke(token_id: int):
     try:
         with _ctx().db.session() as session:

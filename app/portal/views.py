@@ -101,7 +101,7 @@ def board(name: str):
 @bp.get("/apps/<name>/phases/<phase>")
 def phase_history(name: str, phase: str):
     ctx = _ctx()
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=queries.row_id)
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         role = _require_view(app)
@@ -113,7 +113,7 @@ def phase_history(name: str, phase: str):
                            audit=audit, older=rows[-1].id if len(rows) == 50 else None)
 
 
-@bp.get("/apps/<name>/deployments/<int:deployment_id>")
+@bp.get("/apps/<name>/deployments/<id:deployment_id>")
 def deployment(name: str, deployment_id: int):
     ctx = _ctx()
     with ctx.db.session() as session:
@@ -126,7 +126,7 @@ def deployment(name: str, deployment_id: int):
                            live=not queries.is_finished(d), last_id=lines[-1].id if lines else 0)
 
 
-@bp.get("/apps/<name>/deployments/<int:deployment_id>/events")
+@bp.get("/apps/<name>/deployments/<id:deployment_id>/events")
 def deployment_events(name: str, deployment_id: int):
     """Server-sent events: `line` per log line, `status` on each change, `done` at the end."""
     ctx = _ctx()

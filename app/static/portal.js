@@ -13,6 +13,12 @@
     return node;
   }
 
+  // Column counts: set here, since the Content-Security-Policy allows no inline style attributes.
+  document.querySelectorAll("[data-phases], [data-cols]").forEach(function (node) {
+    if (node.dataset.phases) node.style.setProperty("--phases", node.dataset.phases);
+    if (node.dataset.cols) node.style.setProperty("--cols", node.dataset.cols);
+  });
+
   // --- live log ---------------------------------------------------------------------------
   var box = document.getElementById("logbox");
   if (box && box.dataset.live === "1" && window.EventSource) {
