@@ -16,6 +16,8 @@ DECISIVE = {"APPROVED", "CHANGES_REQUESTED", "DISMISSED"}
 class ApprovalCount:
     approvers: tuple[str, ...]
     needed: int
+    #: (login, short sha) of approvals given to an earlier head: they do not count.
+    stale: tuple[tuple[str, str], ...] = ()
 
     @property
     def count(self) -> int:
@@ -27,13 +29,18 @@ class ApprovalCount:
 
     def explain(self) -> str:
         who = f" ({', '.join('@' + a for a in self.approvers)})" if self.approvers else ""
-        return f"{self.count} of {self.needed} required approvals{who}"
+        stale = "; not counted, given to an earlier head: " + ", ".join(
+            f"@{login} (approved {sha})" for login, sha in self.stale) if self.stale else ""
+        return f"{self.count} of {self.needed} required approvals{who}{stale}"
 
 
-def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
+def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int, head: str,
                     requesters: Iterable[str] = (),
                     eligible: Callable[[str], bool] | None = None) -> ApprovalCount:
     """The latest decisive review per reviewer, excluding the PR author; APPROVED ones count.
+
+    Only an approval of `head` (the commit merged and deployed) counts: one given to an earlier
+    head approved other code, so it is listed as stale instead.
 
     `requesters` are excluded too: a promotion PR is opened by the bot on someone's behalf,
     and that person must not approve their own promotion. `eligible` filters approvers (e.g.
@@ -43,7 +50,7 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
     when a caller hands them in another order.
     """
     excluded = {(author or "").lower(), *(r.lower() for r in requesters)} - {""}
-    latest: dict[str, str] = {}
+    latest: dict[str, tuple[str, str]] = {}
     ordered = sorted(reviews, key=lambda r: (r.get("submitted_at") or "", r.get("id") or 0))
     for review in ordered:
         # The adapter's reviews carry the login itself; GitHub's JSON a user object.
@@ -52,7 +59,11 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
         state = (review.get("state") or "").upper()
         if not login or state not in DECISIVE or login in excluded:
             continue
-        latest[login] = state
-    approvers = tuple(sorted(login for login, state in latest.items()
-                             if state == "APPROVED" and (eligible is None or eligible(login))))
-    return ApprovalCount(approvers=approvers, needed=needed)
+        latest[login] = (state, review.get("commit_id") or "")
+    approved = sorted(login for login, (state, _) in latest.items() if state == "APPROVED")
+    stale = tuple((login, latest[login][1][:7] or "an unknown commit") for login in approved
+                  if latest[login][1] != head)
+    current = {login for login, _ in stale}
+    approvers = tuple(login for login in approved
+                      if login not in current and (eligible is None or eligible(login)))
+    return ApprovalCount(approvers=approvers, needed=needed, stale=stale)

@@ -234,6 +234,22 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class UserSession(Base):
+    """A signed-in portal session. The cookie carries only its random id (stored here hashed):
+    signing out deletes the row, so a copied cookie stops working with it."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    login: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    #: For admin-token sessions, a fingerprint of the token signed in with: rotating ADMIN_TOKEN
+    #: ends them.
+    credential: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class Report(Base):
     """An outbox entry for GitHub: written with the deployment, sent by its own job."""
 

@@ -78,6 +78,9 @@ class PipelineConfig(Strict):
     defaults: Defaults = Defaults()
     phases: dict[Annotated[str, Field(pattern=SLUG)], Phase]
     images: Images = Images()
+    #: A phase takes only commits that succeeded on the phase before it (a tag of a commit Demo
+    #: never ran does not reach Stage); rollbacks are exempt.
+    require_previous_phase: bool = True
 
     @field_validator("phases")
     @classmethod

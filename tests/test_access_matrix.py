@@ -28,7 +28,7 @@ from app.pipeline import PROTECTED_KEYS, parse_pipeline, parse_repo_config
 from app.planner import plan
 from app.web import create_app
 from tests.conftest import load_payload
-from tests.support.portal_data import StubEngine, add_app, add_deployment, csrf_from
+from tests.support.portal_data import StubEngine, add_app, add_deployment, csrf_from, sign_in_as
 
 PHASES = ("demo", "stage", "live")
 # config/pipeline.yml
@@ -310,8 +310,7 @@ def portal_for(github, make_settings, database_url, redis_conn):
         if role != "none":
             github.permissions[("acme/shop", login)] = role
         client = flask_app.test_client()
-        with client.session_transaction() as session:
-            session["user"] = {"login": login, "kind": "github"}
+        sign_in_as(client, ctx, login)
         csrf = csrf_from(client.get("/").get_data(as_text=True))
         if via == "session":
             return client, csrf

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from app.models import AuditEntry, Deployment, Profile
 from tests.support.portal_data import (
+    sign_in_as,
     ADMIN_TOKEN,
     build,  # noqa: F401 (fixture)
     engine,  # noqa: F401 (fixture)
@@ -128,8 +129,7 @@ def reader(build, github):
                            **github.environ)
     github.permissions[("acme/shop", "rita")] = "read"
     client = flask_app.test_client()
-    with client.session_transaction() as session:
-        session["user"] = {"login": "rita", "kind": "github"}
+    sign_in_as(client, ctx, "rita")
     token = csrf_from(client.get("/").text)
     return ctx, Api(client, headers={"X-CSRFToken": token})
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from app.models import ApiToken, Deployment
 from tests.support.portal_data import (
+    sign_in_as,
     ADMIN_TOKEN,
     add_app,
     add_deployment,
@@ -34,8 +35,7 @@ def portal(build, github):
 
 def signed_in(flask_app, login: str, kind: str = "github"):
     client = flask_app.test_client()
-    with client.session_transaction() as session:
-        session["user"] = {"login": login, "kind": kind}
+    sign_in_as(client, flask_app.extensions["release_pipeline"], login, kind)
     return client
 
 

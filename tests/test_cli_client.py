@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from app.web import create_app
 from tests.support.dockerkit import free_port, stop_process
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, service_environment
-from tests.support.portal_data import csrf_from
+from tests.support.portal_data import csrf_from, sign_in_as
 
 EXECUTABLE = str(Path(sys.executable).with_name("release-pipeline"))
 ELAPSED = re.compile(r"^\s*\d+\.\d+s  ", re.MULTILINE)
@@ -46,8 +46,7 @@ class Installation:
 
     def browser(self, login: str):
         client = self.flask_app.test_client()
-        with client.session_transaction() as session:
-            session["user"] = {"login": login, "kind": "github"}
+        sign_in_as(client, self.flask_app.extensions["release_pipeline"], login)
         return client
 
     def cli(self, token: str, *args: str, url: str | None = None, **env_extra: str) -> subprocess.CompletedProcess:

@@ -32,6 +32,7 @@ from app.registry import slugify
 from app.versions import is_release_tag, short_sha, validate_version, version_from_title
 from tests.conftest import load_payload
 from tests.support.dockerkit import make_sample_repo
+from tests.support.portal_data import sign_in_as
 
 MARKER = Path("/tmp") / f"pwned-{secrets.token_hex(6)}"
 FILE_RULES = {"allowed_host": "github.com", "allow_file": True}
@@ -474,8 +475,7 @@ def portal(make_settings, database_url, redis_conn):
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN))
     ctx.__dict__["engine"] = StubEngine()
     client = create_app(context=ctx).test_client()
-    with client.session_transaction() as session:
-        session["user"] = {"login": "admin", "kind": "token"}
+    sign_in_as(client, ctx, "admin", "token")
     return ctx, client
 
 

@@ -17,6 +17,7 @@ from werkzeug.wrappers import Request, Response
 from app.models import AuditEntry, Deployment, Profile
 from app.portal import live_log
 from tests.support.portal_data import (
+    sign_in_as,
     ADMIN_TOKEN,
     build,  # noqa: F401 (fixture)
     engine,  # noqa: F401 (fixture)
@@ -297,8 +298,7 @@ def as_github_user(build, github):
         if role is not None:
             github.permissions[("acme/shop", login)] = role
         client = flask_app.test_client()
-        with client.session_transaction() as session:
-            session["user"] = {"login": login, "kind": "github"}
+        sign_in_as(client, ctx, login)
         return ctx, client
 
     return make

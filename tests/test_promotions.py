@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import LogLine
-from tests.support.pipeline_e2e import APP, REPO, pipeline  # noqa: F401
+from tests.support.pipeline_e2e import APP, REPO, pipeline, relaxed_pipeline  # noqa: F401
 
 BUILD_STARTED = "building Dockerfile"
 
@@ -41,7 +41,8 @@ def test_tag_deploys_to_stage_on_the_image_demo_built(pipeline):
     assert pipeline.statuses(sha, "stage") == ["pending", "pending", "success"]
 
 
-def test_a_tag_on_a_new_commit_with_a_known_tree_reuses_that_tree_s_image(pipeline):
+def test_a_tag_on_a_new_commit_with_a_known_tree_reuses_that_tree_s_image(relaxed_pipeline):
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     first = pipeline.commit("1.0.0")
     pipeline.push(first)
     pipeline.work()
@@ -54,7 +55,8 @@ def test_a_tag_on_a_new_commit_with_a_known_tree_reuses_that_tree_s_image(pipeli
     assert stage.image_id == demo.image_id and len(pipeline.builds()) == 1
 
 
-def test_a_tag_on_an_unbuilt_commit_builds_it_once(pipeline):
+def test_a_tag_on_an_unbuilt_commit_builds_it_once(relaxed_pipeline):
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     sha = pipeline.commit("3.0.0", tag="v3.0.0")
     pipeline.push_tag("v3.0.0")
     pipeline.work()
@@ -124,9 +126,10 @@ def test_promotion_without_enough_approvals_deploys_nothing_and_says_why(pipelin
     assert [d for d in pipeline.github.deployments.values() if d["environment"] == "live"] == []
 
 
-def test_promotion_with_approvals_deploys_with_the_version_rule(pipeline):
+def test_promotion_with_approvals_deploys_with_the_version_rule(relaxed_pipeline):
     """One approval from someone else is enough; the version is the tag at the PR head, else the
     title's vX.Y.Z, else the short sha; a later comment does not cancel the approval."""
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     tagged = pipeline.commit("1.0.0", tag="v1.0.0")
     titled = pipeline.commit("1.1.0")
     plain = pipeline.commit("1.2.0")
@@ -146,8 +149,9 @@ def test_promotion_with_approvals_deploys_with_the_version_rule(pipeline):
     assert len(pipeline.ctx.engine.list_containers(app=APP, phase="live")) == 1
 
 
-def test_a_renamed_promotion_keeps_its_new_name_on_live(pipeline):
+def test_a_renamed_promotion_keeps_its_new_name_on_live(relaxed_pipeline):
     """`/promote live v1.0.0 as 2026.11`: the tag at the head does not override the rename."""
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     pipeline.github.permissions[(REPO, "ada")] = "admin"
     sha = pipeline.commit("1.0.0", tag="v1.0.0")
     pipeline.push_tag("v1.0.0")
@@ -164,8 +168,9 @@ def test_a_renamed_promotion_keeps_its_new_name_on_live(pipeline):
     assert pipeline.info(live)["APP_VERSION"] == "2026.11"
 
 
-def test_the_requester_of_a_promotion_cannot_approve_it_alone(pipeline):
+def test_the_requester_of_a_promotion_cannot_approve_it_alone(relaxed_pipeline):
     """The bot opens the promotion PR for whoever typed /promote: their approval does not count."""
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     pipeline.github.permissions[(REPO, "ada")] = "admin"
     sha = pipeline.commit("2.0.0", tag="v2.0.0")
     pipeline.push_tag("v2.0.0")
@@ -200,7 +205,8 @@ def test_promotion_merges_follow_the_role_matrix(pipeline, merger, reviewer, rev
     assert live.status == "refused" and reason in live.reason, live.reason
 
 
-def test_pushing_to_live_in_the_portal_opens_the_promotion_pull_request(pipeline):
+def test_pushing_to_live_in_the_portal_opens_the_promotion_pull_request(relaxed_pipeline):
+    pipeline = relaxed_pipeline  # one phase at a time: require_previous_phase off
     from app.approvals import PROMOTION_REQUESTED
     from app.models import AuditEntry
     from app.portal import changes

@@ -23,7 +23,7 @@ from app.context import Context
 from app.models import Base, Profile, Report, ReportState
 from app.web import create_app
 from tests.conftest import SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
-from tests.support.portal_data import ADMIN_TOKEN, StubEngine
+from tests.support.portal_data import ADMIN_TOKEN, StubEngine, sign_in_as
 
 PROFILE_SECRET = "pr0file-secret-VALUE-5f2e9a"
 SECOND_SECRET = "another-profile-secret-c81d"
@@ -174,8 +174,7 @@ def _exercise(ctx, seen: Seen, github) -> None:
                  f"/api/v1/apps/{app_name}/phases/stage/profile", f"/api/v1/apps/{app_name}/audit",
                  "/api/v1/openapi.json", "/healthz"):
         seen.open(path, headers=auth)
-    with seen.client.session_transaction() as session:
-        session["user"] = {"login": "admin", "kind": "token"}
+    sign_in_as(seen.client, ctx, "admin", "token")
     for path in ("/", f"/apps/{app_name}", f"/apps/{app_name}/phases/demo", f"/apps/{app_name}/phases/demo/profile",
                  f"/apps/{app_name}/phases/live/profile", f"/apps/{app_name}/phases/stage/profile",
                  f"/apps/{app_name}/audit", f"/apps/{app_name}/compare", "/signin", "/nope"):

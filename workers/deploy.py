@@ -22,7 +22,7 @@ import requests
 from docker.errors import DockerException
 from sqlalchemy import select
 
-from app import services
+from app import gates, services
 from app.actions import current
 from app.adapters import git
 from app.adapters.docker import ContainerInfo, ContainerSpec
@@ -204,16 +204,18 @@ class Rollout:
             source = session.get(Deployment, deployment.source_id) if deployment.source_id else None
             app_name, full_name, clone_url = app.name, app.full_name, app.clone_url
             installation_id = app.installation_id
+        self.check_actor(installation_id, full_name, deployment)
         self.check_approvals(installation_id, full_name, deployment)
         token = self.clone_token(installation_id)
+        sha = (source.sha if source is not None else deployment.sha) or self.resolve_sha(
+            clone_url, deployment.ref, token)
+        self.update(sha=sha)
+        self.check_previous_phase(deployment, sha)
         if source is not None and source.tree_sha and self.ctx.engine.find_image(app_name, source.tree_sha):
-            sha, tree, image_id, build_id = source.sha, source.tree_sha, source.image_id, source.build_id
+            tree, image_id, build_id = source.tree_sha, source.image_id, source.build_id
             self.say(f"reusing the image of deployment {source.id} ({source.version}, {source.short_sha})")
         else:
             # No source, or its image was pruned: the same commit is built (once) again.
-            sha = (source.sha if source is not None else deployment.sha) or self.resolve_sha(
-                clone_url, deployment.ref, token)
-            self.update(sha=sha)
             build_id, tree, image_id = self.image_for(app_name, clone_url, sha, token)
         with self.ctx.db.session() as session:
             deployment = session.get(Deployment, self.deployment_id)
@@ -259,6 +261,37 @@ class Rollout:
 
     # -- steps -------------------------------------------------------------------------------
 
+    def check_actor(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
+        """Who pushed, tagged or merged needs the phase's role, as a command would (gates)."""
+        action = gates.actor_action(deployment.trigger)
+        if action is None:
+            return  # commands, the portal and the API checked the role when asked
+        if self.ctx.github is None or installation_id is None:
+            if deployment.required_approvals:
+                return  # check_approvals refuses it: nothing can be counted
+            self.say(f"the role of @{deployment.actor or 'unknown'} is not checked: GitHub is not configured")
+            return
+        actor = deployment.actor
+        role = self.ctx.github.repo(installation_id, full_name).collaborator_permission(actor) if actor else "none"
+        decision = check(role, action, deployment.phase, self.ctx.config.roles)
+        if not decision.allowed:
+            what = "merged" if action is Action.MERGE_PROMOTION else "pushed"
+            raise Refused(f"not deployed: {what} by @{actor or 'unknown'}, but {decision.reason}")
+
+    def check_previous_phase(self, deployment: Deployment, sha: str) -> None:
+        config = self.ctx.config
+        previous = gates.previous_phase(config.phase_names, deployment.phase, deployment.trigger,
+                                        required=config.require_previous_phase)
+        if previous is None:
+            return
+        with self.ctx.db.session() as session:
+            ran = session.scalar(select(Deployment.id).where(
+                Deployment.app_id == deployment.app_id, Deployment.phase == previous, Deployment.sha == sha,
+                Deployment.status == DeploymentStatus.SUCCEEDED.value).limit(1))
+        if ran is None:
+            raise Refused(gates.previous_phase_refusal(deployment.phase, previous, sha[:7]))
+        self.say(f"{sha[:7]} ran on {previous} (deployment {ran})")
+
     def check_approvals(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
         needed = deployment.required_approvals
         if not needed:
@@ -266,14 +299,10 @@ class Rollout:
         if self.ctx.github is None or installation_id is None:
             raise Refused(f"{needed} approval(s) required, but GitHub is not configured to count them")
         client = self.ctx.github.repo(installation_id, full_name)
-        merger = deployment.actor
-        decision = check(client.collaborator_permission(merger) if merger else "none",
-                         Action.MERGE_PROMOTION, deployment.phase, self.ctx.config.roles)
-        if not decision.allowed:
-            raise Refused(f"not deployed: merged by @{merger or 'unknown'}, but {decision.reason}")
         pull = client.get_pull(deployment.pr_number)
         counted = count_approvals(client.list_reviews(deployment.pr_number),
                                   author=(pull.get("user") or {}).get("login"), needed=needed,
+                                  head=deployment.sha or "",
                                   requesters=promotion_requesters(self.ctx, deployment.app_id, deployment.pr_number),
                                   # Only people who could change the code count as reviewers.
                                   eligible=lambda login: role_allows(client.collaborator_permission(login), "write"))

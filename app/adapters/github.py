@@ -376,7 +376,8 @@ class RepoClient:
         return role if role in BASE_ROLES else body.get("permission") or "none"
 
     def list_reviews(self, pr_number: int) -> list[dict]:
-        """Every review of the pull request, oldest first: id, user (login), state, submitted_at."""
+        """Every review of the pull request, oldest first: id, user (login), state, submitted_at and
+        the commit_id it reviewed (an approval counts for that commit only)."""
         reviews: list[dict] = []
         page = 1
         while True:
@@ -391,6 +392,7 @@ class RepoClient:
                     "user": (review.get("user") or {}).get("login"),
                     "state": review["state"],
                     "submitted_at": review.get("submitted_at"),
+                    "commit_id": review.get("commit_id"),
                 }
                 for review in batch
             )

@@ -1,11 +1,13 @@
 """Who is asking, and with which role: GitHub sign-in, the admin token, or development mode.
 
-A person signs in once (GitHub OAuth web flow, or the admin token in a form); the session
-then carries only their login and how they signed in. Their role on an app comes from the
+A person signs in once (GitHub OAuth web flow, or the admin token in a form); the cookie then
+carries only the id of a server-side session (table `sessions`) holding their login and how
+they signed in: signing out deletes it, and rotating ADMIN_TOKEN ends admin-token sessions. Their role on an app comes from the
 repository's collaborator permission, asked through the GitHub App and cached in the session
 for a few minutes, so a permission removed on GitHub stops working here soon after. API
 clients send a bearer token instead: the admin token, or a personal API token a signed-in
 user created (`app.api_tokens`), which acts as that user with their roles, cached in Redis.
+Wrong tokens and failed sign-ins are throttled per client address (a Redis counter).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -35,9 +38,9 @@ from redis.exceptions import RedisError
 
 from app import api_tokens
 from app.exceptions import GitHubError, TransientGitHubError
-from app.models import App
+from app.models import App, UserSession, utcnow
 from app.portal import protect_forms
-from app.portal.queries import iso
+from app.portal.queries import aware, iso
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
@@ -48,6 +51,9 @@ ROLE_TTL_SECONDS = 300
 #: Roles of at most this many repositories are kept in the (cookie) session.
 ROLE_CACHE_SIZE = 40
 OAUTH_TIMEOUT_SECONDS = 10
+#: Failed sign-ins and wrong bearer tokens allowed per client address in one window.
+FAILURES_ALLOWED = 10
+FAILURE_WINDOW_SECONDS = 60
 #: How long the sign-in link `up` prints stays usable (once).
 ONE_TIME_TTL_SECONDS = 24 * 3600
 
@@ -112,6 +118,45 @@ def _admin_token_matches(candidate: str) -> bool:
     return hmac.compare_digest(candidate.encode(), token.get_secret_value().encode())
 
 
+def _admin_token_fingerprint() -> str | None:
+    """Names the current ADMIN_TOKEN without revealing it (keyed with SECRET_KEY)."""
+    settings = _ctx().settings
+    if not settings.admin_token or not settings.secret_key:
+        return None
+    return hmac.new(settings.secret_key.get_secret_value().encode(),
+                    settings.admin_token.get_secret_value().encode(), hashlib.sha256).hexdigest()
+
+
+# --- throttling wrong credentials --------------------------------------------------------
+
+
+def _failures_key() -> str:
+    return f"rp:auth-failures:{request.remote_addr or 'unknown'}"
+
+
+def refuse_if_throttled() -> None:
+    """429 while this client has used up its failed attempts (also for a right token: guessing
+    must not go on at full speed). Without Redis, nothing is throttled: sign-in keeps working."""
+    try:
+        failures = int(_ctx().redis.get(_failures_key()) or 0)
+    except RedisError:
+        log.warning("Redis unavailable: failed sign-ins are not throttled")
+        return
+    if failures >= FAILURES_ALLOWED:
+        abort(429, description=f"too many failed sign-ins from this address; try again in "
+                               f"{FAILURE_WINDOW_SECONDS} seconds")
+
+
+def record_failure() -> None:
+    try:
+        with _ctx().redis.pipeline() as pipe:
+            pipe.incr(_failures_key())
+            pipe.expire(_failures_key(), FAILURE_WINDOW_SECONDS, nx=True)
+            pipe.execute()
+    except RedisError:
+        log.warning("Redis unavailable: a failed sign-in was not counted")
+
+
 # --- the current user --------------------------------------------------------------------
 
 
@@ -128,11 +173,13 @@ def user_from_bearer() -> User | None:
     token = bearer_token()
     if token is None:
         return None
+    refuse_if_throttled()
     if _admin_token_matches(token):
         return User(login="admin", kind=Kind.TOKEN)
     with _ctx().db.session() as db:
         row = api_tokens.find(db, token)
         if row is None:
+            record_failure()
             abort(401, description="the bearer token is not the admin token or a personal API token")
         if row.revoked_at is not None:
             abort(401, description=f"the personal API token “{row.name}” was revoked at {iso(row.revoked_at)}")
@@ -151,13 +198,25 @@ def _offered(kind: str) -> bool:
             Kind.ONCE: True}.get(kind, False)
 
 
+def _session_key(raw: str) -> str:
+    """Sessions are stored by a hash of their id: the table alone signs nobody in."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
 def user_from_session() -> User | None:
-    data = session.get("user")
-    if not isinstance(data, dict) or data.get("kind") not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV, Kind.ONCE):
+    raw = session.get("sid")
+    if not isinstance(raw, str) or not raw:
         return None
-    if not _offered(data["kind"]):
+    with _ctx().db.session() as db:
+        row = db.get(UserSession, _session_key(raw))
+        if row is None or aware(row.expires_at) <= utcnow():
+            return None
+        if row.kind == Kind.TOKEN and (row.credential is None or row.credential != _admin_token_fingerprint()):
+            return None  # signed in with an admin token that has since changed
+        login, kind = row.login, row.kind
+    if kind not in (Kind.GITHUB, Kind.TOKEN, Kind.DEV, Kind.ONCE) or not _offered(kind):
         return None
-    return User(login=str(data.get("login", "")), kind=data["kind"])
+    return User(login=login, kind=kind)
 
 
 def current_user() -> User | None:
@@ -222,11 +281,33 @@ def _github_role(app: App, login: str) -> tuple[str, bool]:
         return "none", True
 
 
+def open_session(ctx, user: User, *, credential: str | None = None, lifetime: timedelta) -> str:
+    """Record a new server-side session; returns the id the cookie carries."""
+    raw = secrets.token_urlsafe(32)
+    now = utcnow()
+    with ctx.db.session() as db:
+        db.query(UserSession).filter(UserSession.expires_at <= now).delete()
+        db.add(UserSession(id=_session_key(raw), login=user.login[:100], kind=user.kind, credential=credential,
+                           created_at=now, expires_at=now + lifetime))
+    return raw
+
+
 def sign_in(user: User) -> None:
     session.clear()  # a fresh session (and CSRF token) for the new identity
     session.permanent = True
-    session["user"] = {"login": user.login, "kind": user.kind}
+    credential = _admin_token_fingerprint() if user.kind == Kind.TOKEN else None
+    session["sid"] = open_session(_ctx(), user, credential=credential,
+                                  lifetime=current_app.permanent_session_lifetime)
     g.user = user
+
+
+def sign_out() -> None:
+    raw = session.get("sid")
+    if isinstance(raw, str) and raw:
+        with _ctx().db.session() as db:
+            db.query(UserSession).filter(UserSession.id == _session_key(raw)).delete()
+    session.clear()
+    g.pop("user", None)
 
 
 def safe_next(target: str | None) -> str:
@@ -251,9 +332,11 @@ def signin():
     if request.method == "POST":
         if not offered.token:
             abort(404)
+        refuse_if_throttled()
         if _admin_token_matches(request.form.get("token", "")):
             sign_in(User(login="admin", kind=Kind.TOKEN))
             return redirect(next_url)
+        record_failure()
         flash("That is not the admin token.", "error")
         return render_template("signin.html", methods=offered, next=next_url), 401
     if current_user() is not None:
@@ -312,7 +395,7 @@ def signin_dev():
 
 @bp.post("/signout")
 def signout():
-    session.clear()
+    sign_out()
     flash("Signed out.", "info")
     return redirect(url_for("auth.signin"))
 

@@ -24,6 +24,7 @@ from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, u
 from app.permissions import Action, check
 from app.pipeline import MEMORY
 from app.portal.queries import get_app, require_phase
+from app.profiles import resolve
 from app.versions import validate_version
 
 log = logging.getLogger(__name__)
@@ -263,13 +264,29 @@ def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, act
         if not described:
             session.rollback()
             return []
+        later = ctx.config.phase_names[ctx.config.phase_names.index(phase) + 1:]
+        inherited_before = {name: resolve(session, ctx.config, app.id, name).snapshot() for name in later}
         profile.env, profile.secrets = env, secrets
         for key, value in change.sizing.items():
             setattr(profile, key, value)
         profile.updated_by = actor
+        session.flush()
+        _require_inheritors(role_of(app), phase, [
+            name for name in later if resolve(session, ctx.config, app.id, name).snapshot() != inherited_before[name]
+        ], ctx.config)
         _audit(session, actor, app, phase, "profile.update", {"changes": described})
     log.info("%s changed the %s profile of %s: %d change(s)", actor, phase, app_name, len(described))
     return described
+
+
+def _require_inheritors(role: str, phase: str, reached: list[str], config) -> None:
+    """A phase without a value of its own inherits it (SPEC §9), so an edit that changes what a
+    later phase runs with needs that phase's role too: a writer's Demo edit must not reach Live."""
+    for name in reached:
+        decision = check(role, Action.EDIT_PROFILE, name, config.roles)
+        if not decision.allowed:
+            raise Forbidden(f"{name} inherits this from the {phase} profile, so the change needs {name}'s "
+                            f"role too: {decision.reason}")
 
 
 def _describe(old_env: dict, env: dict, old_secrets: dict, secrets: dict, resealed: set[str],

@@ -13,7 +13,9 @@ router = Router()
 def push(payload, config):
     ref = payload["ref"]
     repo = repo_of(payload)
-    actor = (payload.get("pusher") or {}).get("name") or sender_of(payload)
+    # The sender is the GitHub account that pushed (its role is checked before deploying);
+    # `pusher.name` is only a git name.
+    actor = sender_of(payload) or (payload.get("pusher") or {}).get("name") or ""
     if payload.get("deleted"):
         kind = "tag" if ref.startswith("refs/tags/") else "branch"
         return Ignore(f"{kind} deletion ({ref}) deploys nothing")

@@ -583,7 +583,8 @@ class GitHubStandIn:
                 "node_id": "PRR_x",
                 "submitted_at": _now(),
                 "body": "",
-                "commit_id": "0" * 40,
+                # GitHub records the head the review was given on; by default the PR's head now.
+                "commit_id": ((self.pulls.get((full_name, int(number))) or {}).get("head") or {}).get("sha", "0" * 40),
                 "author_association": "MEMBER",
                 "html_url": f"{WEB_URL}/{full_name}/pull/{number}#pullrequestreview",
                 "pull_request_url": f"{self.url}/repos/{full_name}/pulls/{number}",

@@ -29,7 +29,7 @@ from app.adapters.docker import Engine
 from app.context import Context
 from app.jobs import QUEUES
 from app.models import Build, Deployment, Report, ReportState
-from app.settings import Settings, load_settings
+from app.settings import PROJECT_ROOT, Settings, load_settings
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
 from tests.support.dockerkit import make_sample_repo
@@ -52,7 +52,9 @@ class Pipeline:
         self.client = create_app(context=ctx).test_client()
         self._ids = itertools.count(5_000_000)
         github.installations[REPO] = INSTALLATION
-        # Who merges promotion PRs (admin, as live requires) and who reviews them (write).
+        # Who pushes and tags (maintain: Stage takes tags), who merges promotion PRs (admin, as
+        # live requires) and who reviews them (write).
+        github.permissions[(REPO, "dora")] = "maintain"
         github.permissions[(REPO, "maya")] = "admin"
         for reviewer in ("bob", "carol", "dave"):
             github.permissions[(REPO, reviewer)] = "write"
@@ -89,6 +91,7 @@ class Pipeline:
         payload.update(ref="refs/heads/main", after=sha, deleted=False, created=False)
         payload["head_commit"] = {**(payload.get("head_commit") or {}), "id": sha}
         payload["pusher"] = {"name": pusher, "email": f"{pusher}@example.test"}
+        payload["sender"] = {**payload["sender"], "login": pusher}
         return self.deliver("push", payload)
 
     def push_tag(self, tag: str, *, pusher: str = "dora") -> list[dict]:
@@ -98,8 +101,10 @@ class Pipeline:
         push.update(ref=f"refs/tags/{tag}", after=tag_object, deleted=False, created=True, base_ref=None)
         push["head_commit"] = {**(push.get("head_commit") or {}), "id": commit}
         push["pusher"] = {"name": pusher, "email": f"{pusher}@example.test"}
+        push["sender"] = {**push["sender"], "login": pusher}
         create = self._repository(load_payload("create/with-installation"))
         create.update(ref=tag, ref_type="tag")
+        create["sender"] = {**create["sender"], "login": pusher}
         return [self.deliver("push", push), self.deliver("create", create)]
 
     def open_pull(self, number: int, head_sha: str, *, author: str = "alice", title: str | None = None,
@@ -222,17 +227,33 @@ def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_pa
     return load_settings(values)
 
 
-@pytest.fixture
-def pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Pipeline]:
-    """The service wired to the stand-in GitHub, a fresh database, Redis and Docker."""
+def _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch, **extra) -> Iterator[Pipeline]:
     engine = Engine(instance=instance)
     if not engine.ping():
         pytest.skip("no Docker engine reachable")
     settings = service_environment(monkeypatch, database_url=database_url, instance=instance, tmp_path=tmp_path,
-                                   github=github)
+                                   github=github, **extra)
     try:
         yield Pipeline(ctx=Context.from_settings(settings), github=github, redis_conn=redis_conn,
                        repo_path=tmp_path / "repo")
     finally:
         runtime.reset()
         engine.remove_instance_objects()
+
+
+@pytest.fixture
+def pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Pipeline]:
+    """The service wired to the stand-in GitHub, a fresh database, Redis and Docker."""
+    yield from _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def relaxed_pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Pipeline]:
+    """`pipeline` with `require_previous_phase: false`, for tests of one phase on its own (a
+    tag straight to Stage, a promotion PR straight to Live)."""
+    config = tmp_path / "pipeline.yml"
+    text = (PROJECT_ROOT / "config" / "pipeline.yml").read_text()
+    assert "require_previous_phase: true" in text
+    config.write_text(text.replace("require_previous_phase: true", "require_previous_phase: false"))
+    yield from _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch,
+                         PIPELINE_CONFIG=str(config))

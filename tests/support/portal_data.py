@@ -112,3 +112,18 @@ def build(make_settings, database_url, redis_conn, engine):
         return ctx, create_app(context=ctx)
 
     return make
+
+
+def sign_in_as(client, ctx, login: str, kind: str = "github") -> None:
+    """Sign `client` in as `login` the way the portal does: a server-side session, its id in the cookie."""
+    from datetime import timedelta
+
+    from app.portal import auth
+
+    credential = None
+    if kind == auth.Kind.TOKEN:
+        with client.application.test_request_context():
+            credential = auth._admin_token_fingerprint()
+    raw = auth.open_session(ctx, auth.User(login=login, kind=kind), credential=credential, lifetime=timedelta(hours=1))
+    with client.session_transaction() as session:
+        session["sid"] = raw

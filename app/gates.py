@@ -1,0 +1,41 @@
+"""What a deployment that git started (push, tag, merged promotion PR) must pass before anything
+is built: the role of whoever caused it, and where the commit has run before. Pure decisions;
+the deploy job asks GitHub and the database for the facts.
+
+Commands, the portal and the API check the role when they are asked; a git event only says
+who pushed, so the check happens here, against the same table (`app.permissions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from app.permissions import Action
+
+#: The action each git trigger stands for, and so the role its sender needs on the phase.
+GIT_TRIGGERS: Mapping[str, Action] = {
+    "push": Action.DEPLOY,
+    "tag": Action.DEPLOY,
+    "pull_request": Action.MERGE_PROMOTION,
+    "promotion": Action.MERGE_PROMOTION,
+}
+#: Triggers that put back what a phase ran before: it passed the gates then.
+RESTORING = ("rollback", "restore")
+
+
+def actor_action(trigger: str) -> Action | None:
+    """The action to check the deployment's actor against; None when it was checked at request."""
+    return GIT_TRIGGERS.get(trigger)
+
+
+def previous_phase(phase_names: list[str], phase: str, trigger: str, *, required: bool) -> str | None:
+    """The phase `phase`'s commit must have run on first (`require_previous_phase`), or None."""
+    index = phase_names.index(phase)
+    if not required or index == 0 or trigger in RESTORING:
+        return None
+    return phase_names[index - 1]
+
+
+def previous_phase_refusal(phase: str, previous: str, short_sha: str) -> str:
+    return (f"not deployed: {short_sha} never ran on {previous}, and {phase} takes only what {previous} "
+            "ran (require_previous_phase in pipeline.yml)")
