@@ -110,7 +110,7 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome
             202,
             {"ok": True, "reason": "command queued"},
             [("command", dict(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id,
-                              actor=plan.actor, body=plan.body))],
+                              actor=plan.actor, body=plan.body, commented_at=plan.commented_at))],
         )
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)

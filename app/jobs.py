@@ -50,12 +50,14 @@ class Jobs:
             failure_ttl=7 * 24 * 3600,
         )
 
-    def command(self, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str) -> str:
+    def command(self, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str,
+                commented_at: str | None = None) -> str:
         return self._enqueue(
             COMMANDS,
             "workers.command.run",
             job_id("command", comment_id),
-            {"app_id": app_id, "pr_number": pr_number, "comment_id": comment_id, "actor": actor, "body": body},
+            {"app_id": app_id, "pr_number": pr_number, "comment_id": comment_id, "actor": actor, "body": body,
+             "commented_at": commented_at},
             timeout=600,
         )
 

@@ -94,12 +94,15 @@ class RunCommand:
     comment_id: int
     actor: str
     body: str
+    #: The comment's `created_at`: `/deploy` deploys the head as it was then, never a later one.
+    commented_at: str | None = None
 
     def __post_init__(self) -> None:
         _number(self.pr_number, "pull request number", maximum=2**31 - 1)
         _number(self.comment_id, "comment id")
         _text(self.actor, "actor", limit=100)
         _text(self.body, "comment body", limit=262_144)
+        _text(self.commented_at, "comment.created_at", limit=40, optional=True)
 
 
 @dataclass(frozen=True)

@@ -297,15 +297,17 @@ def test_collaborator_permission_of_a_stranger_is_none(repo):
 
 def test_list_reviews_reads_every_page(github, repo):
     github.reviews[(REPO, 12)] = [
-        {"id": n, "user": f"user{n}", "state": "APPROVED", "submitted_at": "2024-05-01T10:00:00Z"}
+        {"id": n, "user": f"user{n}", "state": "APPROVED", "submitted_at": "2024-05-01T10:00:00Z",
+         "commit_id": f"{n % 10}" * 40}
         for n in range(150)
     ]
 
     reviews = repo.list_reviews(12)
 
     assert len(reviews) == 150
-    assert reviews[149] == {
-        "id": 149, "user": "user149", "state": "APPROVED", "submitted_at": "2024-05-01T10:00:00Z"
+    assert reviews[149] == {  # the commit each review approved: an approval counts for that commit only
+        "id": 149, "user": "user149", "state": "APPROVED", "submitted_at": "2024-05-01T10:00:00Z",
+        "commit_id": "9" * 40,
     }
     assert len(github.calls_to("GET", f"/repos/{REPO}/pulls/12/reviews")) == 2
 

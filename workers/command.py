@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 
@@ -33,10 +33,11 @@ ACKNOWLEDGED = "eyes"
 TRIGGER = "command"
 
 
-def run(*, app_id: int, pr_number: int, comment_id: int, actor: str, body: str) -> str:
+def run(*, app_id: int, pr_number: int, comment_id: int, actor: str, body: str,
+        commented_at: str | None = None) -> str:
     """RQ entry point (enqueued by `app.jobs.Jobs.command`)."""
     return CommandJob(runtime.context(), app_id=app_id, pr_number=pr_number, comment_id=comment_id,
-                      actor=actor, body=body).run()
+                      actor=actor, body=body, commented_at=commented_at).run()
 
 
 def repo_client(ctx: Context, app_id: int):
@@ -71,6 +72,17 @@ def record_promotion_request(session: Session, app_id: int, actor: str, request:
                                    "sha": request.sha}))
 
 
+def parse_time(text: str | None) -> datetime | None:
+    """GitHub's ISO 8601 timestamps (`2026-12-01T21:00:00Z`); None when absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class Answer:
     """What a runner did, in words for the reply, and the deployment it queued, if any."""
@@ -80,8 +92,10 @@ class Answer:
 
 
 class CommandJob:
-    def __init__(self, ctx: Context, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str):
+    def __init__(self, ctx: Context, *, app_id: int, pr_number: int, comment_id: int, actor: str, body: str,
+                 commented_at: str | None = None):
         self.ctx = ctx
+        self.commented_at = parse_time(commented_at)
         self.app_id = app_id
         self.pr_number = pr_number
         self.comment_id = comment_id
@@ -185,9 +199,19 @@ def run_deploy(job: CommandJob, session: Session, app: App, command: commands.De
     sha = (pull.get("head") or {}).get("sha")
     if not sha:
         return Answer(f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
+    # The command may have waited behind other jobs: a head pushed after the comment is not what
+    # the commenter saw (GitHub's branch-deploy checks the same), so it is not deployed.
+    committed = parse_time(job.client().commit_date(sha))
+    if job.commented_at is not None and (committed is None or committed > job.commented_at):
+        return Answer(f"`{as_text(command)}`: nothing was deployed: the head of #{job.pr_number} is now "
+                      f"{sha[:7]}, committed after your comment. Comment again to deploy it.")
     outcome = job.actions.deploy_commit(session, app, command.phase, sha=sha, actor=job.actor, role=role,
                                         trigger=TRIGGER, pr_number=job.pr_number, comment_id=job.comment_id)
-    return _from_outcome(command, outcome)
+    answer = _from_outcome(command, outcome)
+    if outcome.ok:
+        answer = Answer(f"{answer.text} Commit {sha}, the head of #{job.pr_number} when you commented.",
+                        answer.deployment_id)
+    return answer
 
 
 def run_promote(job: CommandJob, session: Session, app: App, command: commands.Promote, role: str) -> Answer:

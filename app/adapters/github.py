@@ -404,6 +404,12 @@ class RepoClient:
         with self._github() as github:
             return github.rest.pulls.get(self.owner, self.name, pr_number).json()
 
+    def commit_date(self, sha: str) -> str | None:
+        """When `sha` was committed (the committer's date, as GitHub's git data API reports it)."""
+        with self._github() as github:
+            body = github.rest.git.get_commit(self.owner, self.name, sha).json()
+        return ((body.get("committer") or {}).get("date")) if isinstance(body, dict) else None
+
     def create_ref(self, ref: str, sha: str) -> None:
         """Create a git reference; `ref` is fully qualified, e.g. "refs/heads/release-1.2"."""
         with self._github() as github:

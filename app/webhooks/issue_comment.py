@@ -26,7 +26,8 @@ def created(payload, config):
         return Ignore("no command in the comment")
     if isinstance(parsed, commands.Reply):
         return Reply(repo=repo, pr_number=number, comment_id=comment_id, message=parsed.message)
-    return RunCommand(repo=repo, pr_number=number, comment_id=comment_id, actor=sender_of(payload), body=body)
+    return RunCommand(repo=repo, pr_number=number, comment_id=comment_id, actor=sender_of(payload), body=body,
+                      commented_at=comment.get("created_at"))
 
 
 @router.register("issue_comment")

@@ -118,6 +118,8 @@ class GitHubStandIn:
         self.pulls: dict[tuple[str, int], dict] = {}
         #: (repo, "refs/heads/x") -> sha
         self.refs: dict[tuple[str, str], str] = {}
+        #: (repo, sha) -> committer date (ISO 8601) for GET git/commits; others date from 2000
+        self.commit_dates: dict[tuple[str, str], str] = {}
         #: (repo, sha) -> commit statuses in creation order
         self.statuses: dict[tuple[str, str], list[dict]] = {}
         #: deployment id -> deployment (with "repo" and "statuses")
@@ -594,6 +596,15 @@ class GitHubStandIn:
             for index, review in enumerate(page_items, start=(page - 1) * per_page)
         ], headers)
 
+    def _get_commit(self, owner: str, repo: str, sha: str, *, body, query) -> Reply:
+        date = self.commit_dates.get((f"{owner}/{repo}", sha), "2000-01-01T00:00:00Z")
+        person = {"name": "Octo Cat", "email": "octocat@example.test", "date": date}
+        return Reply(200, {"sha": sha, "node_id": "C_x", "url": f"{self.url}/repos/{owner}/{repo}/git/commits/{sha}",
+                           "html_url": f"{WEB_URL}/{owner}/{repo}/commit/{sha}", "author": person,
+                           "committer": person, "message": "commit", "tree": {"sha": "0" * 40, "url": ""},
+                           "parents": [], "verification": {"verified": False, "reason": "unsigned",
+                                                           "signature": None, "payload": None}})
+
     def _create_ref(self, owner: str, repo: str, *, body, query) -> Reply:
         full_name, ref = f"{owner}/{repo}", body.get("ref", "")
         if not ref.startswith("refs/") or ref.count("/") < 2:
@@ -675,6 +686,7 @@ def _routes() -> list[tuple[str, str, Any, Any]]:
         (rf"{repo}/pulls/(\d+)", "GET", S._get_pull, token),
         (rf"{repo}/pulls/(\d+)/reviews", "GET", S._list_reviews, token),
         (rf"{repo}/git/refs", "POST", S._create_ref, token),
+        (rf"{repo}/git/commits/([0-9a-f]{{40}})", "GET", S._get_commit, token),
         (rf"{repo}/pulls", "POST", S._create_pull, token),
         (rf"{repo}/pulls", "GET", S._list_pulls, token),
     ]

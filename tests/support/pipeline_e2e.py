@@ -14,6 +14,7 @@ and GitHub is the local stand-in. The sample app is committed to a file:// git r
 from __future__ import annotations
 
 import itertools
+from datetime import datetime, timezone
 import json
 import subprocess
 from collections.abc import Iterator
@@ -40,6 +41,10 @@ APP = "shop"
 INSTALLATION = 77
 #: Every build of the sample app answers its health check here (RepoConfig's default is "/").
 REPO_FILE = {".release-pipeline.yml": "port: 8080\nhealthcheck: /healthz\n"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Pipeline:
@@ -121,7 +126,7 @@ class Pipeline:
         comment_id = next(self._ids)
         payload = self._repository(load_payload("issue_comment/created.with-installation"))
         payload["issue"].update(number=pr, pull_request={"url": f"https://api.github.com/repos/{REPO}/pulls/{pr}"})
-        payload["comment"].update(id=comment_id, body=body,
+        payload["comment"].update(id=comment_id, body=body, created_at=_now(),
                                   user={**payload["comment"]["user"], "login": user, "type": "User"})
         payload["sender"] = {**payload["sender"], "login": user, "type": "User"}
         self.deliver("issue_comment", payload)
