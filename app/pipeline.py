@@ -72,6 +72,9 @@ class Defaults(Strict):
 
 class Images(Strict):
     keep_last: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: Image names a repository's `services.*.image` may run besides the images this
+    #: installation built for that app (e.g. `postgres:16`, loaded on the engine by an operator).
+    allow: list[Annotated[str, Field(pattern=f"^{IMAGE_REFERENCE}$")]] = []
 
 
 class PipelineConfig(Strict):

@@ -288,12 +288,18 @@ class _Provisioner:
 
     def image(self, name: str, service: Service, definition: str) -> str:
         if service.image is not None:
-            image_id = self.engine.local_image(service.image)
-            if image_id is None:
+            found = self.engine.inspect_local_image(service.image)
+            if found is None:
                 raise DeployFailed(
                     f"service {name}: image {service.image} is not on the Docker engine, and service images "
                     f"are never pulled by the pipeline; pull it on the engine first (docker pull "
                     f"{service.image}) or declare build: instead")
+            image_id, labels = found
+            # An image id or name could be another app's (or installation's) image, with its files.
+            if service.image not in self.ctx.config.images.allow and not self.engine.built_for(labels, self.app_name):
+                raise DeployFailed(
+                    f"service {name}: image {service.image[:100]} was not built by this installation for "
+                    f"{self.app_name} and is not in images.allow of pipeline.yml")
             return image_id
         image_id = self.engine.find_service_image(self.app_name, name, definition)
         if image_id is not None:

@@ -443,7 +443,10 @@ def test_an_image_that_is_not_on_the_engine_is_never_pulled(sctx):
 
 
 def test_an_image_service_runs_a_local_image_and_is_reused(sctx, repo):
-    """`image:` with an image the engine has (here: the store built for another app)."""
+    """`image:` with an image the engine has (here: the store built for another app): refused,
+    as it holds another app's files, unless pipeline.yml's images.allow names it."""
+    from app.pipeline import Images
+
     engine: Engine = sctx.engine
     built = provision(sctx, add_app(sctx), "demo", repo_config(), Checkout(repo))
     definition = services.definition_hash(repo_config().services["store"])
@@ -451,6 +454,14 @@ def test_an_image_service_runs_a_local_image_and_is_reused(sctx, repo):
     text = REPO_FILE.format(app_port=APP_PORT, port=STORE_PORT, extra="").replace(
         "build: services/store", f"image: {tag}")
     cafe_id = add_app(sctx, name="cafe", full_name="acme/cafe")
+    for reference in (tag, engine.local_image(tag)):  # by name or by id
+        refused = parse_repo_config(text.replace(tag, reference))
+        with pytest.raises(ReleasePipelineError, match="was not built by this installation for cafe and is not in "
+                                                       "images.allow"):
+            services.provision(sctx, app_name="cafe", app_id=cafe_id, phase="demo", repo_config=refused,
+                               checkout_archive=None, say=Log())
+    assert engine.service_containers("cafe", "demo") == []
+    sctx.__dict__["config"] = sctx.config.model_copy(update={"images": Images(allow=[tag])})
     log = Log()
     provisioned = services.provision(sctx, app_name="cafe", app_id=cafe_id, phase="demo",
                                      repo_config=parse_repo_config(text), checkout_archive=None, say=log)

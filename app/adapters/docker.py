@@ -423,12 +423,24 @@ class Engine:
 
     def local_image(self, reference: str) -> str | None:
         """The id of `reference` if the engine has it; never pulls."""
+        found = self.inspect_local_image(reference)
+        return found[0] if found else None
+
+    def inspect_local_image(self, reference: str) -> tuple[str, dict[str, str]] | None:
+        """(id, labels) of `reference` if the engine has it; never pulls."""
         try:
-            return self.client.api.inspect_image(reference)["Id"]
+            attrs = self.client.api.inspect_image(reference)
         except NotFound:
             return None
         except APIError as exc:
             raise DeployFailed(f"image {reference[:100]}: {_first_line(_explanation(exc))}") from None
+        return attrs["Id"], dict((attrs.get("Config") or {}).get("Labels") or {})
+
+    def built_for(self, labels: dict[str, str], app: str) -> bool:
+        """Whether an image with `labels` is one this installation built for `app` (its own
+        image, or one of its `build:` services)."""
+        return labels.get(LABEL_INSTANCE) == self.instance and app in (
+            labels.get(LABEL_APP), labels.get(self.LABEL_SERVICE_APP))
 
     def find_service_image(self, app: str, service: str, definition: str) -> str | None:
         images = self.client.api.images(filters=self._filters(**self.service_labels(
