@@ -345,6 +345,21 @@ PORTAL_FORMS = {"promote": ("promote", {}), "rollback": ("rollback", {}), "profi
                 "services": ("services/remove", {"confirm": "shop/{phase}"})}
 
 
+#: A profile edit of a phase that later phases inherit (they set nothing themselves) needs the
+#: role of every one of them (README: "Who may edit a profile").
+INHERITED_EDIT = {"demo": "admin", "stage": "admin", "live": "admin"}
+#: The same edit when every later phase sets the edited values itself: only the phase's own role.
+OVERRIDDEN_EDIT = {"demo": "write", "stage": "maintain", "live": "admin"}
+
+
+def refused_by(role: str, path: str, phase: str) -> str:
+    """The role named in the refusal: the first phase the request reaches that `role` may not change."""
+    reached = PHASES[PHASES.index(phase):] if path == "profile" else (phase,)
+    if path == "services":
+        return EXPECTED[Action.REMOVE_SERVICES][phase]
+    return next(PHASE_ROLE[p] for p in reached if not allowed(role, PHASE_ROLE[p]))
+
+
 def _filled(body: dict, phase: str) -> dict:
     return {k: v.format(phase=phase) if isinstance(v, str) else v for k, v in body.items()}
 
@@ -371,6 +386,8 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
             wrong.append(f"{role}: GET app {view.status_code}")
         for (method, path, action, body), phase in itertools.product(API_ACTIONS, PHASES):
             required = EXPECTED[action][phase]
+            if path == "profile":  # nothing is set on later phases: the edit reaches them all
+                required = INHERITED_EDIT[phase]
             before = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
             response = client.open(f"/api/v1/apps/shop/phases/{phase}/{path}", method=method,
                                    json=_filled(body, phase), headers={"X-CSRFToken": token})
@@ -385,7 +402,7 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
                 if response.status_code != 403 or after != before:
                     wrong.append(f"{role} {method} {phase}/{path}: {response.status_code} {reason}; "
                                  f"changed: {after != before}")
-                elif f"needs the {required} role" not in reason and allowed(role, "read"):
+                elif allowed(role, "read") and f"needs the {refused_by(role, path, phase)} role" not in reason:
                     wrong.append(f"{role} {method} {phase}/{path}: reason {reason!r}")
             # the portal's own forms, same rule (a token is for the API only)
             if path not in PORTAL_FORMS or via == "token":
@@ -397,7 +414,8 @@ def test_the_api_and_portal_for_every_role_phase_and_action(portal_for, redis_co
             after = _state(ctx), list(Queue("deploys", connection=redis_conn).job_ids)
             if not allowed(role, required):
                 text = page.get_data(as_text=True)
-                if after != before or (allowed(role, "read") and f"needs the {required} role" not in text):
+                if after != before or (allowed(role, "read")
+                                       and f"needs the {refused_by(role, path, phase)} role" not in text):
                     wrong.append(f"{role} portal {phase}/{path}: {page.status_code}, changed: {after != before}")
     assert not wrong, "\n".join(wrong)
     # allowed requests really acted: rollbacks, stage promotions and profile edits changed state
@@ -425,3 +443,91 @@ def test_a_reader_can_never_change_a_phase(portal_for, redis_conn):
                             data={"csrf_token": token, **_filled(form, phase), "memory": "9g"})
         assert _state(ctx) == before
         assert Queue("deploys", connection=redis_conn).job_ids == []
+
+
+# --- a profile edit of a phase that others inherit ------------------------------------------------
+
+
+@pytest.mark.parametrize("overridden", [False, True], ids=["inherited", "overridden-later"])
+def test_a_profile_edit_needs_the_role_of_every_phase_it_reaches(portal_for, overridden):
+    """Live has no profile of its own and inherits Demo's: a writer's Demo edit must not reach it.
+    When every later phase sets the value itself, the edit reaches nobody else."""
+    from tests.support.portal_data import set_profile
+
+    ctx, make = portal_for
+    app_id = seed(ctx)
+    expected = OVERRIDDEN_EDIT if overridden else INHERITED_EDIT
+    if overridden:
+        for phase in PHASES:
+            set_profile(ctx, app_id, phase, env={"LEVEL": phase}, memory="1g")
+    wrong = []
+    for phase, role in itertools.product(PHASES, ROLES):
+        client, token = make(role)
+        response = client.patch(f"/api/v1/apps/shop/phases/{phase}/profile",
+                                json={"env": {"LEVEL": f"{role}-{phase}"}, "memory": "2g"},
+                                headers={"X-CSRFToken": token})
+        if (response.status_code == 200) != allowed(role, expected[phase]):
+            wrong.append(f"{role} edits {phase}: {response.status_code} {(response.get_json() or {}).get('reason')}")
+    assert not wrong, "\n".join(wrong)
+
+
+# --- git events: push, tag, merged promotion PR -----------------------------------------------------
+
+#: The action and least role of whoever caused a git-triggered deployment (written out by hand).
+GIT_PATHS = {("push", "demo"): "write", ("tag", "stage"): "maintain", ("pull_request", "live"): "admin",
+             ("promotion", "live"): "admin", ("push", "stage"): "maintain", ("tag", "live"): "admin"}
+
+
+@pytest.mark.parametrize("trigger, phase", sorted(GIT_PATHS), ids=[f"{t}-{p}" for t, p in sorted(GIT_PATHS)])
+def test_git_triggered_deploys_check_the_sender_s_role(command_ctx, github, trigger, phase):
+    from workers.deploy import Refused, Rollout
+
+    ctx = command_ctx
+    app_id = add_app(ctx)
+    wrong = []
+    for role in ACTUAL_ROLES:
+        login = f"user-{role or 'blank'}"
+        github.permissions[("acme/shop", login)] = role
+        deployment_id = add_deployment(ctx, app_id, phase, "v9.9.9", "e", status="queued", trigger=trigger,
+                                       actor=login)
+        with ctx.db.session() as session:
+            deployment = session.get(Deployment, deployment_id)
+        try:
+            Rollout(ctx, deployment_id).check_actor(77, "acme/shop", deployment)
+            refused = None
+        except Refused as exc:
+            refused = str(exc)
+        required = GIT_PATHS[(trigger, phase)]
+        if (refused is None) != allowed(role, required):
+            wrong.append(f"{role!r} {trigger} → {phase}: {refused}")
+        elif refused is not None and f"needs the {required} role" not in refused:
+            wrong.append(f"{role!r} {trigger} → {phase}: reason {refused!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_commands_portal_api_and_rollbacks_are_not_checked_again_at_deploy_time():
+    """Their role was checked when asked (the tests above); a deployment they queued keeps that."""
+    from app import gates
+
+    assert {t: gates.actor_action(t) for t in ("push", "tag", "pull_request", "promotion")} == {
+        "push": Action.DEPLOY, "tag": Action.DEPLOY, "pull_request": Action.MERGE_PROMOTION,
+        "promotion": Action.MERGE_PROMOTION}
+    for trigger in ("command", "portal", "api", "rollback", "restore"):
+        assert gates.actor_action(trigger) is None
+
+
+# --- the informational commands -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["/status", "/help"])
+def test_status_and_help_need_read(command_ctx, github, body):
+    from workers.command import CommandJob
+
+    ctx = command_ctx
+    app_id = seed(ctx)
+    for index, role in enumerate(ROLES):
+        login = f"user-{role}"
+        if role != "none":
+            github.permissions[("acme/shop", login)] = role
+        outcome = CommandJob(ctx, app_id=app_id, pr_number=1, comment_id=7000 + index, actor=login, body=body).run()
+        assert (outcome == "refused") == (not allowed(role, "read")), (role, outcome)
