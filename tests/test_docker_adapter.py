@@ -249,3 +249,30 @@ def _get_when_up(url: str, timeout: float = 10) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} did not answer")
         time.sleep(0.05)
+
+
+def test_builds_never_pull_a_missing_base_image_unless_build_pull_is_missing(docker_engine, tmp_path):  # noqa: F811
+    """BUILD_PULL=never (default): the engine would fetch an unknown FROM image from Docker Hub."""
+    from app.adapters.docker import base_images
+
+    app = write_sample_app(tmp_path / "pulls")
+    (app / "Dockerfile").write_text("ARG BASE=rp-test-missing/base:never\nFROM ${BASE} AS first\n"
+                                    "FROM first\nCOPY . /x\n")
+    assert docker_engine.pull == "never"
+    with pytest.raises(BuildFailed, match="base image rp-test-missing/base:never is not on the Docker engine and "
+                                          "BUILD_PULL=never"):
+        docker_engine.build_image(app="pulls", tree="c" * 40, sha="c" * 40, context_tar=context_tar(app),
+                                  on_line=lambda line: None)
+    (app / "Dockerfile").write_text("FROM $UNSET_BASE\n")
+    with pytest.raises(BuildFailed, match="cannot be checked, and BUILD_PULL=never"):
+        docker_engine.build_image(app="pulls", tree="c" * 40, sha="c" * 40, context_tar=context_tar(app),
+                                  on_line=lambda line: None)
+    pulling = Engine(instance=docker_engine.instance, pull="missing")
+    (app / "Dockerfile").write_text("FROM rp-test-missing/base:never\n")
+    with pytest.raises(BuildFailed) as tried:  # the engine tried its registry (no network here)
+        pulling.build_image(app="pulls", tree="c" * 40, sha="c" * 40, context_tar=context_tar(app),
+                            on_line=lambda line: None)
+    assert "BUILD_PULL" not in str(tried.value)
+    assert base_images("FROM scratch\nFROM --platform=linux/amd64 busybox:1 AS b\nFROM b\n") == ["busybox:1"]
+    with pytest.raises(ValueError, match="never or missing"):
+        Engine(instance="x", pull="always")
