@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.permissions import Action
+from app.permissions import Action, role_allows
 
 #: The action each git trigger stands for, and so the role its sender needs on the phase.
 GIT_TRIGGERS: Mapping[str, Action] = {
@@ -26,6 +26,12 @@ RESTORING = ("rollback", "restore")
 def actor_action(trigger: str) -> Action | None:
     """The action to check the deployment's actor against; None when it was checked at request."""
     return GIT_TRIGGERS.get(trigger)
+
+
+def proven_by_push(trigger: str, required: str) -> bool:
+    """A push or tag reached GitHub, so its sender has write: a phase needing no more than that
+    needs no question to GitHub (and a GitHub outage does not stop Demo's deploys)."""
+    return trigger in ("push", "tag") and role_allows("write", required)
 
 
 def previous_phase(phase_names: list[str], phase: str, trigger: str, *, required: bool) -> str | None:

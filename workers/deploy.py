@@ -32,7 +32,7 @@ from app.context import Context
 from app.exceptions import GitHubError, ReleasePipelineError, RouterError
 from app.health import wait_healthy
 from app.locks import deploy_lock
-from app.permissions import Action, check, role_allows
+from app.permissions import Action, check, required_role, role_allows
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
@@ -266,13 +266,18 @@ class Rollout:
         action = gates.actor_action(deployment.trigger)
         if action is None:
             return  # commands, the portal and the API checked the role when asked
+        if gates.proven_by_push(deployment.trigger, required_role(action, self.ctx.config.roles[deployment.phase])):
+            return  # GitHub accepts a push or tag only from someone with write: nothing to ask
         if self.ctx.github is None or installation_id is None:
             if deployment.required_approvals:
                 return  # check_approvals refuses it: nothing can be counted
             self.say(f"the role of @{deployment.actor or 'unknown'} is not checked: GitHub is not configured")
             return
         actor = deployment.actor
-        role = self.ctx.github.repo(installation_id, full_name).collaborator_permission(actor) if actor else "none"
+        try:
+            role = self.ctx.github.repo(installation_id, full_name).collaborator_permission(actor) if actor else "none"
+        except GitHubError as exc:
+            raise Refused(f"not deployed: the role of @{actor} could not be read from GitHub ({exc})") from None
         decision = check(role, action, deployment.phase, self.ctx.config.roles)
         if not decision.allowed:
             what = "merged" if action is Action.MERGE_PROMOTION else "pushed"

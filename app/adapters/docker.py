@@ -691,14 +691,18 @@ class Engine:
         return output.decode("utf-8", errors="replace").splitlines()
 
 
-def _dockerfile_text(context_tar: bytes, dockerfile: str) -> str | None:
+def _dockerfile_member(members: list[tarfile.TarInfo], dockerfile: str) -> tarfile.TarInfo | None:
+    """The build context's Dockerfile, if it holds exactly one regular file by that name."""
     wanted = posixpath.normpath(dockerfile)
+    found = [m for m in members if posixpath.normpath(m.name.removeprefix("./")) == wanted]
+    return found[0] if len(found) == 1 and found[0].isfile() else None
+
+
+def _dockerfile_text(context_tar: bytes, dockerfile: str) -> str | None:
     try:
         with tarfile.open(fileobj=io.BytesIO(context_tar)) as source:
-            found = [m for m in source.getmembers() if posixpath.normpath(m.name.removeprefix("./")) == wanted]
-            if len(found) != 1 or not found[0].isfile():
-                return None
-            return source.extractfile(found[0]).read().decode("utf-8", "replace")
+            member = _dockerfile_member(source.getmembers(), dockerfile)
+            return source.extractfile(member).read().decode("utf-8", "replace") if member else None
     except (tarfile.TarError, OSError):
         return None
 
@@ -741,14 +745,13 @@ def _with_label_line(context_tar: bytes, dockerfile: str, labels: dict[str, str]
     committing a container of its own (about 75 ms apiece): one line is one step. The values
     are checked slugs and hex digests, so they need no escaping.
     """
-    wanted = posixpath.normpath(dockerfile)
     try:
         with tarfile.open(fileobj=io.BytesIO(context_tar)) as source:
             members = source.getmembers()
-            found = [m for m in members if posixpath.normpath(m.name.removeprefix("./")) == wanted]
-            if len(found) != 1 or not found[0].isfile():
+            member = _dockerfile_member(members, dockerfile)
+            if member is None:
                 return None
-            text = source.extractfile(found[0]).read().decode("utf-8")
+            text = source.extractfile(member).read().decode("utf-8")
             escape = "`" if re.match(r"(?i)\A(?:#[^\n]*\n)*#\s*escape\s*=\s*`", text) else "\\"
             last = next((line.rstrip() for line in reversed(text.splitlines())
                          if line.strip() and not line.lstrip().startswith("#")), "")
@@ -758,12 +761,12 @@ def _with_label_line(context_tar: bytes, dockerfile: str, labels: dict[str, str]
             data = (text.rstrip("\n") + "\n" + line + "\n").encode()
             out = io.BytesIO()
             with tarfile.open(fileobj=out, mode="w") as target:
-                for member in members:
-                    if member is found[0]:
-                        member.size = len(data)
-                        target.addfile(member, io.BytesIO(data))
+                for entry in members:
+                    if entry is member:
+                        entry.size = len(data)
+                        target.addfile(entry, io.BytesIO(data))
                     else:
-                        target.addfile(member, source.extractfile(member) if member.isfile() else None)
+                        target.addfile(entry, source.extractfile(entry) if entry.isfile() else None)
             return out.getvalue()
     except (tarfile.TarError, UnicodeDecodeError, OSError):
         return None
