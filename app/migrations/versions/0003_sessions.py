@@ -1,7 +1,7 @@
 """sessions: server-side portal sessions, revoked on sign-out
 
 Revision ID: 0003_sessions
-Revises: 0002
+Revises: 0008_app_deletion
 Create Date: 2026-12-01 21:00:00.000000
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0003_sessions'
-down_revision = '0002'
+down_revision = '0008_app_deletion'
 branch_labels = None
 depends_on = None
 
