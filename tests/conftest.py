@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from app.context import Context
 from app.db import Database
 from app.models import Base
 from app.settings import load_settings
 from app.web import create_app
+from tests.support.requires import Part, missing, used
 
-pytest_plugins = ["tests.support.github_standin"]
+pytest_plugins = ["tests.support.github_standin", "tests.support.requires"]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github-payloads"
 WEBHOOK_SECRET = "test-webhook-secret-5b1d"
@@ -72,11 +73,17 @@ def postgres_url():
     name = f"rp_test_{secrets.token_hex(4)}"
     admin = create_engine(POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"),
                           isolation_level="AUTOCOMMIT")
+    shown = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
     try:
         with admin.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    except Exception as exc:
+        version, problem = None, str(exc).splitlines()[0]
+    if version is None:  # outside the except: the failure shows its instruction, not a traceback
+        admin.dispose()
+        missing(Part.POSTGRES, f"PostgreSQL not reachable at {shown}: {problem}")
+    used(Part.POSTGRES, f"{version} ({shown})")
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
     with admin.connect() as conn:

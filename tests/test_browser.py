@@ -9,6 +9,7 @@ test-artifacts/ for people to look at.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ from app.models import Deployment, LogLine, Profile, utcnow
 from app.profiles import resolve
 from app.web import create_app
 from tests.support.portal_data import ADMIN_TOKEN, StubEngine, add_app, add_deployment, add_log, set_profile
+from tests.support.requires import Part, missing, used
 
 pytestmark = pytest.mark.browser
 
@@ -45,18 +47,18 @@ phases:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:  # pragma: no cover - depends on the environment
-        pytest.skip("the playwright package is not installed")
+    if shutil.which(CHROMIUM) is None:
+        missing(Part.BROWSER, f"Debian's chromium is not installed ({CHROMIUM})")
+    if importlib.util.find_spec("playwright") is None:
+        missing(Part.BROWSER, "the playwright package is not installed")
+    from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"],
         )
+        used(Part.BROWSER, f"{browser.version} (playwright)")
         yield browser
         browser.close()
 

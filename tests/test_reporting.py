@@ -20,14 +20,13 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import select
 
 import app.jobs
-from app.adapters.docker import Engine
 from app.context import Context
 from app.jobs import DEPLOYS, QUEUES, REPORTS
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 from app.reporting import DESCRIPTION_LIMIT, Reports, short
 from app.settings import PROJECT_ROOT
 from tests.conftest import SECRET_KEY, WEBHOOK_SECRET
-from tests.support.dockerkit import make_sample_repo
+from tests.support.dockerkit import make_sample_repo, require_engine
 from tests.support.pipeline_e2e import INSTALLATION, REPO, REPO_FILE, Pipeline, service_environment
 from workers import report as report_job
 from workers import runtime
@@ -38,9 +37,7 @@ PORTAL = "http://portal.test"
 @pytest.fixture
 def make_pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator:
     """The service wired to the stand-in (or with reporting off), a fresh database, Redis, Docker."""
-    engine = Engine(instance=instance)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    engine = require_engine(instance)
 
     def make(*, reporting: bool = True, health_timeout: int | None = None) -> Pipeline:
         extra = {}

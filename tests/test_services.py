@@ -23,7 +23,15 @@ from app.exceptions import ConfigError, ReleasePipelineError
 from app.models import AuditEntry, Profile, ServiceInstance
 from app.pipeline import parse_repo_config
 from app.web import create_app
-from tests.support.dockerkit import APP_PORT, BUSYBOX, context_tar, free_port, unique_instance, write_sample_app
+from tests.support.dockerkit import (
+    APP_PORT,
+    BUSYBOX,
+    context_tar,
+    free_port,
+    require_engine,
+    unique_instance,
+    write_sample_app,
+)
 from tests.support.portal_data import ADMIN_TOKEN, add_app, csrf_from
 
 pytestmark = pytest.mark.docker
@@ -113,9 +121,7 @@ class Checkout:
 def svc_instance():
     """Our own instance label: everything this module creates is removed at its end."""
     name = unique_instance()
-    engine = Engine(instance=name)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    engine = require_engine(name)
     try:
         yield name
     finally:

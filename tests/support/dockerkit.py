@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from app.adapters.docker import Engine
+from tests.support.requires import Part, first_line, missing, used
 
 BUSYBOX = Path("/bin/busybox")
 PROFILE_VARIABLE = "GREETING"
@@ -159,12 +160,26 @@ def unique_instance() -> str:
     return "t" + secrets.token_hex(3)
 
 
+def require_engine(instance: str) -> Engine:
+    """The machine's Docker engine for `instance`; without one the test fails (RP_SKIP=docker: skips)."""
+    engine = Engine(instance=instance)
+    if not engine.ping():
+        missing(Part.DOCKER, f"no Docker engine reachable at {os.environ.get('DOCKER_HOST') or 'the local socket'}")
+    used(Part.DOCKER, engine.client.version()["Version"])
+    return engine
+
+
+def require_caddy() -> None:
+    """Without a `caddy` binary the test fails (RP_SKIP=caddy: skips)."""
+    if shutil.which("caddy") is None:
+        missing(Part.CADDY, "caddy is not installed")
+    used(Part.CADDY, first_line(["caddy", "version"]).split()[0])
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
     """A Docker engine adapter with its own instance label; its objects are removed afterwards."""
-    engine = Engine(instance=unique_instance())
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    engine = require_engine(unique_instance())
     try:
         yield engine
     finally:
@@ -180,8 +195,7 @@ class CaddyServer:
 @pytest.fixture(scope="session")
 def caddy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaddyServer]:
     """A private `caddy run` whose admin API and HTTP server use random free ports."""
-    if shutil.which("caddy") is None:
-        pytest.skip("caddy is not installed")
+    require_caddy()
     home = tmp_path_factory.mktemp("caddy")
     admin_port, http_port = free_port(), free_port()
     config = home / "caddy.json"
@@ -283,9 +297,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def remove_docker_objects(instance) -> Iterator[None]:
-    """Imported into a test module: skip it without an engine, remove its run's objects after it."""
-    engine = Engine(instance=instance)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    """Imported into a test module: it needs the engine; its run's objects are removed after it."""
+    engine = require_engine(instance)
     yield
     engine.remove_instance_objects()

@@ -26,14 +26,13 @@ from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry
 from sqlalchemy import select
 
-from app.adapters.docker import Engine
 from app.context import Context
 from app.jobs import QUEUES
 from app.models import Build, Deployment, Report, ReportState
 from app.settings import PROJECT_ROOT, Settings, load_settings
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
-from tests.support.dockerkit import make_sample_repo
+from tests.support.dockerkit import make_sample_repo, require_engine
 from workers import runtime
 
 REPO = "acme/shop"
@@ -233,9 +232,7 @@ def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_pa
 
 
 def _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch, **extra) -> Iterator[Pipeline]:
-    engine = Engine(instance=instance)
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    engine = require_engine(instance)
     settings = service_environment(monkeypatch, database_url=database_url, instance=instance, tmp_path=tmp_path,
                                    github=github, **extra)
     try:
