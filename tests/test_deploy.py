@@ -469,7 +469,7 @@ def test_a_signed_push_ends_served_at_the_phase_url(rig, service):
     assert elapsed < 30
 
 
-@pytest.mark.skipif(not os.environ.get("RP_BENCH"), reason="measurement: set RP_BENCH=1 (prints, -s)")
+@pytest.mark.measurement
 def test_measure_push_to_url_and_dropped_requests(rig, service):
     """RP_BENCH=1 pytest tests/test_deploy.py -k measure -s"""
     _push_to_url(service, rig, "0.1.0")
