@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support.dockerkit import free_port
 from tests.support.requires import Part, parts_to_skip
 
@@ -43,7 +45,8 @@ def run_tiny(tmp_path):
 
     def run(**environ: str) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("CI", "RP_SKIP")}
-        env.update(TEST_POSTGRES_URL=closed, PYTHONPATH=str(ROOT), **environ)
+        env.update(TEST_POSTGRES_URL=closed, PYTHONPATH=str(ROOT))
+        env.update(environ)
         return subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-c", str(tmp_path / "pytest.ini"),
              "-p", "no:cacheprovider", "-rs", str(tmp_path / "test_tiny.py")],
@@ -69,6 +72,16 @@ def test_rp_skip_skips_only_the_named_parts_tests_and_says_so(run_tiny):
     assert "SKIPPED [1]" in result.stdout and "(RP_SKIP names postgres)" in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
     assert "NOT USED: PostgreSQL (postgres) was missing; 1 test skipped because RP_SKIP names it" in result.stdout
+
+
+def test_the_summary_lists_the_real_parts_used_with_versions(run_tiny, postgres_url):
+    with psycopg.connect(postgres_url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+    result = run_tiny(TEST_POSTGRES_URL=POSTGRES_ADMIN_URL)
+    assert counts(result) == "2 passed", result.stdout + result.stderr
+    summary = [line for line in result.stdout.split(" real parts used ", 1)[1].splitlines()[1:] if line]
+    assert summary[0].startswith(f"PostgreSQL {version} (")
+    assert summary[1].startswith("Redis ") and summary[2].startswith("git version ")
 
 
 def test_naming_another_part_does_not_excuse_postgres(run_tiny):
