@@ -19,7 +19,7 @@ import requests
 from werkzeug.serving import make_server
 
 from app.web import create_app
-from tests.support.dockerkit import free_port, stop_process
+from tests.support.dockerkit import free_port, require_engine, stop_process
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, service_environment
 from tests.support.portal_data import csrf_from, sign_in_as
 
@@ -89,11 +89,9 @@ def installation(github, database_url, redis_conn, instance, tmp_path, monkeypat
 
 
 @pytest.fixture
-def worker(installation, tmp_path) -> Iterator[subprocess.Popen]:
+def worker(installation, instance, tmp_path) -> Iterator[subprocess.Popen]:
     """`release-pipeline worker`, as the Procfile runs it, with the test's environment."""
-    engine = installation.pipeline.ctx.engine
-    if not engine.ping():
-        pytest.skip("no Docker engine reachable")
+    require_engine(instance)
     log = (tmp_path / "worker.log").open("wb")
     process = subprocess.Popen([EXECUTABLE, "worker"], env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     try:
