@@ -27,6 +27,7 @@ from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
 from tests.support.portal_data import ADMIN_TOKEN, add_app, add_deployment, build, csrf_from, engine  # noqa: F401
+from tests.support.requires import Part, missing, used
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,7 +278,8 @@ def full_dir(tmp_path):
     mount = tmp_path / "full"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
+        missing(Part.ROOT, "cannot mount a tmpfs here")
+    used(Part.ROOT, "mount -t tmpfs")
     try:
         with open(mount / "filler", "wb") as filler:
             with pytest.raises(OSError):

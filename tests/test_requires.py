@@ -103,7 +103,8 @@ def test_ci_refuses_rp_skip_before_running_anything(run_tiny, ci):
     ({"RP_SKIP": ""}, set()),
     ({"RP_SKIP": "postgres"}, {Part.POSTGRES}),
     ({"RP_SKIP": " Postgres , browser,"}, {Part.POSTGRES, Part.BROWSER}),
-    ({"RP_SKIP": "docker,caddy,netns,registry"}, {Part.DOCKER, Part.CADDY, Part.NETNS, Part.REGISTRY}),
+    ({"RP_SKIP": "docker,caddy,netns,registry,root"},
+     {Part.DOCKER, Part.CADDY, Part.NETNS, Part.REGISTRY, Part.ROOT}),
     ({"RP_SKIP": "", "CI": "true"}, set()),
     ({"RP_SKIP": "postgres", "CI": "false"}, {Part.POSTGRES}),
     ({"RP_SKIP": "postgres", "CI": "0"}, {Part.POSTGRES}),
@@ -114,7 +115,7 @@ def test_parts_to_skip(environ, expected):
 
 @pytest.mark.parametrize(("environ", "message"), [
     ({"RP_SKIP": "postgress"}, "RP_SKIP names unknown parts postgress; known: browser, caddy, docker, netns, "
-                               "postgres, registry"),
+                               "postgres, registry, root"),
     ({"RP_SKIP": "redis,git"}, "RP_SKIP names unknown parts redis, git; known:"),
     ({"RP_SKIP": "browser", "CI": "true"}, "RP_SKIP=browser is set, but CI never skips a real part: unset it"),
     ({"RP_SKIP": "browser", "CI": "yes"}, "RP_SKIP=browser is set, but CI never skips"),

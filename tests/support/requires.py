@@ -29,6 +29,7 @@ class Part(str, Enum):
     BROWSER = "browser"
     NETNS = "netns"  # a private Docker engine on a bridge of its own (the engine-restart test)
     REGISTRY = "registry"
+    ROOT = "root"  # mounting (e.g. a full tmpfs for WORK_DIR)
 
 
 TITLES = {
@@ -38,6 +39,7 @@ TITLES = {
     Part.BROWSER: "Chromium",
     Part.NETNS: "private Docker engine",
     Part.REGISTRY: "Docker registry",
+    Part.ROOT: "root privileges",
 }
 
 HOW_TO_GET = {
@@ -50,6 +52,7 @@ HOW_TO_GET = {
     Part.NETNS: "run the tests as root with `ip` and `dockerd` (Debian: apt-get install iproute2 docker.io; "
                 "`scripts/dev test` installs them)",
     Part.REGISTRY: "`scripts/dev test` installs it (Debian: apt-get install docker-registry)",
+    Part.ROOT: "run the tests as root, as the README's Quick start does (they mount a tmpfs)",
 }
 
 
