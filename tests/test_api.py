@@ -397,7 +397,8 @@ NO_PHASE = "there is no phase '{}' (phases: demo, stage, live)"
     ("POST", "/api/v1/apps/shop/phases/nope/promote", None, (404, NO_PHASE.format("nope"))),
     ("POST", "/api/v1/apps/shop/phases/live/rollback", None,
      (409, "live has no successful deployment to roll back from")),
-    ("DELETE", "/api/v1/apps/shop", None, (400, None)),  # deleting an app needs {"confirm": "shop"}
+    ("DELETE", "/api/v1/apps/shop", None, (400, "confirm: deleting shop removes its containers, images, routes, "
+                                                 "backing services and their data for good; confirm with “shop”")),
     ("PUT", "/api/v1/apps/shop", None, (405, None)),
     ("GET", "/api/v1/nothing-here", None, (404, None)),
 ])

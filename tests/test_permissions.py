@@ -45,6 +45,9 @@ MAY = {
     (Action.VIEW, "demo"): _EVERYONE,
     (Action.VIEW, "stage"): _EVERYONE,
     (Action.VIEW, "live"): _EVERYONE,
+    (Action.DELETE_APP, "demo"): _ADMINS,  # a whole app, every phase: admin only
+    (Action.DELETE_APP, "stage"): _ADMINS,
+    (Action.DELETE_APP, "live"): _ADMINS,
 }
 CHANGES = {
     Action.DEPLOY,
@@ -54,7 +57,8 @@ CHANGES = {
     Action.MERGE_PROMOTION,
     Action.REMOVE_SERVICES,
 }
-PHASELESS = set(Action) - CHANGES
+ADMIN_ONLY = {Action.DELETE_APP}
+PHASELESS = set(Action) - CHANGES - ADMIN_ONLY
 
 
 def _cases(roles):
@@ -154,6 +158,12 @@ def test_require_carries_the_reason():
 def test_phaseless_actions_need_read_and_ignore_the_phase(action, phase):
     assert check("read", action, phase, PHASE_ROLES).allowed
     assert not check("none", action, phase, PHASE_ROLES).allowed
+
+
+@pytest.mark.parametrize("phase", [None, "demo", "nowhere"])
+def test_deleting_an_app_needs_admin_whatever_the_phase(phase):
+    assert check("admin", Action.DELETE_APP, phase, PHASE_ROLES).allowed
+    assert not check("maintain", Action.DELETE_APP, phase, PHASE_ROLES).allowed
 
 
 @pytest.mark.parametrize("action", sorted(CHANGES))
