@@ -11,12 +11,16 @@ import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from app import cli_client
 from app.exceptions import ReleasePipelineError
-from app.settings import load_settings
+from app.settings import PROJECT_ROOT, load_settings
+
+#: What `up` (and the Procfile's `worker:`) serve besides the notifier's own worker.
+WORK_QUEUES = "deploys,commands,reports"
 
 
 def _context(process: str | None = None, *, secret_key: bool = False, schema: bool = False):
@@ -38,10 +42,44 @@ def _context(process: str | None = None, *, secret_key: bool = False, schema: bo
     return ctx
 
 
+def _metrics_dir() -> Path:
+    """prometheus_client's multiprocess mode for every process that records metrics: set before
+    anything imports prometheus_client, so gunicorn workers and RQ work horses all write their
+    samples to one directory (PROMETHEUS_MULTIPROC_DIR, default var/metrics)."""
+    return Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(PROJECT_ROOT / "var" / "metrics")))
+
+
+def _prepare_metrics_dir() -> None:
+    from app.metrics import prepare_directory
+
+    prepare_directory(_metrics_dir())
+
+
+def _check_free(port: int, setting: str) -> None:
+    """gunicorn's master opens METRICS_PORT after it has started: say it now if it cannot."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.ClickException(f"{setting}: cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
+
+
+def _logging(ctx) -> None:
+    """A long-running process logs at INFO, as LOG_FORMAT says (text or JSON lines)."""
+    from app import logs
+
+    logs.configure(ctx.settings.log_format, logging.INFO)
+
+
 @click.group(cls=cli_client.SectionedGroup)
 def main() -> None:
     """Release Pipeline: git events in, deployments through phases out."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app import logs
+
+    logs.configure("text", logging.WARNING)
 
 
 @main.command()
@@ -58,42 +96,79 @@ def migrate() -> None:
 @click.option("--workers", default=2, show_default=True)
 def serve(host: str | None, port: int | None, workers: int) -> None:
     """Serve the webhook endpoint, portal and API with gunicorn."""
+    _metrics_dir()
     ctx = _context("web server", secret_key=True, schema=True)
+    _prepare_metrics_dir()
+    if ctx.settings.metrics_port is not None:
+        _check_free(ctx.settings.metrics_port, "METRICS_PORT")
     bind = f"{host or ctx.settings.bind}:{port or ctx.settings.port}"
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads", "4",
-         "--no-control-socket", "--access-logfile", "-", "app.web:create_app()"],
+         "--no-control-socket", "--access-logfile", "-", "--config", "python:app.gunicorn_conf",
+         "app.web:create_app()"],
     )
+
+
+def _queues(value: str) -> list[str]:
+    from app.jobs import QUEUES
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none given'}: the queues are {', '.join(QUEUES)}")
+    return names
+
+
+def _all_queues() -> str:
+    from app.jobs import QUEUES
+
+    return ",".join(QUEUES)
 
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
-def worker(burst: bool) -> None:
-    """Run an RQ worker for deploys, commands and reports (reconciling Docker first)."""
-    from app import startup
+@click.option("--queues", "queue_names", default=_all_queues, show_default="all",
+              help="Comma-separated queues to serve, in priority order.")
+def worker(burst: bool, queue_names: str) -> None:
+    """Run an RQ worker for deploys, commands, reports and notifications (reconciling Docker first)."""
+    queues = _queues(queue_names)
+    _metrics_dir()
+    from app import metrics, startup
+    from app.jobs import NOTIFICATIONS
+    from app.notifications import missing_secrets
     from workers import command, reconcile  # noqa: F401  (command: fails fast if a command has no runner)
     # Imported once here, before RQ forks a work horse per job, so no job pays for importing
     # them (GitPython and the rest: ~60 ms per deploy).
-    from workers import deploy, report  # noqa: F401
+    from workers import deploy, notify, report  # noqa: F401
 
     ctx = _context("worker", secret_key=True, schema=True)
-    startup.run_worker(ctx, burst=burst, on_start=reconcile.on_worker_start)
+    if NOTIFICATIONS in queues:
+        problems = missing_secrets(ctx.config.notifications, dict(os.environ))
+        if problems:
+            raise click.ClickException("; ".join(problems))
+    _prepare_metrics_dir()
+    _logging(ctx)
+    metrics.use_worker_files()
+    startup.run_worker(ctx, burst=burst, on_start=reconcile.on_worker_start, queues=queues)
 
 
 @main.command()
 def scheduler() -> None:
-    """Enqueue the periodic jobs: reconcile, report catch-up, redelivery of missed webhooks."""
+    """Enqueue the periodic jobs: reconcile, report and notification catch-up, redelivery of missed webhooks."""
     from app import startup
-    from app.jobs import DEPLOYS, REPORTS
-    from workers import reconcile, redeliver, report
+    from app.jobs import DEPLOYS, NOTIFICATIONS, REPORTS
+    from workers import notify, reconcile, redeliver, report
 
     def register(cron) -> None:
         cron.register(reconcile.run, DEPLOYS, interval=60, job_timeout=300)
         cron.register(report.catch_up, REPORTS, interval=120, job_timeout=120)
+        cron.register(notify.catch_up, NOTIFICATIONS, interval=120, job_timeout=120)
         cron.register(redeliver.run, REPORTS, interval=300, job_timeout=120)
 
-    startup.run_scheduler(_context(schema=True), register)
+    ctx = _context(schema=True)
+    _logging(ctx)
+    startup.run_scheduler(ctx, register)
 
 
 @main.command()
@@ -132,7 +207,12 @@ def up(host: str | None, port: int | None) -> None:
     ctx = _context()
     ctx.db.migrate()
     exe = [sys.executable, "-m", "app.cli"]
-    children = [Child(name, [*exe, name]) for name in ("serve", "worker", "scheduler")]
+    # One metrics directory for all the processes below, emptied now that none of them runs.
+    shutil.rmtree(_metrics_dir(), ignore_errors=True)
+    children = [Child("serve", [*exe, "serve"]), Child("worker", [*exe, "worker", "--queues", WORK_QUEUES]),
+                # Notifications have a worker of their own: a slow target never holds up a deploy.
+                Child("notifier", [*exe, "worker", "--queues", "notifications"]),
+                Child("scheduler", [*exe, "scheduler"])]
     if ctx.settings.router == "caddy" and not ctx.router.ping():
         log = open(local.VAR / "caddy.log", "ab")
         children.insert(0, Child("router", [*exe, "router"], {"stdout": log, "stderr": log}))

@@ -9,6 +9,7 @@ from redis import Redis
 
 from app.db import Database
 from app.jobs import Jobs
+from app.notifications import Notifier
 from app.pipeline import PipelineConfig, load_pipeline
 from app.reporting import Reports
 from app.settings import Settings, load_settings
@@ -37,11 +38,17 @@ class Context:
         return Jobs(self.redis)
 
     @cached_property
+    def notifier(self) -> Notifier:
+        """`ctx.notifier.notify(session, event, ...)`: announce an event to the configured targets."""
+        return Notifier(self.config.notifications, portal_url=self.settings.public_url, enqueue=self.jobs.notify)
+
+    @cached_property
     def reports(self) -> Reports:
         return Reports(
             public_url=self.settings.public_url,
             enabled=self.settings.reporting_enabled,
             last_phase=self.config.phase_names[-1],
+            notifier=self.notifier,
         )
 
     @cached_property

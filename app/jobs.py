@@ -14,12 +14,17 @@ from rq.exceptions import DuplicateJobError
 DEPLOYS = "deploys"
 REPORTS = "reports"
 COMMANDS = "commands"
-QUEUES = (DEPLOYS, COMMANDS, REPORTS)
+#: Outbound notifications have their own queue (and, in the Procfile, their own worker), so a
+#: slow target never holds up a deploy.
+NOTIFICATIONS = "notifications"
+QUEUES = (DEPLOYS, COMMANDS, REPORTS, NOTIFICATIONS)
 
 #: Builds can be slow; RQ's default of 180 s is not enough.
 DEPLOY_TIMEOUT = 30 * 60
 #: Reporting retries with backoff; GitHub outages are waited out, never fail a deployment.
 REPORT_RETRY = Retry(max=8, interval=[5, 15, 30, 60, 120, 300, 600, 900])
+#: A notification is tried 7 times over about 10 minutes, the first retry after 3 seconds.
+NOTIFY_RETRY = Retry(max=6, interval=[3, 15, 45, 90, 180, 270])
 
 
 def job_id(*parts: object) -> str:
@@ -82,6 +87,17 @@ class Jobs:
             timeout=120,
             retry=REPORT_RETRY,
             failure_ttl=7 * 24 * 3600,
+        )
+
+    def notify(self, notification_id: str) -> str:
+        return self._enqueue(
+            NOTIFICATIONS,
+            "workers.notify.send",
+            job_id("notify", notification_id),
+            {"notification_id": notification_id},
+            timeout=60,
+            retry=NOTIFY_RETRY,
+            failure_ttl=24 * 3600,
         )
 
     def ping(self) -> bool:

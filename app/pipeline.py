@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -77,6 +78,53 @@ class Images(Strict):
     allow: list[Annotated[str, Field(pattern=f"^{IMAGE_REFERENCE}$")]] = []
 
 
+#: What a notification target can subscribe to (SPEC §14); app.notifications.Event has the same names.
+EVENTS = (
+    "deployment.started", "deployment.succeeded", "deployment.failed", "deployment.rolled_back",
+    "deployment.superseded", "promotion.requested", "freeze.changed", "preview.ready", "preview.removed",
+)
+
+
+class NotificationTarget(Strict):
+    """An outbound webhook: `json` (signed with the secret in `secret_env`) or `slack`."""
+
+    name: Annotated[str, Field(pattern=SLUG)]
+    url: str
+    format: Literal["json", "slack"] = "json"
+    secret_env: Annotated[str, Field(pattern=f"^{ENV_NAME}$")] | None = None
+    events: list[str]
+    #: Seconds one attempt may take to connect and answer before it counts as failed.
+    timeout: Annotated[float, Field(gt=0, le=30)] = 10
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain spaces")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        if not events:
+            raise ValueError(f"list at least one event ({', '.join(EVENTS)})")
+        unknown = [e for e in events if e not in EVENTS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not an event (known: {', '.join(EVENTS)})")
+        return list(dict.fromkeys(events))
+
+    @model_validator(mode="after")
+    def _secret(self) -> NotificationTarget:
+        if self.format == "json" and self.secret_env is None:
+            raise ValueError("a json target needs secret_env: the variable holding its signing secret")
+        if self.format == "slack" and self.secret_env is not None:
+            raise ValueError("a slack target is not signed (Slack does not check signatures): remove secret_env")
+        return self
+
+
 class PipelineConfig(Strict):
     defaults: Defaults = Defaults()
     phases: dict[Annotated[str, Field(pattern=SLUG)], Phase]
@@ -84,6 +132,19 @@ class PipelineConfig(Strict):
     #: A phase takes only commits that succeeded on the phase before it (a tag of a commit Demo
     #: never ran does not reach Stage); rollbacks are exempt.
     require_previous_phase: bool = True
+    notifications: list[NotificationTarget] = []
+
+    @field_validator("notifications")
+    @classmethod
+    def _unique_names(cls, targets: list[NotificationTarget]) -> list[NotificationTarget]:
+        names = [t.name for t in targets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"target names must be unique: {repeated[0]} is used twice")
+        return targets
+
+    def notification_target(self, name: str) -> NotificationTarget | None:
+        return next((t for t in self.notifications if t.name == name), None)
 
     @field_validator("phases")
     @classmethod

@@ -10,6 +10,8 @@ from flask import Blueprint, current_app, jsonify, request
 from githubkit.webhooks import verify
 
 from app import intake
+from app.logs import log_context
+from app.metrics import DELIVERIES
 from app.planner import plan
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,8 @@ DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 EVENT_NAME = re.compile(r"^[a-z_]{1,50}$")
 
 
-def _refuse(status: int, error: str, reason: str):
+def _refuse(status: int, error: str, reason: str, event: str = "unverified"):
+    DELIVERIES.labels(event=event, outcome="unauthorized" if status == 401 else "malformed").inc()
     return jsonify({"error": error, "reason": reason}), status
 
 
@@ -48,12 +51,24 @@ def receive():
     if not EVENT_NAME.fullmatch(event):
         return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Event header")
     if not DELIVERY_ID.fullmatch(delivery_id):
-        return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Delivery header")
+        return _refuse(400, "malformed delivery", "missing or invalid X-GitHub-Delivery header", event)
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
-        return _refuse(400, "malformed delivery", "the body is not valid JSON")
-    decided = plan(event, payload, ctx.config)
-    outcome = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})
-    log.info("delivery %s %s: %s %s", delivery_id, event, outcome.status, outcome.body.get("reason", ""))
+        return _refuse(400, "malformed delivery", "the body is not valid JSON", event)
+    with log_context(delivery_id=delivery_id):
+        decided = plan(event, payload, ctx.config)
+        outcome = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})
+        log.info("delivery %s %s: %s %s", delivery_id, event, outcome.status, outcome.body.get("reason", ""),
+                 extra={"deployment_id": outcome.body.get("deployment")})
+    DELIVERIES.labels(event=event, outcome=_outcome(outcome)).inc()
     return jsonify(outcome.body), outcome.status
+
+
+def _outcome(outcome: intake.Outcome) -> str:
+    """accepted (work queued), ignored (nothing to do), malformed, or unavailable (503)."""
+    if outcome.status >= 500:
+        return "unavailable"
+    if outcome.status >= 400:
+        return "malformed"
+    return "accepted" if outcome.enqueue else "ignored"

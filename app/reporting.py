@@ -12,7 +12,9 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import App, Deployment, DeploymentStatus, Report, ReportState
+from app import metrics
+from app.models import App, Deployment, DeploymentStatus, Report, ReportState, aware, utcnow
+from app.notifications import Event, Notifier, finished_event
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,22 @@ def reply_topic(deployment: Deployment) -> str:
 class Reports:
     """Outbox writer bound to the settings that shape the links (portal URL, reporting on/off)."""
 
-    def __init__(self, *, public_url: str, enabled: bool, last_phase: str):
+    def __init__(self, *, public_url: str, enabled: bool, last_phase: str, notifier: Notifier | None = None):
         self.public_url = public_url.rstrip("/")
         self.enabled = enabled
         self.last_phase = last_phase
+        self.notifier = notifier
+
+    def _announce(self, session: Session, app: App, deployment: Deployment, event: Event) -> None:
+        """Notifications and metrics come from the same place as GitHub's reports, in the same
+        transaction, so no state change of a deployment is announced twice or missed."""
+        if self.notifier is not None:
+            self.notifier.notify(session, event, app=app, deployment=deployment)
+        if event is not Event.DEPLOYMENT_STARTED:
+            metrics.DEPLOYMENTS.labels(phase=deployment.phase, outcome=deployment.status).inc()
+        if deployment.status == DeploymentStatus.SUCCEEDED.value and deployment.trigger == "push":
+            metrics.PUSH_TO_URL.labels(phase=deployment.phase).observe(
+                (utcnow() - aware(deployment.queued_at)).total_seconds())
 
     def deployment_page(self, app: App, deployment: Deployment) -> str:
         return f"{self.public_url}/apps/{app.name}/deployments/{deployment.id}"
@@ -140,6 +154,7 @@ class Reports:
         was resolved by the worker) or the deployment is not a plain push (a rollback,
         promotion or command says what it is doing now).
         """
+        self._announce(session, app, deployment, Event.DEPLOYMENT_STARTED)
         reports = []
         if deployment.sha and self._needs_deploying_status(session, deployment):
             reports.append(
@@ -184,6 +199,7 @@ class Reports:
         Deployment, so the environment's history shows the failure; one that never ran
         (superseded, refused) gets none.
         """
+        self._announce(session, app, deployment, finished_event(deployment))
         succeeded = deployment.status == DeploymentStatus.SUCCEEDED.value
         page = self.deployment_page(app, deployment)
         reports: list[Report] = []

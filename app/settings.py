@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     #: Loopback ports handed out in pairs, two fixed "slots" per app and phase (app.slots).
     slot_ports: str = Field(default="20000-29999", pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")
     work_dir: Path = PROJECT_ROOT / "var" / "work"
+    #: `json`: every process logs one JSON object per line (with delivery and deployment ids).
+    log_format: Literal["text", "json"] = "text"
+    #: Serve /metrics without a token on this loopback port too (from the web server's master).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     max_body_bytes: int = 25 * 1024 * 1024
     #: Whether builds may pull a base image missing from the engine (`missing`) or never.
     build_pull: Literal["never", "missing"] = "never"

@@ -78,10 +78,11 @@ def wait_until(probe: Callable[[], bool], what: str) -> None:
     log.warning("%s answers again", what)
 
 
-def run_worker(ctx, *, burst: bool, on_start: Callable[[object], None]) -> None:
+def run_worker(ctx, *, burst: bool, on_start: Callable[[object], None], queues: list[str] | None = None) -> None:
     """RQ's worker loop, started again whenever Redis went away under it (RQ itself quits then,
     and can die in its own teardown: `register_death` → ConnectionError). `on_start` runs before
-    each start: the reconcile queues again what a Redis that came back empty lost."""
+    each start: the reconcile queues again what a Redis that came back empty lost. `queues`:
+    which to serve, in priority order (default: all)."""
     from rq import Worker
 
     from app.jobs import QUEUES
@@ -97,7 +98,7 @@ def run_worker(ctx, *, burst: bool, on_start: Callable[[object], None]) -> None:
         wait_until(ctx.jobs.ping, f"Redis at {_redacted(ctx.settings.redis_url)}")
         wait_until(ctx.engine.ping, f"the Docker engine at {ctx.settings.docker_host or 'the local socket'}")
         on_start(ctx)
-        worker = _Worker(list(QUEUES), connection=ctx.redis)
+        worker = _Worker(queues or list(QUEUES), connection=ctx.redis)
         try:
             worker.work(burst=burst, with_scheduler=True)
         except RedisError as exc:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app import logs
 from app.context import Context
 from app.settings import Settings
 
@@ -25,15 +24,16 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         MAX_CONTENT_LENGTH=ctx.settings.max_body_bytes,
         SECRET_KEY=ctx.settings.secret_key.get_secret_value() if ctx.settings.secret_key else None,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(ctx.settings.log_format)
 
-    from app import github_setup, healthz, receiver
+    from app import github_setup, healthz, receiver, scrape
     from app.portal.queries import RowIdConverter
 
     flask_app.url_map.converters["id"] = RowIdConverter
 
     flask_app.register_blueprint(receiver.bp)
     flask_app.register_blueprint(healthz.bp)
+    flask_app.register_blueprint(scrape.bp)
     flask_app.register_blueprint(github_setup.bp)
 
     from app import portal

@@ -7,6 +7,7 @@
   3. dropped       a GET loop against the URL during each of those deploys, both sides
   4. promote → URL a release tag → Stage serving the Demo image (no rebuild)
   5. scale         N apps × 3 phases, portal render times, RSS of web and worker processes
+  6. notify        push → URL with a notification target that never answers, beside none
 
 Everything runs under its own instance name on free loopback ports, its own Redis database,
 its own database and its own Caddy, and is stopped and removed at the end. The table goes to
@@ -36,10 +37,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: short wrk rounds, 3 deploy runs, 5 apps")
-    parser.add_argument("--only", default="intake,deploy,scale",
-                        help="comma-separated parts to run: intake, deploy (2–4), scale (default: all)")
+    parser.add_argument("--only", default="intake,deploy,scale,notify",
+                        help="comma-separated parts to run: intake, deploy (2–4), scale, notify (default: all)")
     parser.add_argument("--runs", type=int, help="push → URL runs per side (default 10; quick 3)")
     parser.add_argument("--promote-runs", type=int, help="promote → URL runs (default 5; quick 2)")
+    parser.add_argument("--notify-runs", type=int, help="notify runs per side (default 5; quick 2)")
     parser.add_argument("--apps", type=int, help="apps for the scale part (default 50; quick 5)")
     parser.add_argument("--workers", type=int, default=4,
                         help="RQ workers during the scale part (default 4; push → URL uses 1, as the Procfile)")
@@ -54,6 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "postgresql://postgres@127.0.0.1:5432/postgres) instead of SQLite")
     parser.add_argument("--profile", action="store_true",
                         help="record each part's processes with py-spy into bench/results/profile-*.txt")
+    parser.add_argument("--ports", metavar="LOW-HIGH",
+                        help="take every port from this range (its upper half for the apps' slots), on a "
+                             "machine shared with others")
     parser.add_argument("--keep", action="store_true", help="keep the bench's temporary directory (logs)")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md", help="where to write the table")
     args = parser.parse_args(argv)
@@ -61,10 +66,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.runs = args.runs or (3 if quick else 10)
     args.promote_runs = args.promote_runs if args.promote_runs is not None else (2 if quick else 5)
     args.apps = args.apps or (5 if quick else 50)
+    args.notify_runs = args.notify_runs or (2 if quick else 5)
     args.wrk_seconds = args.wrk_seconds or (3 if quick else 10)
     args.wrk_rounds = args.wrk_rounds or (1 if quick else 2)
+    if args.ports:
+        from bench import env as bench_env
+
+        low, _, high = args.ports.partition("-")
+        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) - 8 <= 65535):
+            parser.error("--ports: LOW-HIGH, e.g. 38000-38999")
+        bench_env.PORTS = (int(low), int(high))
     args.parts = {part.strip() for part in args.only.split(",") if part.strip()}
-    unknown = args.parts - {"intake", "deploy", "scale"}
+    unknown = args.parts - {"intake", "deploy", "scale", "notify"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     log(f"bench: intake failed: {exc}")
                     report.error_row(table, "1", "intake", str(exc))
-            if args.parts & {"deploy", "scale"}:
+            if args.parts & {"deploy", "scale", "notify"}:
                 failures += _pipeline_parts(env, args, table, profile_dir)
     except BenchError as exc:
         log(f"bench: {exc}")
@@ -156,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
-    """Parts 2–5 share one installation: Caddy, the web server, workers."""
-    from bench import deploys, report, scale
+    """Parts 2–6 share one installation: Caddy, the web server, workers."""
+    from bench import deploys, notify, report, scale
     from bench.deliveries import Sender
 
     failures = 0
@@ -170,6 +183,8 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
     ctx.router.ensure_server()
     web = env.start_web(settings, web_port)
     workers = [env.start_worker(settings, "worker-1")]
+    # As the Procfile: notifications have a worker of their own.
+    env.start_worker(settings, "notifier", queues="notifications")
     sender = Sender(f"http://127.0.0.1:{web_port}/api/github/webhooks", env.webhook_secret)
 
     if "deploy" in args.parts:
@@ -191,6 +206,15 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
         finally:
             if recording is not None:
                 recording.stop()
+
+    if "notify" in args.parts:
+        log(f"== 6. push → URL with a dead notification target ({args.notify_runs} runs each side, alternating)")
+        try:
+            report.notify_rows(table, notify.run(env, ctx, sender, runs=args.notify_runs, log=log))
+        except BenchError as exc:
+            failures += 1
+            log(f"bench: notify failed: {exc}")
+            report.error_row(table, "6", "push → URL with a dead notification target", str(exc))
 
     if "scale" in args.parts:
         log(f"== 5. scale: {args.apps} apps × 3 phases with {args.workers} workers")

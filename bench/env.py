@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,31 @@ class BenchError(RuntimeError):
     """Something the bench needs is missing or did not come up; the message says what to do."""
 
 
+#: `--ports LOW-HIGH` (a machine shared with others): the bench's own ports come from here, the
+#: upper half of the range being the deployed apps' slot ports (SLOT_PORTS).
+PORTS: tuple[int, int] | None = None
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free on 127.0.0.1 now: any, or one from the lower half of PORTS."""
+    if PORTS is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+    low, high = PORTS
+    for port in random.sample(range(low, (low + high) // 2), (high - low) // 2):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError(f"no free port in {low}-{(low + high) // 2}")
+
+
+def slot_ports() -> str | None:
+    """SLOT_PORTS for the service under test: the upper half of PORTS (None: the default)."""
+    return None if PORTS is None else f"{(PORTS[0] + PORTS[1]) // 2 + 1}-{PORTS[1]}"
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05,
@@ -275,6 +297,10 @@ class Env:
             "WORK_DIR": str(self.home / "work"),
             "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
             "PYTHONUNBUFFERED": "1",
+            # The signing secret of part 6's notification target.
+            "BENCH_NOTIFY_SECRET": "bench-notify-" + self.instance,
+            **({"SLOT_PORTS": slot_ports()} if slot_ports() else {}),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.home / "metrics"),
         })
         return env
 
@@ -333,11 +359,13 @@ class Env:
         wait_until("gunicorn's workers", lambda: len(children_of(proc.pid)) >= 2, timeout=30, process=proc)
         return proc
 
-    def start_worker(self, env: dict[str, str], name: str = "worker") -> Proc:
+    def start_worker(self, env: dict[str, str], name: str = "worker",
+                     queues: str = "deploys,commands,reports") -> Proc:
+        """`release-pipeline worker --queues …` (the Procfile's worker: line by default)."""
         from rq import Worker
 
         before = len(Worker.all(connection=self.redis))
-        proc = self.start(name, self.release_pipeline("worker"), env=env)
+        proc = self.start(name, self.release_pipeline("worker", "--queues", queues), env=env)
         wait_until(f"the RQ worker {name} registering in Redis",
                    lambda: len(Worker.all(connection=self.redis)) > before,
                    timeout=60, interval=0.2, process=proc)

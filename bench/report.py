@@ -6,6 +6,7 @@ import os
 import statistics
 
 from bench.deploys import DeployResults
+from bench.notify import EVENTS, NotifyResults
 from bench.scale import ScaleResults, summary
 
 
@@ -86,6 +87,18 @@ def deploy_rows(table: Table, result: DeployResults, promote_target: float = 0.5
         table.add("4", "promotions that rebuilt / failed requests during them",
                   f"{result.rebuilt_on_promote} / {failed} of {sum(r.requests for r in result.promote):,}",
                   "", "", "0 / 0", _yes(result.rebuilt_on_promote == 0 and failed == 0))
+
+
+def notify_rows(table: Table, result: NotifyResults) -> None:
+    with_target, without = [r.seconds for r in result.with_target], [r.seconds for r in result.without]
+    table.add("6", f"push → URL with a notification target that never answers ({len(EVENTS)} deployment events, "
+              f"{result.timeout:g} s timeout per attempt), median of {len(with_target)} (min–max), alternating",
+              _spread(with_target), f"{_spread(without)} (no target)", f"{result.ratio:.2f}×", "≤ 1.1× without",
+              _yes(result.ratio <= 1.1))
+    failed = sum(r.failures for r in result.with_target)
+    table.add("6", "failed requests during the deploys with the dead target / notifications delivered to it",
+              f"{failed} of {sum(r.requests for r in result.with_target):,} / {result.delivered} of "
+              f"{result.notifications}", "", "", "0 / 0", _yes(failed == 0 and result.delivered == 0))
 
 
 def scale_rows(table: Table, result: ScaleResults) -> None:

@@ -162,6 +162,12 @@ def ctx(make_settings, database_url, redis_conn) -> Context:
 
 
 @pytest.fixture
+def pipeline_extra_env() -> dict[str, str]:
+    """More variables for tests.support.pipeline_e2e's `pipeline` service (modules override this)."""
+    return {}
+
+
+@pytest.fixture
 def client(ctx):
     return create_app(context=ctx).test_client()
 

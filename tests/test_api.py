@@ -218,8 +218,25 @@ def test_compare_and_audit(api, actx):
     assert {"name": "LOG_LEVEL", "kind": "env", "from": "info", "to": "warn"} in body["profile_differences"]
     assert {"name": "TOKEN", "kind": "secret", "from": "not set", "to": "set"} in body["profile_differences"]
     assert api.get("/api/v1/apps/shop/compare?from=demo&to=stage").status_code == 200
-    assert api.get("/api/v1/apps/shop/audit").get_json() == {"entries": []}
+    assert api.get("/api/v1/apps/shop/audit").get_json() == {"entries": [], "next_before": None}
     assert SECRET not in "".join(api.bodies)
+
+
+def test_audit_log_reads_page_by_page(api, actx):
+    app_id = add_app(actx)
+    with actx.db.session() as session:
+        session.add_all([AuditEntry(actor=f"user{n}", app_id=app_id, phase="demo", action="promote",
+                                    detail={"version": f"v1.0.{n}"}) for n in range(5)])
+    seen, before, pages = [], None, 0
+    while True:
+        body = api.get("/api/v1/apps/shop/audit?limit=2" + (f"&before={before}" if before else "")).get_json()
+        seen += [e["detail"]["version"] for e in body["entries"]]
+        pages += 1
+        before = body["next_before"]
+        if before is None:
+            break
+    assert seen == [f"v1.0.{n}" for n in (4, 3, 2, 1, 0)] and pages == 3
+    assert api.get("/api/v1/apps/shop/audit?before=zero").status_code == 400
 
 
 # --- profiles -----------------------------------------------------------------------------------

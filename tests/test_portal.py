@@ -4,6 +4,7 @@ profiles with inheritance, actions, the live log, and that secrets never come ba
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -612,3 +613,15 @@ def test_pages_get_html_errors_and_the_webhook_keeps_json(admin, client):
     assert hook.status_code == 401 and hook.is_json
     wants_json = admin.get("/apps/nope", headers={"Accept": "application/json"})
     assert wants_json.is_json and wants_json.status_code == 404
+
+
+def test_audit_page_shows_fifty_entries_then_older_ones(admin, pctx):
+    app_id = add_app(pctx)
+    with pctx.db.session() as session:
+        session.add_all([AuditEntry(actor="alice", app_id=app_id, phase="demo", action="promote",
+                                    detail={"version": f"v1.0.{n}"}) for n in range(51)])
+    first = admin.get("/apps/shop/audit").get_data(as_text=True)
+    assert "v1.0.50" in first and "v1.0.1<" in first and "v1.0.0<" not in first
+    older = re.search(r'href="(/apps/shop/audit\?before=\d+)"', first).group(1)
+    second = admin.get(older).get_data(as_text=True)
+    assert "v1.0.0<" in second and "v1.0.1<" not in second and "Older entries" not in second

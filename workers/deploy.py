@@ -22,7 +22,7 @@ import requests
 from docker.errors import DockerException
 from sqlalchemy import select
 
-from app import gates, services
+from app import gates, metrics, services
 from app.actions import current
 from app.adapters import git
 from app.adapters.docker import ContainerInfo, ContainerSpec
@@ -32,6 +32,8 @@ from app.context import Context
 from app.exceptions import GitHubError, ReleasePipelineError, RouterError
 from app.health import wait_healthy
 from app.locks import deploy_lock
+from app.logs import log_context
+from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import RepoConfig, parse_repo_config
@@ -104,7 +106,8 @@ class Refused(ReleasePipelineError):
 
 def run(*, deployment_id: int) -> str:
     """RQ entry point."""
-    return Rollout(runtime.context(), deployment_id).run()
+    with log_context(deployment_id=deployment_id):
+        return Rollout(runtime.context(), deployment_id).run()
 
 
 class Rollout:
@@ -182,6 +185,7 @@ class Rollout:
             return self.finish(DeploymentStatus.SUCCEEDED, "")
 
     def finish(self, status: DeploymentStatus, reason: str) -> str:
+        log.info("deployment %s %s%s", self.deployment_id, status.value, f": {reason}" if reason else "")
         self.update(status=status.value, reason=reason[:300], finished_at=utcnow())
         self.say(f"{status.value}{': ' + reason if reason else ''}")
         self.report("finished")
@@ -356,7 +360,8 @@ class Rollout:
         workdir = tempfile.mkdtemp(prefix=SCRATCH_PREFIXES[0], dir=self._work_dir())
         try:
             self.say(f"fetching {sha[:7]}", "build")
-            checkout = git.fetch_commit(clone_url, sha, workdir + "/src", token=token, **self.git_options())
+            with metrics.step(Step.CLONE):
+                checkout = git.fetch_commit(clone_url, sha, workdir + "/src", token=token, **self.git_options())
             with self.ctx.db.session() as session:
                 same_tree = session.scalars(
                     select(Build).where(Build.app_id == app_id, Build.tree_sha == checkout.tree,
@@ -374,7 +379,7 @@ class Rollout:
                 build_id = build.id
             self.say(f"building {repo_config.dockerfile} (tree {checkout.tree[:7]})", "build")
             try:
-                with BatchedLog(lambda lines: self.say_all(lines, "build")) as build_log:
+                with metrics.step(Step.BUILD), BatchedLog(lambda lines: self.say_all(lines, "build")) as build_log:
                     image_id = engine.build_image(
                         app=app_name, tree=checkout.tree, sha=sha,
                         context_tar=git.archive(checkout, repo_config.context),
@@ -425,13 +430,15 @@ class Rollout:
         self.update(container_id=container.id, container_name=container.name, host_port=container.host_port)
         try:
             health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
-            result = wait_healthy(
-                health_url, timeout=self.ctx.config.health_timeout(phase),
-                is_alive=lambda: not engine.has_crashed(container.id),
-            )
+            with metrics.step(Step.HEALTH):
+                result = wait_healthy(
+                    health_url, timeout=self.ctx.config.health_timeout(phase),
+                    is_alive=lambda: not engine.has_crashed(container.id),
+                )
             if not result.ok:
                 self.give_up(container.id, result.reason, result.responses)
             self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
+            switching = time.monotonic()
             try:
                 if router.ensure_route(app_name, phase, slots, repo_config.healthcheck):
                     self.say(f"router: {app_name}/{phase} goes to slot ports {slots.a} and {slots.b}, "
@@ -462,6 +469,8 @@ class Rollout:
                 self.say(f"{url} now serves {version}")
             except RouterError as exc:
                 self.say(f"warning: {exc}")
+        # From a healthy container to the phase URL serving it with the old one gone (drain included).
+        metrics.DEPLOY_STEP.labels(step=Step.SWITCH.value).observe(time.monotonic() - switching)
         self.prune(app_name)
 
     def give_up(self, container_id: str, reason: str, health: list[str]) -> None:

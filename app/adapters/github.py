@@ -30,6 +30,7 @@ from githubkit.exception import (
 from redis import Redis
 
 from app.exceptions import GitHubError, SettingsError, TransientGitHubError
+from app.metrics import GITHUB_CALLS
 from app.settings import Settings
 
 TOKEN_CACHE_KEY = "rp:github:token:{installation_id}"
@@ -74,9 +75,12 @@ def _github_errors(on_unauthorized: Callable[[], None] | None = None) -> Iterato
     (used to forget a revoked installation token, so the retry fetches a fresh one).
     Exceptions are raised `from None`: the originals hold the request and its headers.
     """
+    outcome = "error"
     try:
         yield
+        outcome = "ok"
     except RateLimitExceeded as exc:
+        outcome = "rate_limited"
         raise TransientGitHubError(
             f"{_where(exc.request)}: rate limited ({exc.response.status_code})",
             retry_after=exc.retry_after.total_seconds(),
@@ -88,19 +92,25 @@ def _github_errors(on_unauthorized: Callable[[], None] | None = None) -> Iterato
         if status == 401 and on_unauthorized is not None:
             on_unauthorized()
             raise TransientGitHubError(summary) from None
+        outcome = "not_found" if status == 404 else "error"
         if status in (403, 429) and "rate limit" in message.lower():
+            outcome = "rate_limited"
             # GitHub's advice when a limit comes without headers: wait at least a minute.
             raise TransientGitHubError(summary, retry_after=RATE_LIMIT_DEFAULT_WAIT) from None
         if status >= 500 or status == 429:
             raise TransientGitHubError(summary, retry_after=_retry_after_header(response)) from None
         raise GitHubError(summary) from None
     except RequestTimeout as exc:
+        outcome = "unreachable"
         raise TransientGitHubError(f"{_where(exc.request)}: timed out") from None
     except RequestError as exc:
+        outcome = "unreachable"
         reason = type(exc.exc).__name__
         if isinstance(exc.exc, httpx.TransportError):
             raise TransientGitHubError(f"GitHub unreachable ({reason})") from None
         raise GitHubError(f"GitHub request not sent ({reason})") from None
+    finally:
+        GITHUB_CALLS.labels(outcome=outcome).inc()
 
 
 def _retry_after_header(response: httpx.Response) -> float | None:

@@ -169,11 +169,27 @@ def document(server_url: str, phases: list[str]) -> dict:
             {"200": _json({"type": "object"}, "The comparison")},
             parameters=[APP, _query("from", phase_enum, "Source phase"), _query("to", phase_enum, "Target phase")])},
         "/api/v1/apps/{name}/audit": {"get": _op(
-            "Who changed what (profiles, pushes, rollbacks), newest first",
-            {"200": _json({"type": "object"}, "Audit entries")},
+            "Who changed what (profiles, pushes, rollbacks), newest first, page by page",
+            {"200": _json({"type": "object", "properties": {
+                "entries": {"type": "array", "items": {"type": "object"}},
+                "next_before": {"type": ["integer", "null"]}}}, "A page of audit entries")},
             parameters=[APP, _query("phase", phase_enum, "Only this phase"),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "How many (100)")],
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "Page size (100)"),
+                        _query("before", {"type": "integer"}, "Only entries with a smaller id (the previous "
+                                                               "page's next_before)")],
             errors=(400, 401, 403, 404))},
+        "/api/v1/notifications": {"get": _op(
+            "Notification targets (pipeline.yml) with their latest deliveries and every attempt",
+            {"200": _json({"type": "object"}, "Targets, each with recent deliveries")},
+            parameters=[_query("limit", {"type": "integer", "minimum": 1, "maximum": 200},
+                               "Deliveries per target (10)")],
+            errors=(400, 401))},
+        "/api/v1/notifications/{target}/test": {"post": _op(
+            "Send a test event to one target (needs the admin role on an app, or the admin token)",
+            {"202": _json({"type": "object"}, "The test event is queued")},
+            parameters=[{"name": "target", "in": "path", "required": True, "schema": {"type": "string"},
+                         "description": "The target's name in pipeline.yml"}],
+            errors=(401, 403, 404))},
         "/api/v1/apps/{name}/phases/{phase}/profile": {
             "get": _op("A phase's profile: effective values with their source; secrets masked",
                        {"200": _json(_ref("Profile"), "The profile")}, parameters=profile_params),

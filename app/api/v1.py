@@ -237,14 +237,43 @@ def audit(name: str):
     ctx = _ctx()
     phase = request.args.get("phase") or None
     limit = _int_arg("limit", 100, 1, MAX_LIMIT)
+    before = _int_arg("before", None, 1, 2**62)
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         _view(app)
         if phase is not None:
             queries.require_phase(ctx.config, phase)
-        return jsonify({"entries": [
-            {"id": e.id, "at": queries.iso(e.at), "actor": e.actor, "phase": e.phase, "action": e.action,
-             "detail": e.detail} for e in queries.audit_log(session, app, phase, limit)]})
+        rows = queries.audit_log(session, app, phase, limit, before=before)
+        return jsonify({
+            "entries": [{"id": e.id, "at": queries.iso(e.at), "actor": e.actor, "phase": e.phase,
+                         "action": e.action, "detail": e.detail} for e in rows],
+            "next_before": queries.next_page(rows, limit),
+        })
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+@bp.get("/notifications")
+def notifications():
+    ctx = _ctx()
+    limit = _int_arg("limit", 10, 1, MAX_LIMIT)
+    user = auth.current_user()
+    with ctx.db.session() as session:
+        visible, may_test = changes.notification_access(ctx, session, admin_everywhere=user.is_admin_everywhere,
+                                                        role_of=auth.role_for)
+        targets = queries.notification_targets(ctx, session, visible, limit=limit)
+        return jsonify({"can_send_test": may_test, "targets": [queries.target_json(t) for t in targets]})
+
+
+@bp.post("/notifications/<target>/test")
+def test_notification(target: str):
+    _body(set())
+    notification_id = changes.send_test_notification(
+        _ctx(), target, actor=_actor(), admin_everywhere=auth.current_user().is_admin_everywhere,
+        role_of=auth.role_for)
+    return jsonify({"notification": notification_id,
+                    "message": f"test event queued for {target}; its delivery shows in GET /api/v1/notifications"}), 202
 
 
 # --- profiles -----------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ STATUS_TONE = {
     "building": "busy",
     "deploying": "busy",
     "superseded": "muted",
+    # notification deliveries
+    "sent": "ok",
+    "pending": "wait",
+    "retrying": "wait",
 }
 
 
@@ -65,7 +69,7 @@ def protect_forms() -> None:
 
 def wants_html() -> bool:
     """Browsers get pages; API clients, the webhook sender and JSON askers get JSON."""
-    if request.path.startswith("/api/") or request.path == "/healthz":
+    if request.path.startswith("/api/") or request.path in ("/healthz", "/metrics"):
         return False
     accept = request.accept_mimetypes
     return not accept or accept.best_match(["text/html", "application/json"]) == "text/html"

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy import select
-from werkzeug.exceptions import BadRequest, Conflict, Forbidden, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
 from app.actions import Actions, Outcome, PromotionRequest
 from app.exceptions import InvalidVersion
@@ -437,3 +437,28 @@ def _remove_app_objects(ctx, app_name: str, app_id: int, phases: list[str]) -> d
     with ctx.db.session() as session:
         session.execute(delete(PhaseSlots).where(PhaseSlots.app_id == app_id))
     return {"containers": len(containers), "services": removed_services, "routes": phases, "images": len(images)}
+
+
+def notification_access(ctx, session, *, admin_everywhere: bool, role_of: RoleOf) -> tuple[set[int] | None, bool]:
+    """Which apps' notifications a user sees (None: all), and whether they may send a test
+    event: targets are the installation's, so testing one takes the admin role on some app."""
+    if admin_everywhere:
+        return None, True
+    roles = {app.id: role_of(app) for app in session.scalars(select(App).where(App.active))}
+    visible = {app_id for app_id, role in roles.items() if check(role, Action.VIEW, None, ctx.config.roles).allowed}
+    return visible, any(role == "admin" for role in roles.values())
+
+
+def send_test_notification(ctx, target_name: str, *, actor: str, admin_everywhere: bool, role_of: RoleOf) -> str:
+    """Queue a test event to one target (the portal's "send a test event"); its id."""
+    target = ctx.config.notification_target(target_name)
+    if target is None:
+        raise NotFound(f"no notification target named {target_name!r} in pipeline.yml")
+    with ctx.db.session() as session:
+        _, may_test = notification_access(ctx, session, admin_everywhere=admin_everywhere, role_of=role_of)
+        if not may_test:
+            raise Forbidden("sending a test event needs the admin role on an app (or the admin token)")
+        notification = ctx.notifier.test(session, target, actor)
+        session.add(AuditEntry(actor=actor, app_id=None, phase=None, action="notification.test",
+                               detail={"target": target.name, "notification": notification.id}))
+        return notification.id

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,9 +18,19 @@ from werkzeug.routing import IntegerConverter
 
 from app.actions import current, rollback_target
 from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE
-from app.models import App, AuditEntry, Deployment, DeploymentStatus, LogLine
+from app.models import (  # noqa: F401 (aware, iso: re-exported for the views)
+    App,
+    AuditEntry,
+    Deployment,
+    DeploymentStatus,
+    LogLine,
+    Notification,
+    NotificationAttempt,
+    aware,
+    iso,
+)
 from app.permissions import Action, Decision, check
-from app.pipeline import PipelineConfig
+from app.pipeline import NotificationTarget, PipelineConfig
 from app.profiles import ResolvedProfile, resolve
 
 log = logging.getLogger(__name__)
@@ -46,16 +56,6 @@ class RowIdConverter(IntegerConverter):
         super().__init__(url_map, min=0, max=MAX_ROW_ID)
 
 
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; they were written in UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def iso(moment: datetime | None) -> str | None:
-    moment = aware(moment)
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 def is_finished(deployment: Deployment) -> bool:
@@ -268,11 +268,75 @@ def log_lines(session: Session, deployment_id: int, after: int = 0, limit: int =
         .order_by(LogLine.id).limit(limit)))
 
 
-def audit_log(session: Session, app: App, phase: str | None = None, limit: int = 100) -> list[AuditEntry]:
+def audit_log(session: Session, app: App, phase: str | None = None, limit: int = 100,
+              before: int | None = None) -> list[AuditEntry]:
+    """Newest first; `before` (an entry id) gives the page after the one that ended there."""
     query = select(AuditEntry).where(AuditEntry.app_id == app.id)
     if phase is not None:
         query = query.where(AuditEntry.phase == phase)
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
     return list(session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)))
+
+
+def next_page(rows: list, limit: int) -> int | None:
+    """The `before` of the next page: the last row's id when the page is full."""
+    return rows[-1].id if len(rows) == limit else None
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    notification: Notification
+    app_name: str | None
+    attempts: list[NotificationAttempt]
+
+
+@dataclass(frozen=True)
+class TargetView:
+    target: NotificationTarget
+    shown_url: str
+    recent: list[Sent]
+
+
+def notification_targets(ctx, session: Session, visible_app_ids: set[int] | None, limit: int = 10) -> list[TargetView]:
+    """Each configured target with its latest deliveries, of the apps the viewer may see (all
+    when `visible_app_ids` is None) plus test events, each with every attempt."""
+    from app.notifications import shown_url
+
+    views = []
+    for target in ctx.config.notifications:
+        query = select(Notification, App.name).outerjoin(App, App.id == Notification.app_id).where(
+            Notification.target == target.name)
+        if visible_app_ids is not None:
+            query = query.where((Notification.app_id.is_(None)) | (Notification.app_id.in_(visible_app_ids)))
+        rows = session.execute(query.order_by(Notification.created_at.desc(), Notification.id).limit(limit)).all()
+        attempts: dict[str, list[NotificationAttempt]] = defaultdict(list)
+        if rows:
+            for attempt in session.scalars(select(NotificationAttempt).where(
+                    NotificationAttempt.notification_id.in_([n.id for n, _ in rows])).order_by(NotificationAttempt.id)):
+                attempts[attempt.notification_id].append(attempt)
+        views.append(TargetView(target, shown_url(target.url),
+                                [Sent(n, name, attempts[n.id]) for n, name in rows]))
+    return views
+
+
+def notification_json(sent: Sent) -> dict:
+    n = sent.notification
+    return {
+        "id": n.id, "event": n.event, "app": sent.app_name, "deployment_id": n.deployment_id, "state": n.state,
+        "created_at": iso(n.created_at), "last_attempt_at": iso(n.last_attempt_at),
+        "attempts": [{"at": iso(a.at), "outcome": a.outcome, "status_code": a.status_code, "error": a.error,
+                      "duration_ms": a.duration_ms} for a in sent.attempts],
+    }
+
+
+def target_json(view: TargetView) -> dict:
+    t = view.target
+    return {"name": t.name, "format": t.format, "url": view.shown_url, "events": t.events,
+            "signed": t.secret_env is not None, "recent": [notification_json(s) for s in view.recent]}
 
 
 # --- comparing two phases ---------------------------------------------------------------------

@@ -32,6 +32,7 @@ bp = Blueprint("portal", __name__)
 bp.before_request(protect_forms)
 
 LOG_PAGE_LINES = 5000
+AUDIT_PAGE = 50
 
 
 def _ctx():
@@ -156,11 +157,37 @@ def compare(name: str):
 @bp.get("/apps/<name>/audit")
 def audit(name: str):
     ctx = _ctx()
+    before = request.args.get("before", type=int)
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         _require_view(app)
-        entries = queries.audit_log(session, app, limit=200)
-    return render_template("audit.html", app=app, entries=entries)
+        entries = queries.audit_log(session, app, limit=AUDIT_PAGE, before=before)
+    return render_template("audit.html", app=app, entries=entries, older=queries.next_page(entries, AUDIT_PAGE),
+                           paged=before is not None)
+
+
+@bp.get("/notifications")
+def notifications():
+    ctx = _ctx()
+    user = current_user()
+    with ctx.db.session() as session:
+        visible, may_test = changes.notification_access(ctx, session, admin_everywhere=user.is_admin_everywhere,
+                                                        role_of=role_for)
+        targets = queries.notification_targets(ctx, session, visible, limit=20)
+    return render_template("notifications.html", targets=targets, may_test=may_test)
+
+
+@bp.post("/notifications/<target>/test")
+def test_notification(target: str):
+    user = current_user()
+    try:
+        changes.send_test_notification(_ctx(), target, actor=user.login, admin_everywhere=user.is_admin_everywhere,
+                                       role_of=role_for)
+    except HTTPException as exc:
+        flash(exc.description, "error")
+    else:
+        flash(f"Test event queued for {target}: its delivery appears below.", "success")
+    return redirect(url_for("portal.notifications"))
 
 
 # --- actions --------------------------------------------------------------------------------------

@@ -90,13 +90,17 @@ class Pipeline:
         payload["installation"] = {"id": INSTALLATION}
         return payload
 
-    def push(self, sha: str, *, pusher: str = "dora") -> dict:
+    def push_payload(self, sha: str, *, pusher: str = "dora") -> dict:
+        """GitHub's `push` delivery of `sha` to the default branch."""
         payload = self._repository(load_payload("push/with-installation"))
         payload.update(ref="refs/heads/main", after=sha, deleted=False, created=False)
         payload["head_commit"] = {**(payload.get("head_commit") or {}), "id": sha}
         payload["pusher"] = {"name": pusher, "email": f"{pusher}@example.test"}
         payload["sender"] = {**payload["sender"], "login": pusher}
-        return self.deliver("push", payload)
+        return payload
+
+    def push(self, sha: str, *, pusher: str = "dora") -> dict:
+        return self.deliver("push", self.push_payload(sha, pusher=pusher))
 
     def push_tag(self, tag: str, *, pusher: str = "dora") -> list[dict]:
         """A release tag as GitHub reports it: `push` (refs/tags/…) and `create`."""
@@ -244,9 +248,11 @@ def _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch,
 
 
 @pytest.fixture
-def pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Pipeline]:
-    """The service wired to the stand-in GitHub, a fresh database, Redis and Docker."""
-    yield from _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch)
+def pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch,
+             pipeline_extra_env) -> Iterator[Pipeline]:
+    """The service wired to the stand-in GitHub, a fresh database, Redis and Docker (plus the
+    variables of `pipeline_extra_env`, in conftest: a module overrides it)."""
+    yield from _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch, **pipeline_extra_env)
 
 
 @pytest.fixture
