@@ -213,7 +213,7 @@ def test_serve_refuses_a_metrics_port_in_use(tmp_path, database_url):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        env = {"PATH": os.environ["PATH"], "PIPELINE_DEV": "1", "DATABASE_URL": database_url,
+        env = {"PATH": os.environ["PATH"], "PIPELINE_DEV": "1", "DATABASE_URL": database_url, "SECRET_KEY": "k" * 32,
                "REDIS_URL": "redis://127.0.0.1:6379/8", "METRICS_PORT": str(port),
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
         run = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
