@@ -149,7 +149,7 @@ def phase_serves(router_port: int, host: str) -> str | None:
 @pytest.mark.slow
 def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
         new_database_url, redis_url, instance, github, tmp_path, processes):
-    assert set(procfile()) == {"release", "web", "worker", "scheduler", "router"}
+    assert set(procfile()) == {"release", "web", "worker", "notifier", "scheduler", "router"}
     web_port = free_port()
     settings = readme_settings(tmp_path, instance, new_database_url, redis_url)
     env = clean_environ(**settings, **github.environ, PORT=str(web_port),
@@ -161,7 +161,7 @@ def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
     assert release.returncode == 0, release.stdout + release.stderr
     assert "database is at the latest schema" in release.stdout
 
-    honcho_process = processes.start([*honcho, "start", "web", "worker", "scheduler", "router"], env,
+    honcho_process = processes.start([*honcho, "start", "web", "worker", "notifier", "scheduler", "router"], env,
                                      tmp_path / "honcho.log")
     web = f"http://127.0.0.1:{web_port}"
 
