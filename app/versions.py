@@ -38,9 +38,8 @@ def validate_version(text: str) -> str:
     ):
         return text
     raise InvalidVersion(
-        "A version must be semver with an optional leading v (v1.2.3, 1.4.0-rc.1+build.5) "
-        f"or a label of at most {MAX_VERSION_LENGTH} letters, digits, '.', '_' or '-' "
-        "that does not start with '.' or '-'."
+        "A version must be semver, optionally v-prefixed (v1.2.3, 1.4.0-rc.1), "
+        f"or up to {MAX_VERSION_LENGTH} letters, digits, '.', '_' or '-', not starting with '.' or '-'."
     )
 
 
