@@ -17,6 +17,7 @@ from app.exceptions import InvalidVersion
 from app.models import App, Deployment, DeploymentStatus
 from app.permissions import Action, check
 from app.pipeline import PipelineConfig
+from app.profiles import SIZING
 from app.plans import Deploy, Repo
 from app.versions import validate_version
 
@@ -211,7 +212,7 @@ def _label(deployment: Deployment) -> str:
 
 def profile_differences(before: dict, after: dict) -> list[str]:
     changes = []
-    for key in ("memory", "cpus", "replicas"):
+    for key in SIZING:
         if before.get(key) != after.get(key):
             changes.append(f"{key} {before.get(key)} → {after.get(key)}")
     for section, secret in (("env", False), ("secrets", True)):

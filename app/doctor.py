@@ -47,6 +47,8 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_sign_in(ctx, redis_ok))
     checks.append(_web(settings))
     checks.append(_router(ctx))
+    if settings.router == "caddy":
+        checks.append(_connection_migration())
     checks.append(_github(ctx))
     return checks
 

@@ -228,6 +228,8 @@ class Profile(Base):
     memory: Mapped[str | None] = mapped_column(String(20))
     cpus: Mapped[float | None] = mapped_column(Float)
     replicas: Mapped[int | None] = mapped_column(Integer)
+    #: Seconds from SIGTERM to SIGKILL when one of its containers is stopped.
+    stop_timeout: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )

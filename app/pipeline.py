@@ -38,12 +38,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Seconds a container has between SIGTERM and SIGKILL when none is set (Docker's own default).
+DEFAULT_STOP_TIMEOUT = 10
+#: The longest stop timeout a profile may set, in seconds.
+MAX_STOP_TIMEOUT = 600
+
+
 class Profile(Strict):
     """What a phase runs with unless the app's own profile says otherwise."""
 
     memory: Annotated[str, Field(pattern=MEMORY)] | None = None
     cpus: Annotated[float, Field(gt=0, le=64)] | None = None
     replicas: Annotated[int, Field(ge=1, le=20)] | None = None
+    #: Seconds from SIGTERM to SIGKILL when a container is stopped (after its drain).
+    stop_timeout: Annotated[int, Field(ge=1, le=MAX_STOP_TIMEOUT)] | None = None
     env: dict[str, str] = {}
 
 
@@ -68,7 +76,7 @@ class Phase(Strict):
 class Defaults(Strict):
     url: str = "http://{app}-{phase}.localhost:{port}"
     health_timeout: Annotated[float, Field(gt=0, le=600)] = 30
-    profile: Profile = Profile(memory="256m", cpus=0.5, replicas=1)
+    profile: Profile = Profile(memory="256m", cpus=0.5, replicas=1, stop_timeout=DEFAULT_STOP_TIMEOUT)
 
 
 class Images(Strict):

@@ -16,7 +16,7 @@ from app.crypto import SecretBox
 from app.models import Profile
 from app.pipeline import PipelineConfig
 
-SIZING = ("memory", "cpus", "replicas")
+SIZING = ("memory", "cpus", "replicas", "stop_timeout")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The deploy job: a queued deployment becomes the container serving its phase URL.
 
-Order of a rollout (SPEC §7): image (reused by commit or tree, else cloned and built once)
-→ new container on the phase's free slot → health gate → the router takes it (by its own
-health check; its configuration does not change) → old container drained and stopped.
-Anything failing before that leaves the previous version serving.
+Order of a rollout (SPEC §7, Kamal's boot): image (reused by commit or tree, else cloned and
+built once) → new container on the phase's free slot → our health gate → the router sends every
+new request to it → the old container, which gets none any more, drains the ones in flight and
+is stopped (SIGTERM, SIGKILL after the profile's stop timeout). Anything failing before the
+switch leaves the previous version serving and the route as it was.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from app.logs import log_context
 from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
-from app.pipeline import RepoConfig, parse_repo_config
+from app.pipeline import DEFAULT_STOP_TIMEOUT, RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
 from app.slots import phase_slots
 from app.versions import is_release_tag
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 REPO_FILE = ".release-pipeline.yml"
 #: Scratch directories in WORK_DIR; reconcile sweeps old ones a killed worker left behind.
 SCRATCH_PREFIXES = ("clone-", "services-")
-#: Seconds the router has to take a healthy new container (Caddy: one health check).
-ROUTE_TIMEOUT = 10
 
 
 def promotion_requesters(ctx: Context, app_id: int, pr_number: int) -> list[str]:
@@ -405,9 +404,8 @@ class Rollout:
     def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
                  repo_config: RepoConfig, snapshot: dict, provisioned: services.Provisioned) -> None:
         """The new container starts on the phase's free slot and must pass our health gate; the
-        router then takes it by its own health check (its configuration does not change), and
-        only then is the old container drained and stopped. Anything failing before that
-        removes the new container and leaves the old one serving."""
+        router then prefers its slot, and only then is the old container drained and stopped.
+        Anything failing before the switch removes the new container; the old one serves on."""
         engine, router = self.ctx.engine, self.ctx.router
         slots = self.slots(phase)
         existing = engine.list_containers(app=app_name, phase=phase)
@@ -440,10 +438,7 @@ class Rollout:
             self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
             switching = time.monotonic()
             try:
-                if router.ensure_route(app_name, phase, slots, repo_config.healthcheck):
-                    self.say(f"router: {app_name}/{phase} goes to slot ports {slots.a} and {slots.b}, "
-                             f"health checked on {repo_config.healthcheck}")
-                taken_over = router.wait_serving(app_name, phase, container.host_port, timeout=ROUTE_TIMEOUT)
+                router.ensure_route(app_name, phase, slots, serving=container.host_port)
             except RouterError as exc:
                 self.give_up(container.id, str(exc), result.responses)
         except BaseException:
@@ -451,27 +446,28 @@ class Rollout:
                 engine.stop_and_remove(container.id, timeout=2)
             raise
         url = router.url_for(app_name, phase, container.host_port)
-        if taken_over:
-            self.update(url=url)
-            self.say(f"{url} now serves {version}")
-            if previous:
-                time.sleep(self.ctx.settings.drain_seconds)  # requests in flight on the old one finish
-        else:
-            self.say(f"{version} is ready on slot port {port}: it takes over {url} as the previous "
-                     "container stops")
-        for old in previous:
-            engine.stop_and_remove(old.id)
-            self.say(f"stopped the previous container {old.name}")
-        if not taken_over:
-            self.update(url=url)
-            try:
-                router.wait_serving(app_name, phase, container.host_port, timeout=ROUTE_TIMEOUT)
-                self.say(f"{url} now serves {version}")
-            except RouterError as exc:
-                self.say(f"warning: {exc}")
+        self.update(url=url)
+        self.say(f"{url} now serves {version} (slot port {port})")
+        self.retire(previous, snapshot.get("stop_timeout") or DEFAULT_STOP_TIMEOUT)
         # From a healthy container to the phase URL serving it with the old one gone (drain included).
         metrics.DEPLOY_STEP.labels(step=Step.SWITCH.value).observe(time.monotonic() - switching)
         self.prune(app_name)
+
+    def retire(self, previous: list[ContainerInfo], stop_timeout: int) -> None:
+        """Stop the containers the phase URL no longer sends requests to, once those in flight
+        had DRAIN_SECONDS to finish; say so when one had to be killed."""
+        if not previous:
+            return
+        drain = self.ctx.settings.drain_seconds
+        self.say(f"the previous container gets no new requests; it has {drain:g} s to finish those in flight")
+        time.sleep(drain)
+        for old in previous:
+            stopped = self.ctx.engine.stop_and_remove(old.id, timeout=stop_timeout)
+            if stopped is not None and stopped.killed:
+                self.say(f"the previous container ignored SIGTERM; stopped after {stop_timeout} s "
+                         f"(SIGKILL, {old.name}; the profile's stop_timeout sets the wait)")
+            else:
+                self.say(f"stopped the previous container {old.name}")
 
     def give_up(self, container_id: str, reason: str, health: list[str]) -> None:
         """Keep the evidence (health answers, the container's last lines), remove it, fail."""

@@ -23,7 +23,6 @@ from app.deployments import schedule
 from app.jobs import DEPLOY_TIMEOUT, job_id
 from app.locks import holder
 from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
-from app.pipeline import RepoConfig
 from app.plans import Deploy, Repo
 from app.slots import find_slots
 from workers import runtime
@@ -152,8 +151,9 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
                     serving.host_port = container.host_port  # the engine re-published it on restart
                 slots = find_slots(session, app.id, phase)
                 if slots is not None and container.host_port in slots.ports:
-                    # A no-op unless the router lost the route (e.g. Caddy restarted).
-                    if router.ensure_route(app.name, phase, slots, _health_path(session, serving)):
+                    # A no-op unless the router lost the route (e.g. Caddy restarted) or prefers
+                    # the other slot (a worker died between its switch and its record).
+                    if router.ensure_route(app.name, phase, slots, serving=container.host_port):
                         findings.restored_routes.append(f"{app.name}/{phase}")
         for app, serving in redeploy:
             deployment = schedule(session, app, Deploy(
@@ -168,11 +168,6 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
             findings.removed_containers.append(container.name)
     for deployment_id in findings.redeployed:
         ctx.jobs.deploy(deployment_id)
-
-
-def _health_path(session, deployment: Deployment) -> str:
-    build = session.get(Build, deployment.build_id) if deployment.build_id else None
-    return (build.repo_config if build else {}).get("healthcheck") or RepoConfig().healthcheck
 
 
 def _restore_pending(session, app_id: int, phase: str) -> bool:

@@ -12,6 +12,7 @@ import io
 import posixpath
 import re
 import tarfile
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ class RunningContainer:
     id: str
     name: str
     host_port: int
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a container stopped: `killed` when it still ran `timeout` s after SIGTERM (SIGKILL)."""
+
+    killed: bool
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -292,14 +301,22 @@ class Engine:
         status = (attrs.get("State") or {}).get("Status")
         return bool(attrs.get("RestartCount")) or status not in ("created", "running")
 
-    def stop_and_remove(self, container_id: str, timeout: int = 10) -> None:
-        """Stop gracefully (SIGTERM, then SIGKILL after `timeout` s) and remove; gone is fine."""
+    def stop_and_remove(self, container_id: str, timeout: int = 10) -> Stopped | None:
+        """Stop gracefully (SIGTERM, then SIGKILL after `timeout` s) and remove; None if it was
+        gone already."""
         try:
             container = self._own_container(container_id)
+            started = time.monotonic()
             container.stop(timeout=timeout)
+            seconds = time.monotonic() - started
+            container.reload()
+            state = container.attrs.get("State") or {}
             container.remove(v=True)
         except NotFound:
-            return
+            return None
+        # 137 = 128 + SIGKILL: the engine killed it at the end of the timeout (not the kernel, for memory).
+        killed = state.get("ExitCode") == 137 and not state.get("OOMKilled") and seconds >= timeout
+        return Stopped(killed=killed, seconds=seconds)
 
     def list_containers(
         self, app: str | None = None, phase: str | None = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.pipeline import MAX_STOP_TIMEOUT
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -89,7 +91,9 @@ def document(server_url: str, phases: list[str]) -> dict:
                                        "named secrets; others are kept"},
             "memory": {"type": ["string", "null"], "pattern": "^[0-9]+[bkmg]$"},
             "cpus": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 64},
-            "replicas": {"type": ["integer", "null"], "minimum": 1, "maximum": 20}},
+            "replicas": {"type": ["integer", "null"], "minimum": 1, "maximum": 20},
+            "stop_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_STOP_TIMEOUT,
+                             "description": "Seconds from SIGTERM to SIGKILL when a container stops"}},
             "description": "Sizing null means inherit; PUT resets sizing fields it does not name"},
         "Service": {"type": "object", "properties": {
             "name": {"type": "string"},

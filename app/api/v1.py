@@ -19,12 +19,11 @@ from app.actions import profile_differences, rollback_target
 from app.models import Deployment, Profile
 from app.permissions import Action, check
 from app.portal import auth, changes, csrf, live_log, queries
-from app.profiles import resolve
+from app.profiles import SIZING, resolve
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 
 PUBLIC = {"api_v1.openapi"}
-SIZING = ("memory", "cpus", "replicas")
 MAX_LIMIT = 200
 
 
@@ -311,7 +310,7 @@ def get_profile(name: str, phase: str):
 def change_profile(name: str, phase: str):
     body = _body({"env", "secrets", *SIZING})
     if not body:
-        abort(400, description="send a JSON object with env, secrets, memory, cpus or replicas")
+        abort(400, description="send a JSON object with env, secrets, " + ", ".join(SIZING))
     replace = request.method == "PUT"
     env = body.get("env", {} if replace else None)
     secrets = body.get("secrets", {})

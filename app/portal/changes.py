@@ -22,7 +22,8 @@ from app.actions import Actions, Outcome, PromotionRequest
 from app.exceptions import InvalidVersion
 from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
 from app.permissions import Action, check
-from app.pipeline import MEMORY
+from app.pipeline import MAX_STOP_TIMEOUT, MEMORY
+from app.profiles import SIZING
 from app.portal.queries import get_app, require_phase
 from app.profiles import resolve
 from app.versions import validate_version
@@ -168,7 +169,7 @@ class ProfileChange:
     #: Plaintext only on the way in: sealed at once, never stored, logged or returned.
     secrets_set: dict[str, str] = field(default_factory=dict)
     secrets_remove: set[str] = field(default_factory=set)
-    #: memory / cpus / replicas → value, or None to inherit again.
+    #: memory / cpus / replicas / stop_timeout → value, or None to inherit again.
     sizing: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,6 +186,13 @@ def _check_value(value: Any, where: str) -> str:
     if len(value) > MAX_VALUE_LENGTH or "\x00" in value:
         raise BadRequest(f"{where}: must be at most {MAX_VALUE_LENGTH} characters, without NUL")
     return value
+
+
+def _whole_number(value: Any) -> int | None:
+    try:
+        return int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def parse_sizing(key: str, value: Any) -> Any:
@@ -206,14 +214,16 @@ def parse_sizing(key: str, value: Any) -> Any:
             raise BadRequest(f"{where}: must be a number greater than 0 and at most 64")
         return number
     if key == "replicas":
-        try:
-            number = int(value) if not isinstance(value, (bool, float)) else None
-        except (TypeError, ValueError):
-            number = None
+        number = _whole_number(value)
         if number is None or not 1 <= number <= 20:
             raise BadRequest(f"{where}: must be a whole number from 1 to 20")
         return number
-    raise BadRequest(f"sizing/{key}: not a setting (memory, cpus, replicas)")
+    if key == "stop_timeout":
+        number = _whole_number(value)
+        if number is None or not 1 <= number <= MAX_STOP_TIMEOUT:
+            raise BadRequest(f"{where}: must be a whole number of seconds from 1 to {MAX_STOP_TIMEOUT}")
+        return number
+    raise BadRequest(f"sizing/{key}: not a setting ({', '.join(SIZING)})")
 
 
 def validate(change: ProfileChange) -> ProfileChange:

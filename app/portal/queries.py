@@ -31,7 +31,7 @@ from app.models import (  # noqa: F401 (aware, iso: re-exported for the views)
 )
 from app.permissions import Action, Decision, check
 from app.pipeline import NotificationTarget, PipelineConfig
-from app.profiles import ResolvedProfile, resolve
+from app.profiles import SIZING, ResolvedProfile, resolve
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def compare(ctx, session: Session, app: App, source: str, target: str, limit: in
 def profile_differences(source: ResolvedProfile, target: ResolvedProfile) -> list[ProfileDifference]:
     """Effective values that differ between two phases; secrets only as set or not set."""
     out = []
-    for key in ("memory", "cpus", "replicas"):
+    for key in SIZING:
         a, b = source.sizing.get(key), target.sizing.get(key)
         if (a and a.value) != (b and b.value):
             out.append(ProfileDifference(key, "sizing", _shown(a), _shown(b)))

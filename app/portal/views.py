@@ -310,7 +310,7 @@ def profile(name: str, phase: str):
         "profile.html", app=app, phase=phase, resolved=resolved, decision=decision, audit=audit,
         own_env=dict(sorted((own.env or {}).items())) if own else {},
         own_secrets=sorted((own.secrets or {}).keys()) if own else [],
-        own_sizing={k: getattr(own, k) for k in ("memory", "cpus", "replicas")} if own else {},
+        own_sizing={k: getattr(own, k) for k in SIZING} if own else {},
         inherited_sizing=inherited_sizing, previous=ctx.config.previous_phases(phase))
 
 
@@ -321,7 +321,7 @@ def _inherited_sizing(ctx, name: str, phase: str) -> dict:
         app = queries.get_app(session, name)
         rows = {p.phase: p for p in session.scalars(select(Profile).where(Profile.app_id == app.id))}
     out = {}
-    for key in ("memory", "cpus", "replicas"):
+    for key in SIZING:
         for earlier in previous:
             row = rows.get(earlier)
             if row is not None and getattr(row, key) is not None:
@@ -361,5 +361,5 @@ def _profile_change_from_form() -> changes.ProfileChange:
         env=env,
         secrets_set=secrets_set,
         secrets_remove=set(form.getlist("secret_remove")) - set(secrets_set),
-        sizing={key: form.get(key, "") for key in ("memory", "cpus", "replicas")},
+        sizing={key: form.get(key, "") for key in SIZING},
     )

@@ -244,17 +244,19 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 class RequestLoop:
-    """GETs from two clients that never retry, until stopped (and at most `limit` seconds): one
-    opens a new connection per request, the other keeps one keep-alive connection. Any
-    exception and any non-2xx answer is a failure; `get(session)` makes one request."""
+    """Requests from clients that never retry, until stopped (and at most `limit` seconds): one
+    opens a new connection per request, the other keeps one keep-alive connection (`keep_alive`
+    True or False: that client only). Any exception and any non-2xx answer is a failure;
+    `get(session)` makes one request."""
 
-    def __init__(self, get: Callable[[requests.Session], requests.Response], limit: float = 60):
+    def __init__(self, get: Callable[[requests.Session], requests.Response], limit: float = 60,
+                 keep_alive: bool | None = None):
         self.get, self.limit = get, limit
         self.failures: list[str] = []
         self.answers: list[str] = []
         self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(keep_alive,), daemon=True)
-                         for keep_alive in (False, True)]
+        modes = (False, True) if keep_alive is None else (keep_alive,)
+        self._threads = [threading.Thread(target=self._run, args=(mode,), daemon=True) for mode in modes]
 
     def __enter__(self) -> RequestLoop:
         for thread in self._threads:
