@@ -26,7 +26,7 @@ from app.adapters.docker import LABEL_APP, LABEL_INSTANCE, ContainerSpec
 from app.context import Context
 from app.deployments import schedule
 from app.locks import deploy_lock, lock_name
-from app.models import App, Build, Deployment, DeploymentStatus, LogLine, PhaseSlots
+from app.models import App, Build, Deployment, DeploymentStatus, LogLine, PhaseSlots, Profile
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.web import create_app
@@ -250,26 +250,111 @@ def test_a_container_that_never_turns_healthy_is_never_routed_to(rig):
     assert f"starting 3.0.0 ({failed.image_id[:19]}) on slot port {slot_a}" in rig.lines(failed.id)
 
 
-def test_redeploys_drop_no_request(rig):
-    """Three consecutive redeploys (both slot orders) under a request loop of clients that never
-    retry: every request is answered 2xx, and the versions follow each other in order."""
+class Traffic:
+    """What the users of a slow app send through the phase URL, from clients that never retry:
+    POSTs with a 512-byte body, each on a new connection (two clients), and GETs (one client
+    with a new connection each, one keep-alive); the app takes 200 ms over every request."""
+
+    BODY = b"x" * 512
+
+    def __init__(self, rig: Rig, phase: str = "demo"):
+        url = f"http://127.0.0.1:{rig.router_port}/cgi-bin/slow"
+        headers = {"Host": rig.host(phase)}
+        self.gets = RequestLoop(lambda session: session.get(url, headers=headers, timeout=10), limit=240)
+        self.posts = [RequestLoop(lambda session: session.post(url, headers=headers, data=self.BODY, timeout=10),
+                                  limit=240, keep_alive=False) for _ in range(2)]
+
+    def __enter__(self) -> Traffic:
+        for loop in (self.gets, *self.posts):
+            loop.__enter__()
+        wait_until(lambda: self.gets.answers and all(loop.answers for loop in self.posts), timeout=10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for loop in (self.gets, *self.posts):
+            loop.__exit__(*exc)
+
+    @property
+    def failed(self) -> dict[str, list[str]]:
+        return {"GET": self.gets.failures, "POST": [f for loop in self.posts for f in loop.failures]}
+
+    @property
+    def answered(self) -> dict[str, set[str]]:
+        return {"GET": set(self.gets.answers), "POST": {a for loop in self.posts for a in loop.answers}}
+
+
+def test_ten_rollouts_alternating_slots_fail_no_post_and_no_get(rig):
+    """Issue 24: the router moves new requests to the new container before the old one stops,
+    so a write (which no proxy may retry) is never caught by a stopping container."""
     rig.commit("1.0.0")
     assert rig.deploy("1.0.0").status == "succeeded"
-    versions = ["2.0.0", "3.0.0", "4.0.0"]
+    versions = [f"{n}.0.0" for n in range(2, 12)]
     for version in versions:
         rig.commit(version)
-    with RequestLoop(lambda session: rig.get(session=session)) as loop:
-        wait_until(lambda: len(loop.answers) > 20, timeout=5)
+    ports = []
+    with Traffic(rig) as traffic:
         for version in versions:
             deployment = rig.deploy(version)
             assert deployment.status == "succeeded", deployment.reason
-            wait_until(lambda v=version: loop.last == v, timeout=5)
-    assert loop.failures == []
-    assert len(loop.answers) > 100
-    order = [answer for i, answer in enumerate(loop.answers) if i == 0 or loop.answers[i - 1] != answer]
-    # Two clients interleave, so a version can show up again right after the next one started.
-    assert sorted(set(order)) == ["1.0.0", *versions] and order[-1] == "4.0.0"
+            ports.append(deployment.host_port)
+            # The switch is done when the deployment is: the very next request is the new version.
+            assert rig.get("/cgi-bin/slow").text.strip() == version
+    assert traffic.failed == {"GET": [], "POST": []}
+    assert traffic.answered["POST"] >= {"1.0.0", "11.0.0"} and len(traffic.answered["GET"]) > 5
+    assert len(set(ports)) == 2 and all(a != b for a, b in zip(ports, ports[1:]))  # slots alternate
     assert len(rig.containers()) == 1
+    lines = rig.lines(deployment.id)
+    switched = lines.index(f"{deployment.url} now serves 11.0.0 (slot port {ports[-1]})")
+    drained = lines.index("the previous container gets no new requests; it has 0.3 s to finish those in flight")
+    stopped = next(i for i, line in enumerate(lines) if line.startswith("stopped the previous container"))
+    assert switched < drained < stopped
+
+
+def test_a_rollout_that_never_turns_healthy_fails_no_post_and_no_get(rig):
+    for version in ("1.0.0", "2.0.0"):
+        rig.commit(version)
+        assert rig.deploy(version).status == "succeeded"
+    rig.commit("3.0.0", healthy=False)
+    with Traffic(rig) as traffic:
+        failed = rig.deploy("3.0.0")
+        assert failed.status == "failed" and failed.reason.startswith("health check failed")
+    assert traffic.failed == {"GET": [], "POST": []}
+    assert traffic.answered == {"GET": {"2.0.0"}, "POST": {"2.0.0"}}
+    assert rig.ctx.router.routes()[(APP, "demo")][0] == rig.containers()[0].host_port
+
+
+def test_a_rollback_fails_no_post_and_no_get(rig):
+    rig.commit("1.0.0")
+    first = rig.deploy("1.0.0")
+    rig.commit("2.0.0")
+    assert rig.deploy("2.0.0").status == "succeeded"
+    with Traffic(rig) as traffic:
+        back = rig.deploy("1.0.0", source_id=first.id, trigger="rollback")
+        assert back.status == "succeeded", back.reason
+        assert rig.get("/cgi-bin/slow").text.strip() == "1.0.0"
+    assert traffic.failed == {"GET": [], "POST": []}
+    assert traffic.answered["POST"] == {"1.0.0", "2.0.0"}
+    assert back.image_id == first.image_id and rig.lines(back.id, "build") == []
+
+
+def test_an_app_that_ignores_sigterm_is_killed_after_the_profiles_stop_timeout(rig):
+    rig.commit("1.0.0", ignores_term=True)
+    with rig.ctx.db.session() as session:
+        app = ensure_app(session, Repo(REPO, rig.clone_url, "main"))
+        session.add(Profile(app_id=app.id, phase="demo", stop_timeout=1, updated_by="dora"))
+    assert rig.deploy("1.0.0").status == "succeeded"
+    rig.commit("2.0.0")
+    second = rig.deploy("2.0.0")
+    assert second.status == "succeeded", second.reason
+    assert second.profile_snapshot["stop_timeout"] == 1
+    killed = [line for line in rig.lines(second.id) if "ignored SIGTERM" in line]
+    assert killed == [f"the previous container ignored SIGTERM; stopped after 1 s (SIGKILL, "
+                      f"{rig.ctx.engine.instance}-shop-demo-{second.id - 1}; the profile's stop_timeout sets the wait)"]
+    # The new version stops gracefully: no such line.
+    rig.commit("3.0.0")
+    third = rig.deploy("3.0.0")
+    assert not any("ignored SIGTERM" in line for line in rig.lines(third.id))
+    assert any(line.startswith("stopped the previous container") for line in rig.lines(third.id))
 
 
 # -- serialisation -----------------------------------------------------------------------------

@@ -4,7 +4,9 @@ The sample app builds `FROM scratch` in well under a second and needs no registr
   /healthz          200 when built healthy, 404 otherwise
   /version          the `version_text` it was built with
   /cgi-bin/info     APP_VERSION, APP_PHASE and the profile variable GREETING, one per line
-and stops gracefully on SIGTERM; built with `crashes=True` it exits at once instead.
+  /cgi-bin/slow     any method: reads the request body, then answers the version after 200 ms
+and stops gracefully on SIGTERM; built with `crashes=True` it exits at once instead, with
+`ignores_term=True` it ignores SIGTERM (busybox httpd as PID 1) and must be killed.
 Import the fixtures you use into your test module:
     from tests.support.dockerkit import caddy_server, docker_engine
 """
@@ -50,6 +52,17 @@ _START = (
     "/bin/busybox httpd -f -p \"$PORT\" -h /www & httpd=$!; wait"
 )
 
+_IGNORING_TERM = "exec /bin/busybox httpd -f -p \"$PORT\" -h /www"
+# A slow app, as a real one with a database behind it: reads the whole body, then thinks.
+_CGI_SLOW = """\
+#!/bin/busybox sh
+/bin/busybox head -c "${CONTENT_LENGTH:-0}" >/dev/null
+/bin/busybox sleep 0.2
+echo "Content-Type: text/plain"
+echo ""
+/bin/busybox cat /www/version
+"""
+
 _CGI_INFO = """\
 #!/bin/busybox sh
 echo "Content-Type: text/plain"
@@ -67,16 +80,18 @@ def write_sample_app(
     version_text: str = "1.0.0",
     healthy: bool = True,
     crashes: bool = False,
+    ignores_term: bool = False,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write (or rewrite) the sample app's build context into `path` and return it.
 
     `crashes`: the container prints CRASH_MESSAGE and exits at once instead of serving.
+    `ignores_term`: it serves, but only SIGKILL stops it.
     """
     path = Path(path)
     (path / "www" / "cgi-bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, path / "busybox")
-    start = f"echo {CRASH_MESSAGE!r} >&2; exit 3" if crashes else _START
+    start = f"echo {CRASH_MESSAGE!r} >&2; exit 3" if crashes else _IGNORING_TERM if ignores_term else _START
     command = json.dumps(["/bin/busybox", "sh", "-c", start])
     (path / "Dockerfile").write_text(_DOCKERFILE.format(command=command))
     (path / "www" / "version").write_text(version_text + "\n")
@@ -88,6 +103,9 @@ def write_sample_app(
     info = path / "www" / "cgi-bin" / "info"
     info.write_text(_CGI_INFO.format(profile=PROFILE_VARIABLE, version=shlex.quote(version_text)))
     info.chmod(0o755)
+    slow = path / "www" / "cgi-bin" / "slow"
+    slow.write_text(_CGI_SLOW)
+    slow.chmod(0o755)
     for relative, text in (extra_files or {}).items():
         target = path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +128,7 @@ def make_sample_repo(
     version_text: str = "1.0.0",
     healthy: bool = True,
     crashes: bool = False,
+    ignores_term: bool = False,
     tag: str | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> tuple[str, str]:
@@ -123,7 +142,7 @@ def make_sample_repo(
         path.mkdir(parents=True, exist_ok=True)
         _git(path, "init", "--quiet", "--initial-branch=main")
     write_sample_app(path, version_text=version_text, healthy=healthy, crashes=crashes,
-                     extra_files=extra_files)
+                     ignores_term=ignores_term, extra_files=extra_files)
     _git(path, "add", "--all")
     _git(path, "commit", "--quiet", "--allow-empty", "-m", f"Sample app {version_text}")
     if tag:
