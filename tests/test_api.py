@@ -256,7 +256,8 @@ def test_profile_get_shows_values_with_sources_and_masks_secrets(api, actx):
     assert effective["sizing"] == {"memory": {"value": "384m", "source": "demo"},
                                    "cpus": {"value": 1.5, "source": "stage"},
                                    "replicas": {"value": 1, "source": "pipeline"}}
-    assert stage["own"] == {"env": {"LOG_LEVEL": "info"}, "secrets": {}, "memory": None, "cpus": 1.5, "replicas": None}
+    assert stage["own"] == {"env": {"LOG_LEVEL": "info"}, "secrets": {}, "memory": None, "cpus": 1.5, "replicas": None,
+                            "stop_timeout": None}
     live = api.get("/api/v1/apps/shop/phases/live/profile").get_json()
     assert live["effective"]["env"]["LOG_LEVEL"] == {"value": "info", "source": "stage"}
     assert live["own"]["env"] == {} and live["updated_by"] is None
@@ -268,10 +269,11 @@ def test_profile_put_and_patch_change_the_phase_and_write_the_audit(api, actx):
     set_profile(actx, app_id, "demo", env={"LOG_LEVEL": "debug"})
     put = api.put("/api/v1/apps/shop/phases/stage/profile",
                   {"env": {"LOG_LEVEL": "info", "REGION": "eu"}, "secrets": {"DB_PASSWORD": SECRET},
-                   "memory": "512m", "replicas": 2})
+                   "memory": "512m", "replicas": 2, "stop_timeout": 30})
     assert put.status_code == 200, put.get_json()
     body = put.get_json()
-    assert body["changes"] == ["memory inherited → 512m", "replicas inherited → 2", "env LOG_LEVEL=info added",
+    assert body["changes"] == ["memory inherited → 512m", "replicas inherited → 2", "stop_timeout inherited → 30",
+                               "env LOG_LEVEL=info added",
                                "env REGION=eu added", "secret DB_PASSWORD added"]
     assert body["profile"]["own"]["secrets"] == {"DB_PASSWORD": "••••••••"}
     assert body["profile"]["updated_by"] == "admin"
@@ -322,15 +324,19 @@ def test_the_secret_is_used_encrypted_and_never_returned(api, actx):
     ({"cpus": 100}, "sizing/cpus: must be a number greater than 0 and at most 64"),
     ({"replicas": 1.5}, "sizing/replicas: must be a whole number from 1 to 20"),
     ({"replicas": True}, "sizing/replicas: must be a whole number from 1 to 20"),
+    ({"stop_timeout": 0}, "sizing/stop_timeout: must be a whole number of seconds from 1 to 600"),
+    ({"stop_timeout": 601}, "sizing/stop_timeout: must be a whole number of seconds from 1 to 600"),
+    ({"stop_timeout": "soon"}, "sizing/stop_timeout: must be a whole number of seconds from 1 to 600"),
+    ({"stop_timeout": 2.5}, "sizing/stop_timeout: must be a whole number of seconds from 1 to 600"),
     ({"env": {"1BAD": "x"}}, "env: '1BAD' is not a valid name (letters, digits and _, not starting with a digit)"),
     ({"env": {"OK": 5}}, "env/OK: must be a string"),
     ({"env": ["A=1"]}, "env: must be an object of NAME: value"),
     ({"secrets": {"TOKEN": ""}}, "secrets/TOKEN: must not be empty (remove the secret instead)"),
     ({"secrets": {"TOKEN": 123}}, "secrets/TOKEN: must be a string"),
     ({"secrets": "x"}, "secrets: must be an object of NAME: value (null removes)"),
-    ({"colour": "blue"}, "colour: not a known field (known: cpus, env, memory, replicas, secrets)"),
+    ({"colour": "blue"}, "colour: not a known field (known: cpus, env, memory, replicas, secrets, stop_timeout)"),
     ([], "the body must be a JSON object"),
-    ({}, "send a JSON object with env, secrets, memory, cpus or replicas"),
+    ({}, "send a JSON object with env, secrets, memory, cpus, replicas, stop_timeout"),
 ])
 def test_invalid_profile_changes_are_400_with_the_field_named(api, actx, body, reason):
     add_app(actx)

@@ -190,7 +190,7 @@ def test_first_deploy_then_redeploy_serve_at_the_phase_url(rig):
     lines = rig.lines(second.id)
     assert any(line.startswith(f"stopped the previous container {rig.ctx.engine.instance}-shop-demo-")
                for line in lines)
-    assert f"{second.url} now serves 2.0.0" in lines
+    assert f"{second.url} now serves 2.0.0 (slot port {slots.port_b})" in lines
 
 
 def test_the_next_phase_reuses_the_image(rig):

@@ -448,6 +448,7 @@ def test_profile_pages_show_where_each_value_comes_from(admin, pctx):
     assert 'data-effective="memory">384m</strong> <span class="src src-inherited">inherited from Demo' in stage
     assert 'data-effective="cpus">1.5</strong> <span class="src src-here">set here' in stage
     assert 'data-effective="replicas">1</strong> <span class="src src-pipeline">pipeline default' in stage
+    assert 'for="f-stop_timeout">Stop timeout</label>' in stage
     live = admin.get("/apps/shop/phases/live/profile").text
     assert "inherited from Stage" in row(live, "LOG_LEVEL") and "inherited from Demo" in row(live, "FEATURE_X")
     assert SECRET not in stage + live
@@ -461,7 +462,7 @@ def test_editing_a_profile_saves_it_encrypts_secrets_and_writes_the_audit(admin,
         "csrf_token": token,
         "env_name": ["LOG_LEVEL", ""], "env_value": ["info", ""],
         "secret_name": ["DB_PASSWORD"], "secret_value": [SECRET],
-        "memory": "1G", "cpus": "", "replicas": "2",
+        "memory": "1G", "cpus": "", "replicas": "2", "stop_timeout": "25",
     })
     assert response.status_code == 303
     page = admin.get(response.location)
@@ -469,12 +470,13 @@ def test_editing_a_profile_saves_it_encrypts_secrets_and_writes_the_audit(admin,
     with pctx.db.session() as session:
         profile = session.scalar(select(Profile).where(Profile.phase == "stage"))
         assert profile.env == {"LOG_LEVEL": "info"}
-        assert (profile.memory, profile.cpus, profile.replicas) == ("1g", None, 2)
+        assert (profile.memory, profile.cpus, profile.replicas, profile.stop_timeout) == ("1g", None, 2, 25)
         assert SECRET not in profile.secrets["DB_PASSWORD"] and pctx.box.open(profile.secrets["DB_PASSWORD"]) == SECRET
         assert profile.updated_by == "admin"
     [entry] = audit_entries(pctx)
     assert (entry.actor, entry.app_id, entry.phase, entry.action) == ("admin", app_id, "stage", "profile.update")
-    assert entry.detail["changes"] == ["memory inherited → 1g", "replicas inherited → 2", "env LOG_LEVEL=info added",
+    assert entry.detail["changes"] == ["memory inherited → 1g", "replicas inherited → 2",
+                                       "stop_timeout inherited → 25", "env LOG_LEVEL=info added",
                                        "secret DB_PASSWORD added"]
 
     # Changing the secret and removing a variable: the audit says "changed", never the value.
@@ -482,11 +484,11 @@ def test_editing_a_profile_saves_it_encrypts_secrets_and_writes_the_audit(admin,
     admin.post("/apps/shop/phases/stage/profile", data={
         "csrf_token": token, "env_name": ["LOG_LEVEL"], "env_value": ["info"], "env_remove": ["LOG_LEVEL"],
         "secret_update_name": ["DB_PASSWORD"], "secret_update_value": [SECRET + "-2"],
-        "memory": "1g", "replicas": "2"})
+        "memory": "1g", "replicas": "2", "stop_timeout": "25"})
     last = audit_entries(pctx)[-1]
     assert last.detail["changes"] == ["env LOG_LEVEL removed", "secret DB_PASSWORD changed"]
     # Nothing changed: no audit entry.
-    admin.post("/apps/shop/phases/stage/profile", data={"csrf_token": token, "memory": "1g", "replicas": "2",
+    admin.post("/apps/shop/phases/stage/profile", data={"csrf_token": token, "memory": "1g", "replicas": "2", "stop_timeout": "25",
                                                          "secret_update_name": ["DB_PASSWORD"],
                                                          "secret_update_value": [""]})
     assert len(audit_entries(pctx)) == 2
@@ -505,6 +507,7 @@ def test_invalid_profile_input_is_refused_with_the_field_named(admin, pctx):
         ({"memory": "lots"}, "sizing/memory: must be a number with a unit"),
         ({"cpus": "0"}, "sizing/cpus: must be a number greater than 0"),
         ({"replicas": "99"}, "sizing/replicas: must be a whole number from 1 to 20"),
+        ({"stop_timeout": "0"}, "sizing/stop_timeout: must be a whole number of seconds from 1 to 600"),
         ({"env_name": ["1BAD"], "env_value": ["x"]}, "is not a valid name"),
         ({"env_name": ["A", "A"], "env_value": ["1", "2"]}, "env/A: given twice"),
         ({"secret_name": ["TOKEN"], "secret_value": [""]}, "secrets/TOKEN: needs a value"),
