@@ -4,7 +4,7 @@
                    Debian's adnanh/webhook with a payload-hmac-sha256 rule running /bin/true
   2. push → URL    the busybox sample app through webhook → RQ worker → Docker → Caddy, beside
                    a naive script (clone, build, rm, run, poll), runs interleaved
-  3. dropped       a GET loop against the URL during each of those deploys, both sides
+  3. dropped       GET and POST loops against the URL during each of those deploys, both sides
   4. promote → URL a release tag → Stage serving the Demo image (no rebuild)
   5. scale         N apps × 3 phases, portal render times, RSS of web and worker processes
   6. notify        push → URL with a notification target that never answers, beside none
@@ -238,7 +238,8 @@ def _write_steps(result) -> None:
         for index, run in enumerate(runs):
             steps = ", ".join(f"{key} {value:.2f}" for key, value in sorted(run.steps.items(), key=lambda kv: kv[1]))
             lines.append(f"{name} {index + 1}: URL at {run.seconds:.2f} s; {steps}; "
-                         f"failed requests {run.failures} of {run.requests} {run.samples[:2]}")
+                         f"failed GETs {run.failures} of {run.requests}, POSTs {run.post_failures} of {run.posts} "
+                         f"{run.samples[:2]}")
     (RESULTS / "latest-steps.txt").write_text("\n".join(lines) + "\n")
 
 

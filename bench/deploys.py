@@ -2,9 +2,10 @@
 
 Runs alternate (ours, naive, ours, naive, …) in one process run. Each run's clock starts
 when the push delivery is POSTed (ours) or the script starts (naive) and stops when the
-URL first answers with the new commit's version text. Meanwhile a request loop GETs the
-URL, each time on a new connection, and counts every failure (connection error, timeout,
-non-200), from just before the deploy until just after it is over.
+URL first answers with the new commit's version text. Meanwhile two request loops, each on
+a new connection every time, GET the URL and POST 512 bytes to the sample app's slow CGI
+(200 ms an answer; a write no proxy may retry), and count every failure (connection error,
+timeout, non-200), from just before the deploy until just after it is over.
 """
 
 from __future__ import annotations
@@ -26,18 +27,23 @@ from bench.env import BenchError, Env, wait_until
 NAIVE_SCRIPT = Path(__file__).with_name("naive_deploy.sh")
 FINISHED = ("succeeded", "failed", "refused", "superseded")
 DEPLOY_TIMEOUT = 180
+#: The sample app's CGI that reads a request body and answers after 200 ms (tests/support/dockerkit).
+POST_PATH = "/cgi-bin/slow"
+POST_BODY = b"x" * 512
 
 
 class Watcher(threading.Thread):
-    """GET `path` on 127.0.0.1:`port` (Host: `host`) over and over, a new connection each time.
+    """GET `path` on 127.0.0.1:`port` (Host: `host`) over and over, a new connection each time
+    (`body`: POST it instead).
 
     `matched_at` is when the body first contained every one of `expect`; `failures` counts
     answers other than 200 and connection errors. Bounded: stops after `max_seconds`.
     """
 
     def __init__(self, port: int, host: str, path: str, expect: list[str], *, interval: float = 0.02,
-                 timeout: float = 5, max_seconds: float = DEPLOY_TIMEOUT + 30):
+                 timeout: float = 5, max_seconds: float = DEPLOY_TIMEOUT + 30, body: bytes | None = None):
         super().__init__(daemon=True)
+        self.body = body
         self.port, self.host, self.path, self.expect = port, host, path, expect
         self.interval, self.timeout, self.max_seconds = interval, timeout, max_seconds
         self.matched_at: float | None = None
@@ -62,7 +68,8 @@ class Watcher(threading.Thread):
     def _get(self) -> tuple[bool, str, str]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
-            connection.request("GET", self.path, headers={"Host": self.host, "Connection": "close"})
+            connection.request("GET" if self.body is None else "POST", self.path, body=self.body,
+                               headers={"Host": self.host, "Connection": "close"})
             response = connection.getresponse()
             body = response.read().decode(errors="replace")
             if response.status != 200:
@@ -90,7 +97,7 @@ class Watcher(threading.Thread):
 
 class Watch:
     """Loops on one URL: detectors that notice the new version as soon as it is served, and
-    the request loop whose failures are counted (5 s timeout: slow is not failed).
+    the GET and POST loops whose failures are counted (5 s timeout: slow is not failed).
 
     The detectors are 20 staggered threads starting a probe every 20 ms between them, so the
     few probes that connect to a container still starting (docker-proxy holds them for TCP's
@@ -103,10 +110,12 @@ class Watch:
         self.detectors = [Watcher(port, host, path, expect, interval=self.DETECTORS * self.PROBE_EVERY, timeout=2)
                           for _ in range(self.DETECTORS)]
         self.loop = Watcher(port, host, path, expect)
+        self.posts = Watcher(port, host, POST_PATH, [], body=POST_BODY)
         for detector in self.detectors:  # staggered: together they start a probe every 20 ms
             detector.start()
             time.sleep(self.PROBE_EVERY)
         self.loop.start()
+        self.posts.start()
 
     @property
     def matched_at(self) -> float | None:
@@ -126,9 +135,11 @@ class Watch:
         for detector in self.detectors:
             detector.finish(0)
         self.loop.finish(linger)
+        self.posts.finish(0)
 
     def run(self, started: float, steps: dict[str, float]) -> Run:
-        return Run(self.matched_at - started, self.loop.requests, self.loop.failures, self.loop.samples, steps)
+        return Run(self.matched_at - started, self.loop.requests, self.loop.failures,
+                   self.loop.samples + self.posts.samples, steps, self.posts.requests, self.posts.failures)
 
 
 @dataclass
@@ -138,6 +149,8 @@ class Run:
     failures: int
     samples: list[str] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)
+    posts: int = 0
+    post_failures: int = 0
 
 
 @dataclass
@@ -236,7 +249,8 @@ class Ours:
 def _step(text: str) -> str | None:
     for prefix, key in (("fetching", "clone"), ("building", "build"), ("reusing", "image reused"),
                         ("starting", "container start"), ("healthy", "healthy"),
-                        ("router:", "route created"), ("stopped the previous", "old stopped")):
+                        ("the previous container gets", "old drains"), ("stopped the previous", "old stopped"),
+                        ("the previous container ignored", "old killed")):
         if text.startswith(prefix):
             return key
     if " now serves " in text:
@@ -331,12 +345,16 @@ def run(env: Env, ctx, sender: Sender, *, runs: int, promote_runs: int, naive_po
         results.ours.append(run_ours(ours, env.router_port, i))
         results.naive.append(run_naive(naive, i))
         line = (f"  push→URL run {i + 1}/{runs}: ours {results.ours[-1].seconds:.2f}s "
-                f"({results.ours[-1].failures} failed requests), naive {results.naive[-1].seconds:.2f}s "
-                f"({results.naive[-1].failures} failed requests)")
+                f"({_failed(results.ours[-1])}), naive {results.naive[-1].seconds:.2f}s "
+                f"({_failed(results.naive[-1])})")
         if i < promote_runs:
             promoted, rebuilt = run_promote(ours, env.router_port, f"v1.0.{i}")
             results.promote.append(promoted)
             results.rebuilt_on_promote += int(rebuilt)
-            line += f"; promote {promoted.seconds:.2f}s ({promoted.failures} failed requests)"
+            line += f"; promote {promoted.seconds:.2f}s ({_failed(promoted)})"
         log(line)
     return results
+
+
+def _failed(run: Run) -> str:
+    return f"failed GETs {run.failures} of {run.requests}, POSTs {run.post_failures} of {run.posts}"
