@@ -183,9 +183,9 @@ def test_a_stopped_slot_is_failed_over_without_a_client_error(router, pair):
     with RequestLoop(lambda session: _get(url, session)) as loop:
         for _ in range(3):
             blue.stop()  # slot A goes away: B takes over
-            wait_until(lambda: loop.last == "green", timeout=5)
+            wait_until(lambda: loop.last == "green", timeout=15)
             blue.start()  # A is back: once its failure expires (fail_duration) it serves again
-            wait_until(lambda: loop.last == "blue", timeout=5)
+            wait_until(lambda: loop.last == "blue", timeout=15)
         green.stop()
         time.sleep(0.3)
         green.start()
