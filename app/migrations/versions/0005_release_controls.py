@@ -1,7 +1,7 @@
 """release controls: ad-hoc phase freezes; what a deployment ships, its override, its cancel
 
 Revision ID: 0005_release_controls
-Revises: 0008_app_deletion
+Revises: 0003_sessions
 Create Date: 2026-12-01 21:00:00.000000
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_release_controls'
-down_revision = '0008_app_deletion'
+down_revision = '0003_sessions'
 branch_labels = None
 depends_on = None
 
