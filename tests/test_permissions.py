@@ -66,9 +66,8 @@ CHANGES = {
     Action.CANCEL,
     Action.FREEZE,
     Action.UNFREEZE,
-    Action.OVERRIDE_FREEZE,
 }
-ADMIN_ONLY = {Action.DELETE_APP}
+ADMIN_ONLY = {Action.DELETE_APP, Action.OVERRIDE_FREEZE}
 PHASELESS = set(Action) - CHANGES - ADMIN_ONLY
 
 
