@@ -12,14 +12,19 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.deployments import schedule
+from app.deployments import schedule, version_taken, version_taken_reason
 from app.exceptions import InvalidVersion
-from app.models import App, Deployment, DeploymentStatus
+from app.freezes import ad_hoc_freeze, frozen
+from app.models import App, AuditEntry, Deployment, DeploymentStatus, PhaseFreeze, utcnow
 from app.permissions import Action, check
 from app.pipeline import PipelineConfig
 from app.profiles import SIZING
 from app.plans import Deploy, Repo
 from app.versions import validate_version
+
+
+#: A deployment in these states can still be cancelled.
+IN_PROGRESS = (DeploymentStatus.QUEUED, DeploymentStatus.BUILDING, DeploymentStatus.DEPLOYING)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Outcome:
     deployment_id: int | None = None
     #: Set when the target phase needs approvals: the caller opens a promotion PR instead.
     promotion: PromotionRequest | None = None
+    #: The deployment ended here and then (a queued one cancelled): report its outcome now.
+    finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class PromotionRequest:
     version: str
     sha: str
     source_id: int
+    #: An admin's reason to merge into the frozen phase anyway (checked again at the merge).
+    override: str | None = None
 
     @property
     def head_branch(self) -> str:
@@ -90,15 +99,39 @@ class Actions:
             return None
         return Outcome(False, f"there is no phase {phase!r} (phases: {', '.join(self.config.phase_names)})")
 
+    def _frozen(self, session: Session, app: App, phase: str, *, role: str,
+                force: str | None = None) -> tuple[Outcome | None, str | None]:
+        """(refusal, override): a frozen phase refuses unless an admin forces it with a reason."""
+        freeze = frozen(session, self.config, app.id, phase)
+        if freeze is None:
+            return None, None
+        if force is None:
+            return Outcome(False, f"{freeze.describe()}, so nothing was deployed (an admin may override once: "
+                                  f"/promote {phase} --force <reason>)"), None
+        decision = check(role, Action.OVERRIDE_FREEZE, phase, self.config.roles)
+        if not decision.allowed:
+            return Outcome(False, f"{freeze.describe()}: {decision.reason}"), None
+        if not force.strip():
+            return Outcome(False, "--force needs a reason, recorded in the audit log"), None
+        return None, force.strip()[:300]
+
+    def _way_in(self, session: Session, app: App, phase: str, role: str, action: Action) -> Outcome | None:
+        """Why `action` into `phase` is refused (unknown phase, role, freeze), or None."""
+        return (self._unknown_phase(phase) or self._refusal(role, action, phase)
+                or self._frozen(session, app, phase, role=role)[0])
+
     def promote(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
                 version: str | None = None, rename_to: str | None = None,
-                pr_number: int | None = None, comment_id: int | None = None) -> Outcome:
+                pr_number: int | None = None, comment_id: int | None = None, force: str | None = None) -> Outcome:
         """Put an already-built version on `phase`: by default what the previous phase serves.
 
         `pr_number` and `comment_id` name the command that asked, so the deployment's outcome
-        edits that command's reply.
+        edits that command's reply. `force` (admins only) is the reason to override a freeze.
         """
         problem = self._unknown_phase(phase) or self._refusal(role, Action.PROMOTE, phase)
+        if problem:
+            return problem
+        problem, override = self._frozen(session, app, phase, role=role, force=force)
         if problem:
             return problem
         previous = self.config.previous_phases(phase)
@@ -116,6 +149,9 @@ class Actions:
             new_version = validate_version(rename_to) if rename_to else source.version
         except InvalidVersion as exc:
             return Outcome(False, str(exc))
+        other = version_taken(session, app.id, new_version, source.sha)
+        if other is not None:
+            return Outcome(False, version_taken_reason(new_version, other))
         settings = self.config.phase(phase)
         if settings.approvals > 0 and not settings.branch:
             # Approvals are counted on a promotion PR; without a branch to open one into, a
@@ -126,21 +162,28 @@ class Actions:
             return Outcome(
                 True,
                 f"{phase} needs {settings.approvals} approval(s): opening a promotion pull request",
-                promotion=PromotionRequest(phase, settings.branch, new_version, source.sha, source.id),
+                promotion=PromotionRequest(phase, settings.branch, new_version, source.sha, source.id, override),
             )
         deployment = schedule(session, app, Deploy(
             repo=_repo(app), phase=phase, ref=source.sha, sha=source.sha, version=new_version,
             trigger=trigger, actor=actor), source_id=source.id)
         _answer_to(deployment, pr_number, comment_id)
         renamed = f" as {new_version}" if new_version != source.version else ""
-        return Outcome(True, f"promoting {_label(source)} from {source.phase} to {phase}{renamed}",
+        forced = ""
+        if override:
+            deployment.override = override
+            session.flush()
+            audit(session, actor, app, phase, "freeze.override",
+                   {"deployment": deployment.id, "reason": override, "version": new_version})
+            forced = f" (freeze overridden by @{actor}: {override})"
+        return Outcome(True, f"promoting {_label(source)} from {source.phase} to {phase}{renamed}{forced}",
                        deployment.id)
 
     def rollback(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
                  to_version: str | None = None, pr_number: int | None = None,
                  comment_id: int | None = None) -> Outcome:
         """Redeploy an earlier successful deployment of `phase`: its image and its profile."""
-        problem = self._unknown_phase(phase) or self._refusal(role, Action.ROLLBACK, phase)
+        problem = self._way_in(session, app, phase, role, Action.ROLLBACK)
         if problem:
             return problem
         now = current(session, app.id, phase)
@@ -154,10 +197,8 @@ class Actions:
             target = self._previous_distinct(session, app.id, phase, now)
             if target is None:
                 return Outcome(False, f"{phase} has no earlier successful deployment to roll back to")
-        deployment = schedule(session, app, Deploy(
-            repo=_repo(app), phase=phase, ref=target.sha, sha=target.sha, version=target.version,
-            trigger="rollback", actor=actor), source_id=target.id)
-        _answer_to(deployment, pr_number, comment_id)
+        deployment = _again(session, app, target, trigger="rollback", actor=actor, pr_number=pr_number,
+                            comment_id=comment_id)
         return Outcome(True, f"rolling back {phase}: {describe_change(now, target)}", deployment.id)
 
     @staticmethod
@@ -174,7 +215,7 @@ class Actions:
                       comment_id: int | None = None) -> Outcome:
         """Deploy a commit (a PR's head, say) to a phase; the first phase when none is named."""
         phase = phase or self.config.phase_names[0]
-        problem = self._unknown_phase(phase) or self._refusal(role, Action.DEPLOY, phase)
+        problem = self._way_in(session, app, phase, role, Action.DEPLOY)
         if problem:
             return problem
         if self.config.phase(phase).approvals > 0:
@@ -184,6 +225,111 @@ class Actions:
             actor=actor, pr_number=pr_number))
         _answer_to(deployment, pr_number, comment_id)
         return Outcome(True, f"deploying {sha[:7]} to {phase}", deployment.id)
+
+
+    def redeploy(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
+                 pr_number: int | None = None, comment_id: int | None = None) -> Outcome:
+        """Deploy again what `phase` serves, with the phase's profile as it is now (the way to
+        apply an edited profile); the image is reused, the previous container serves meanwhile."""
+        problem = self._way_in(session, app, phase, role, Action.REDEPLOY)
+        if problem:
+            return problem
+        now = current(session, app.id, phase)
+        if now is None:
+            return Outcome(False, f"{phase} serves nothing yet, so there is nothing to redeploy")
+        deployment = _again(session, app, now, trigger="redeploy", actor=actor, pr_number=pr_number,
+                            comment_id=comment_id)
+        return Outcome(True, f"redeploying {_label(now)} to {phase} with its current profile", deployment.id)
+
+    def retry(self, session: Session, app: App, target: Deployment | None, *, actor: str, role: str,
+              pr_number: int | None = None, comment_id: int | None = None) -> Outcome:
+        """A failed (or cancelled) deployment, once more: same commit, version and source."""
+        if target is None:
+            return Outcome(False, "there is no failed deployment to retry")
+        problem = self._way_in(session, app, target.phase, role, Action.RETRY)
+        if problem:
+            return problem
+        if target.status not in (DeploymentStatus.FAILED.value, DeploymentStatus.CANCELLED.value):
+            return Outcome(False, f"deployment {target.id} is {target.status}: only failed or cancelled "
+                                  "deployments can be retried")
+        # A rollback stays a rollback (it restores its profile); anything else is a retry.
+        trigger = target.trigger if target.trigger in ("rollback", "restore", "redeploy") else "retry"
+        deployment = schedule(session, app, Deploy(
+            repo=_repo(app), phase=target.phase, ref=target.ref or target.sha or "", sha=target.sha,
+            version=target.version, trigger=trigger, actor=actor), source_id=target.source_id)
+        _answer_to(deployment, pr_number, comment_id)
+        return Outcome(True, f"retrying deployment {target.id} ({target.version} to {target.phase})",
+                       deployment.id)
+
+    def cancel(self, session: Session, app: App, target: Deployment | None, *, actor: str, role: str) -> Outcome:
+        """Stop a queued deployment now, or a building one at its next step (before any switch)."""
+        if target is None:
+            return Outcome(False, "there is no queued or building deployment to cancel")
+        problem = self._refusal(role, Action.CANCEL, target.phase)
+        if problem:
+            return problem
+        if target.status == DeploymentStatus.QUEUED.value:
+            target.status, target.finished_at = DeploymentStatus.CANCELLED.value, utcnow()
+            target.reason = f"cancelled by @{actor} before it started"
+            return Outcome(True, f"cancelled deployment {target.id} ({target.version} to {target.phase}) "
+                                 "before it started", target.id, finished=True)
+        if target.status in (DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value):
+            target.cancel_requested_by = actor
+            return Outcome(True, f"deployment {target.id} ({target.version} to {target.phase}) stops at its "
+                                 f"next step; {target.phase} keeps serving what it serves", target.id)
+        return Outcome(False, f"deployment {target.id} is {target.status}: only queued or building "
+                              "deployments can be cancelled")
+
+    def freeze(self, session: Session, app: App, phase: str, *, actor: str, role: str, reason: str) -> Outcome:
+        problem = self._unknown_phase(phase) or self._refusal(role, Action.FREEZE, phase)
+        if problem:
+            return problem
+        existing = ad_hoc_freeze(session, app.id, phase)
+        if existing is not None:
+            return Outcome(False, f"{phase} is already frozen by @{existing.author}"
+                                  + (f" ({existing.reason})" if existing.reason else ""))
+        session.add(PhaseFreeze(app_id=app.id, phase=phase, author=actor, reason=reason.strip()[:300]))
+        audit(session, actor, app, phase, "freeze", {"reason": reason.strip()[:300]})
+        return Outcome(True, f"froze {phase}" + (f" ({reason.strip()})" if reason.strip() else "")
+                       + f": nothing deploys there until /unfreeze {phase}")
+
+    def unfreeze(self, session: Session, app: App, phase: str, *, actor: str, role: str) -> Outcome:
+        problem = self._unknown_phase(phase) or self._refusal(role, Action.UNFREEZE, phase)
+        if problem:
+            return problem
+        existing = ad_hoc_freeze(session, app.id, phase)
+        if existing is None:
+            still = frozen(session, self.config, app.id, phase)
+            if still is not None:
+                return Outcome(False, f"{still.describe()}: a configured freeze ends by itself (or edit pipeline.yml)")
+            return Outcome(False, f"{phase} is not frozen")
+        session.delete(existing)
+        audit(session, actor, app, phase, "unfreeze", {"was_frozen_by": existing.author, "reason": existing.reason})
+        still = frozen(session, self.config, app.id, phase)
+        return Outcome(True, f"unfroze {phase}" + (f"; but {still.describe()}" if still else ""))
+
+
+def latest_in(session: Session, app_id: int, phase: str, statuses: tuple[DeploymentStatus, ...]) -> Deployment | None:
+    """The newest deployment of `phase` in one of `statuses` (what /retry and /cancel act on)."""
+    return session.scalars(
+        select(Deployment).where(Deployment.app_id == app_id, Deployment.phase == phase,
+                                 Deployment.status.in_([s.value for s in statuses]))
+        .order_by(Deployment.id.desc())
+    ).first()
+
+
+def audit(session: Session, actor: str, app: App, phase: str, action: str, detail: dict) -> None:
+    session.add(AuditEntry(actor=actor, app_id=app.id, phase=phase, action=action, detail=detail))
+
+
+def _again(session: Session, app: App, source: Deployment, *, trigger: str, actor: str,
+           pr_number: int | None, comment_id: int | None) -> Deployment:
+    """Schedule `source`'s image (and version) on its phase once more."""
+    deployment = schedule(session, app, Deploy(
+        repo=_repo(app), phase=source.phase, ref=source.sha, sha=source.sha, version=source.version,
+        trigger=trigger, actor=actor), source_id=source.id)
+    _answer_to(deployment, pr_number, comment_id)
+    return deployment
 
 
 def _answer_to(deployment: Deployment, pr_number: int | None, comment_id: int | None) -> None:

@@ -18,6 +18,8 @@ class ApprovalCount:
     needed: int
     #: (login, short sha) of approvals given to an earlier head: they do not count.
     stale: tuple[tuple[str, str], ...] = ()
+    #: Approvals of the head by people the phase's rules do not let approve: not counted.
+    ineligible: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -64,6 +66,7 @@ def count_approvals(reviews: Iterable[dict], *, author: str | None, needed: int,
     stale = tuple((login, latest[login][1][:7] or "an unknown commit") for login in approved
                   if latest[login][1] != head)
     current = {login for login, _ in stale}
-    approvers = tuple(login for login in approved
-                      if login not in current and (eligible is None or eligible(login)))
-    return ApprovalCount(approvers=approvers, needed=needed, stale=stale)
+    of_head = [login for login in approved if login not in current]
+    ineligible = tuple(login for login in of_head if eligible is not None and not eligible(login))
+    approvers = tuple(login for login in of_head if login not in ineligible)
+    return ApprovalCount(approvers=approvers, needed=needed, stale=stale, ineligible=ineligible)

@@ -23,6 +23,11 @@ class CommandName(StrEnum):
     DEPLOY = "deploy"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
+    REDEPLOY = "redeploy"
+    RETRY = "retry"
+    CANCEL = "cancel"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
     STATUS = "status"
     HELP = "help"
 
@@ -42,6 +47,8 @@ class Promote:
     phase: str
     version: str | None
     rename_to: str | None
+    #: An admin's reason to deploy into a frozen phase; None: no override.
+    force: str | None = None
     name: ClassVar[CommandName] = CommandName.PROMOTE
 
 
@@ -55,6 +62,46 @@ class Rollback:
 
 
 @dataclass(frozen=True)
+class _OnPhase:
+    """A command whose only argument is the phase it acts on."""
+
+    phase: str
+
+
+@dataclass(frozen=True)
+class Redeploy(_OnPhase):
+    """Deploy again what ``phase`` serves, with its current profile."""
+
+    name: ClassVar[CommandName] = CommandName.REDEPLOY
+
+
+@dataclass(frozen=True)
+class Retry(_OnPhase):
+    """Retry the latest failed (or cancelled) deployment of ``phase``."""
+
+    name: ClassVar[CommandName] = CommandName.RETRY
+
+
+@dataclass(frozen=True)
+class Cancel(_OnPhase):
+    """Cancel the latest queued or building deployment of ``phase``."""
+
+    name: ClassVar[CommandName] = CommandName.CANCEL
+
+
+@dataclass(frozen=True)
+class Freeze:
+    phase: str
+    reason: str
+    name: ClassVar[CommandName] = CommandName.FREEZE
+
+
+@dataclass(frozen=True)
+class Unfreeze(_OnPhase):
+    name: ClassVar[CommandName] = CommandName.UNFREEZE
+
+
+@dataclass(frozen=True)
 class Status:
     name: ClassVar[CommandName] = CommandName.STATUS
 
@@ -64,7 +111,7 @@ class Help:
     name: ClassVar[CommandName] = CommandName.HELP
 
 
-Command = Deploy | Promote | Rollback | Status | Help
+Command = Deploy | Promote | Rollback | Redeploy | Retry | Cancel | Freeze | Unfreeze | Status | Help
 
 
 @dataclass(frozen=True)
@@ -80,13 +127,19 @@ _SYNTAX: dict[CommandName, tuple[str, str]] = {
         "build this pull request's head and deploy it (default: the first phase)",
     ),
     CommandName.PROMOTE: (
-        "/promote <phase> [<version>] [as <new-version>]",
-        "push a version (default: the previous phase's) to a phase, optionally renamed",
+        "/promote <phase> [<version>] [as <new-version>] [--force <reason>]",
+        "push a version (default: the previous phase's) to a phase, optionally renamed; "
+        "--force: an admin deploys into a frozen phase, once, with a reason",
     ),
     CommandName.ROLLBACK: (
         "/rollback <phase> [to <version>]",
         "redeploy an earlier version (default: the one before the current)",
     ),
+    CommandName.REDEPLOY: ("/redeploy <phase>", "deploy what a phase serves again, with its current profile"),
+    CommandName.RETRY: ("/retry <phase>", "retry the phase's latest failed deployment"),
+    CommandName.CANCEL: ("/cancel <phase>", "cancel the phase's queued or building deployment"),
+    CommandName.FREEZE: ("/freeze <phase> [reason]", "refuse every deployment into a phase until /unfreeze"),
+    CommandName.UNFREEZE: ("/unfreeze <phase>", "lift a /freeze"),
     CommandName.STATUS: ("/status", "show what runs in each phase"),
     CommandName.HELP: ("/help", "show this help"),
 }
@@ -187,7 +240,20 @@ def _deploy(args: list[str], phases: Sequence[str]) -> Deploy:
     return Deploy(phase=phase)
 
 
+def _rest_after(args: list[str], keyword: str) -> tuple[list[str], str | None]:
+    """``[..., keyword, words...]`` → ``([...], "words ...")``: the rest of the line is free text."""
+    lowered = [arg.lower() for arg in args]
+    if keyword not in lowered:
+        return args, None
+    at = lowered.index(keyword)
+    text = " ".join(args[at + 1 :]).strip()
+    if not text:
+        raise _Malformed(f"{keyword} needs a reason, recorded in the audit log.")
+    return args[:at], text[:300]
+
+
 def _promote(args: list[str], phases: Sequence[str]) -> Promote:
+    args, force = _rest_after(args, "--force")
     positional, rename_to = _split_keyword(args, "as")
     phase = _phase(positional[0] if positional else None, phases)
     version = positional[1:2]
@@ -196,6 +262,7 @@ def _promote(args: list[str], phases: Sequence[str]) -> Promote:
         phase=phase,
         version=_version(version[0]) if version else None,
         rename_to=rename_to,
+        force=force,
     )
 
 
@@ -204,6 +271,20 @@ def _rollback(args: list[str], phases: Sequence[str]) -> Rollback:
     phase = _phase(positional[0] if positional else None, phases)
     _no_more(positional[1:])
     return Rollback(phase=phase, to_version=to_version)
+
+
+def _phase_only(command: type[Redeploy | Retry | Cancel | Unfreeze]) -> Callable[[list[str], Sequence[str]], Command]:
+    def parse_arguments(args: list[str], phases: Sequence[str]) -> Command:
+        phase = _phase(args[0] if args else None, phases)
+        _no_more(args[1:])
+        return command(phase=phase)
+
+    return parse_arguments
+
+
+def _freeze(args: list[str], phases: Sequence[str]) -> Freeze:
+    phase = _phase(args[0] if args else None, phases)
+    return Freeze(phase=phase, reason=" ".join(args[1:]).strip()[:300])
 
 
 def _without_arguments(command: Status | Help) -> Callable[[list[str], Sequence[str]], Command]:
@@ -218,6 +299,11 @@ _GRAMMAR: dict[CommandName, Callable[[list[str], Sequence[str]], Command]] = {
     CommandName.DEPLOY: _deploy,
     CommandName.PROMOTE: _promote,
     CommandName.ROLLBACK: _rollback,
+    CommandName.REDEPLOY: _phase_only(Redeploy),
+    CommandName.RETRY: _phase_only(Retry),
+    CommandName.CANCEL: _phase_only(Cancel),
+    CommandName.FREEZE: _freeze,
+    CommandName.UNFREEZE: _phase_only(Unfreeze),
     CommandName.STATUS: _without_arguments(Status()),
     CommandName.HELP: _without_arguments(Help()),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,3 +33,22 @@ def schedule(session: Session, app: App, plan: Deploy, *, source_id: int | None 
         return None
     return deployment
 
+
+
+def version_taken(session: Session, app_id: int, version: str, sha: str | None, *, but: int | None = None) -> str | None:
+    """The other commit `version` already names in this app (SPEC §9: a version belongs to one
+    commit), or None. Failed attempts do not claim a name."""
+    if not sha:
+        return None
+    query = select(Deployment.sha).where(
+        Deployment.app_id == app_id, Deployment.version == version, Deployment.sha.is_not(None),
+        Deployment.sha != sha,
+        Deployment.status.in_([DeploymentStatus.SUCCEEDED.value, DeploymentStatus.DEPLOYING.value]))
+    if but is not None:
+        query = query.where(Deployment.id != but)
+    return session.scalar(query.limit(1))
+
+
+def version_taken_reason(version: str, other_sha: str) -> str:
+    return (f"version {version} already names commit {other_sha[:7]}; a version belongs to one commit, "
+            "so use another tag or name")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from app.context import Context
 from app.deployments import schedule
 from app.models import Deployment, Delivery, DeliveryOutcome
-from app.plans import Deploy, Ignore, Invalid, Plan, Pong, Reply, RunCommand, SyncInstallation
+from app.plans import Deploy, Ignore, Invalid, Plan, Pong, Reply, RunCommand, SummarizePromotion, SyncInstallation
 from app.registry import ensure_app, sync_installation
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome
             [("command", dict(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id,
                               actor=plan.actor, body=plan.body, commented_at=plan.commented_at))],
         )
+    if isinstance(plan, SummarizePromotion):
+        return Outcome(202, {"ok": True, "reason": f"promotion PR #{plan.pr_number} to {plan.phase}: summary queued"},
+                       [("summary", dict(app_id=app.id, pr_number=plan.pr_number, phase=plan.phase))])
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
         jobs = [("report", report.id)] if report.state == "pending" else []
@@ -127,6 +130,8 @@ def _enqueue(ctx: Context, job: tuple) -> None:
         ctx.jobs.report(arg)
     elif kind == "command":
         ctx.jobs.command(**arg)
+    elif kind == "summary":
+        ctx.jobs.summary(**arg)
 
 
 def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int], report_ids: list[int]) -> None:

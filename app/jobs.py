@@ -67,16 +67,23 @@ class Jobs:
         )
 
     def promotion(self, *, app_id: int, phase: str, branch: str, version: str, sha: str, source_id: int,
-                  actor: str) -> str:
+                  actor: str, override: str | None = None) -> str:
         """Open the promotion pull request a portal user asked for (a phase that needs approvals)."""
         return self._enqueue(
             COMMANDS,
             "workers.command.open_promotion_pr",
             job_id("promotion", app_id, phase, version),
             {"app_id": app_id, "phase": phase, "branch": branch, "version": version, "sha": sha,
-             "source_id": source_id, "actor": actor},
+             "source_id": source_id, "actor": actor, "override": override},
             timeout=300,
         )
+
+    def summary(self, *, app_id: int, pr_number: int, phase: str) -> str:
+        """Refresh a promotion PR's summary comment and status. Not unique: every delivery
+        (a new review, a push) must be read again."""
+        self.queues[COMMANDS].enqueue_call("workers.promotion.summarize", kwargs={
+            "app_id": app_id, "pr_number": pr_number, "phase": phase}, timeout=300)
+        return f"summary-{app_id}-{pr_number}"
 
     def report(self, report_id: int) -> str:
         return self._enqueue(

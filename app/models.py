@@ -58,10 +58,11 @@ class DeploymentStatus(str, enum.Enum):
     FAILED = "failed"
     SUPERSEDED = "superseded"
     REFUSED = "refused"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (self.SUCCEEDED, self.FAILED, self.SUPERSEDED, self.REFUSED)
+        return self in (self.SUCCEEDED, self.FAILED, self.SUPERSEDED, self.REFUSED, self.CANCELLED)
 
 
 class ReportState(str, enum.Enum):
@@ -171,6 +172,13 @@ class Deployment(Base):
     url: Mapped[str | None] = mapped_column(String(500))
     #: Why a deploy failed: last container log lines and health responses.
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: What a promotion ships: the commits between what the phase served and this one
+    #: (sha, title, author, url), newest first.
+    commits: Mapped[list[Any]] = mapped_column(default=list)
+    #: An admin's reason for deploying into a frozen phase (`--force <reason>`).
+    override: Mapped[str | None] = mapped_column(String(300))
+    #: Who asked to cancel it while it was building; the worker stops at its next step.
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(100))
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -198,6 +206,20 @@ class PhaseSlots(Base):
     phase: Mapped[str] = mapped_column(String(40))
     port_a: Mapped[int] = mapped_column(Integer, unique=True)
     port_b: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PhaseFreeze(Base):
+    """An ad-hoc freeze of one app's phase (`/freeze`, the portal, the API), until lifted."""
+
+    __tablename__ = "phase_freezes"
+    __table_args__ = (UniqueConstraint("app_id", "phase"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    phase: Mapped[str] = mapped_column(String(40))
+    author: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

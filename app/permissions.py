@@ -25,6 +25,12 @@ class Action(StrEnum):
     EDIT_PROFILE = "edit_profile"
     REMOVE_SERVICES = "remove_services"
     MERGE_PROMOTION = "merge_promotion"
+    REDEPLOY = "redeploy"
+    RETRY = "retry"
+    CANCEL = "cancel"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    OVERRIDE_FREEZE = "override_freeze"
     VIEW = "view"
     DELETE_APP = "delete_app"
 
@@ -37,6 +43,13 @@ RULES: dict[Action, str] = {
     Action.EDIT_PROFILE: PHASE,
     Action.REMOVE_SERVICES: PHASE,
     Action.MERGE_PROMOTION: PHASE,
+    Action.REDEPLOY: PHASE,
+    Action.RETRY: PHASE,
+    Action.CANCEL: PHASE,
+    Action.FREEZE: PHASE,
+    Action.UNFREEZE: PHASE,
+    # A freeze is the team's decision; only an admin may deploy through it (once, with a reason).
+    Action.OVERRIDE_FREEZE: "admin",
     Action.STATUS: "read",
     Action.HELP: "read",
     Action.VIEW: "read",
@@ -51,6 +64,11 @@ AT_LEAST: dict[Action, str] = {
     Action.ROLLBACK: "triage",
     Action.EDIT_PROFILE: "triage",
     Action.MERGE_PROMOTION: "triage",
+    Action.REDEPLOY: "triage",
+    Action.RETRY: "triage",
+    Action.CANCEL: "triage",
+    Action.FREEZE: "triage",
+    Action.UNFREEZE: "triage",
     Action.REMOVE_SERVICES: "maintain",
 }
 
@@ -61,6 +79,12 @@ _WHAT: dict[Action, str] = {
     Action.EDIT_PROFILE: "edit the {phase} profile",
     Action.REMOVE_SERVICES: "remove the {phase} backing services",
     Action.MERGE_PROMOTION: "merge a promotion to {phase}",
+    Action.REDEPLOY: "redeploy {phase}",
+    Action.RETRY: "retry a deployment to {phase}",
+    Action.CANCEL: "cancel a deployment to {phase}",
+    Action.FREEZE: "freeze {phase}",
+    Action.UNFREEZE: "unfreeze {phase}",
+    Action.OVERRIDE_FREEZE: "override the freeze of {phase}",
     Action.STATUS: "see the status",
     Action.HELP: "get help",
     Action.VIEW: "view this app",

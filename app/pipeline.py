@@ -8,6 +8,7 @@ reading code.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -15,6 +16,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -55,6 +57,49 @@ class Profile(Strict):
     env: dict[str, str] = {}
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _utc(value: Any) -> datetime:
+    """An ISO 8601 moment in UTC (`2026-12-24T00:00Z`); a naive or non-UTC one is refused."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be a UTC time like 2026-12-24T00:00Z") from None
+    else:
+        raise ValueError("must be a UTC time like 2026-12-24T00:00Z")
+    if moment.utcoffset() != timedelta(0):
+        raise ValueError("must be in UTC (end it with Z)")
+    return moment.astimezone(timezone.utc)
+
+
+class FreezeWindow(Strict):
+    """A configured change freeze: an absolute UTC window (`from`/`to`) or whole weekdays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    start: Annotated[datetime, BeforeValidator(_utc)] | None = Field(default=None, alias="from")
+    end: Annotated[datetime, BeforeValidator(_utc)] | None = Field(default=None, alias="to")
+    days: list[Literal[WEEKDAYS]] | None = None  # type: ignore[valid-type]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FreezeWindow:
+        if self.days is not None:
+            if self.start is not None or self.end is not None:
+                raise ValueError("set either days or from and to, not both")
+            if not self.days:
+                raise ValueError("days: name at least one day (mon … sun)")
+        elif self.start is None or self.end is None:
+            raise ValueError("set from and to (UTC), or days")
+        elif self.end <= self.start:
+            raise ValueError("to must be after from")
+        return self
+
+
 class Phase(Strict):
     name: str = ""
     trigger: Literal["push", "tag", "pull_request", "manual"]
@@ -65,6 +110,7 @@ class Phase(Strict):
     url: str | None = None
     health_timeout: Annotated[float, Field(gt=0, le=600)] | None = None
     profile: Profile = Profile()
+    freeze: list[FreezeWindow] = []
 
     @model_validator(mode="after")
     def _pull_request_needs_branch(self) -> Phase:
@@ -290,6 +336,20 @@ class RepoConfig(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     healthcheck: str = "/"
     services: dict[Annotated[str, Field(pattern=SLUG)], Service] = {}
+    #: Run once per deployment in a one-off container of the new image, before it serves
+    #: (migrations); an argument list replacing the image's ENTRYPOINT and CMD, never a shell string.
+    release: list[str] | None = None
+    release_timeout: Annotated[int, Field(ge=1, le=3600)] = 600
+
+    @field_validator("release", mode="before")
+    @classmethod
+    def _release_argv(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if (not isinstance(value, list) or not value or len(value) > 100
+                or not all(isinstance(part, str) and "\x00" not in part for part in value) or not value[0]):
+            raise ValueError("must be a command: a list of strings, e.g. [bin/migrate, --yes] (never a shell string)")
+        return value
 
     @field_validator("dockerfile", "context")
     @classmethod

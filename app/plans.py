@@ -106,6 +106,20 @@ class RunCommand:
 
 
 @dataclass(frozen=True)
+class SummarizePromotion:
+    """Refresh a promotion PR's one summary comment and its `release-pipeline/promotion` status;
+    deploys nothing (the merge does, with its own checks)."""
+
+    repo: Repo
+    pr_number: int
+    phase: str
+
+    def __post_init__(self) -> None:
+        _number(self.pr_number, "pull request number", maximum=2**31 - 1)
+        _text(self.phase, "phase", limit=40)
+
+
+@dataclass(frozen=True)
 class Reply:
     """Answer a malformed command on the PR without doing anything else."""
 
@@ -157,4 +171,4 @@ class Invalid:
     reason: str
 
 
-Plan = Deploy | RunCommand | Reply | SyncInstallation | Pong | Ignore | Invalid
+Plan = Deploy | RunCommand | SummarizePromotion | Reply | SyncInstallation | Pong | Ignore | Invalid

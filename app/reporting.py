@@ -19,6 +19,7 @@ from app.notifications import Event, Notifier, finished_event
 log = logging.getLogger(__name__)
 
 STATUS_CONTEXT = "release-pipeline/{phase}"
+PROMOTION_CONTEXT = "release-pipeline/promotion"
 #: GitHub rejects longer status and deployment-status descriptions.
 DESCRIPTION_LIMIT = 140
 
@@ -32,13 +33,13 @@ def short(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
 def status_state(deployment: Deployment) -> str:
     """The commit status of a finished deployment.
 
-    `failure` when the version itself did not make it (build, health check, missing
-    approvals); `error` when the pipeline did not get to judge it (superseded by a newer
-    deployment, an internal error).
+    `failure` when the version itself did not make it (build, health check, release command,
+    missing approvals, a freeze); `error` when the pipeline did not get to judge it
+    (superseded by a newer deployment, cancelled, an internal error).
     """
     if deployment.status == DeploymentStatus.SUCCEEDED.value:
         return "success"
-    if deployment.status == DeploymentStatus.SUPERSEDED.value:
+    if deployment.status in (DeploymentStatus.SUPERSEDED.value, DeploymentStatus.CANCELLED.value):
         return "error"
     if (deployment.reason or "").startswith("internal error"):
         return "error"
@@ -270,6 +271,13 @@ class Reports:
         text = outcome_text(deployment, self.deployment_page(app, deployment))
         return self.comment(session, app, deployment.pr_number, reply_topic(deployment),
                             f"{intro}\n\n{text}" if intro else text, deployment, intro=intro or None)
+
+    def promotion_status(self, session: Session, app: App, sha: str, state: str, description: str,
+                         target_url: str) -> Report:
+        """`release-pipeline/promotion` on a promotion PR's head: whether merging would deploy."""
+        return self._add(session, app, "status", {
+            "sha": sha, "state": state, "context": PROMOTION_CONTEXT, "description": short(description),
+            "target_url": target_url}, None)
 
     def reaction(self, session: Session, app: App, comment_id: int, content: str) -> Report:
         return self._add(session, app, "reaction", {"comment_id": comment_id, "content": content}, None)

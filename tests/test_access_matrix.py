@@ -44,6 +44,12 @@ EXPECTED: dict[Action, dict[str, str]] = {
     Action.EDIT_PROFILE: {"demo": "write", "stage": "maintain", "live": "admin"},
     Action.MERGE_PROMOTION: {"demo": "write", "stage": "maintain", "live": "admin"},
     Action.REMOVE_SERVICES: {"demo": "maintain", "stage": "maintain", "live": "admin"},
+    Action.REDEPLOY: {"demo": "write", "stage": "maintain", "live": "admin"},
+    Action.RETRY: {"demo": "write", "stage": "maintain", "live": "admin"},
+    Action.CANCEL: {"demo": "write", "stage": "maintain", "live": "admin"},
+    Action.FREEZE: {"demo": "write", "stage": "maintain", "live": "admin"},
+    Action.UNFREEZE: {"demo": "write", "stage": "maintain", "live": "admin"},
+    Action.OVERRIDE_FREEZE: {"demo": "admin", "stage": "admin", "live": "admin"},
     Action.STATUS: {"demo": "read", "stage": "read", "live": "read"},
     Action.HELP: {"demo": "read", "stage": "read", "live": "read"},
     Action.VIEW: {"demo": "read", "stage": "read", "live": "read"},
@@ -123,15 +129,18 @@ ALLOWED_OUTCOME = {
     ("promote", "demo"): "first phase", ("promote", "stage"): "scheduled", ("promote", "live"): "promotion PR",
     ("rollback", "demo"): "scheduled", ("rollback", "stage"): "scheduled", ("rollback", "live"): "scheduled",
     ("deploy", "demo"): "scheduled", ("deploy", "stage"): "scheduled", ("deploy", "live"): "needs approvals",
+    ("redeploy", "demo"): "scheduled", ("redeploy", "stage"): "scheduled", ("redeploy", "live"): "scheduled",
+    ("freeze", "demo"): "froze", ("freeze", "stage"): "froze", ("freeze", "live"): "froze",
 }
-ACTION_OF = {"promote": Action.PROMOTE, "rollback": Action.ROLLBACK, "deploy": Action.DEPLOY}
+ACTION_OF = {"promote": Action.PROMOTE, "rollback": Action.ROLLBACK, "deploy": Action.DEPLOY,
+             "redeploy": Action.REDEPLOY, "freeze": Action.FREEZE}
 
 
 def test_actions_for_every_role_phase_and_action(ctx, redis_conn):
     app_id = seed(ctx)
     actions = Actions(ctx.config)
     wrong = []
-    for actual, phase, name in itertools.product(ACTUAL_ROLES, PHASES, ("promote", "rollback", "deploy")):
+    for actual, phase, name in itertools.product(ACTUAL_ROLES, PHASES, tuple(ACTION_OF)):
         session = ctx.db._sessions()
         try:
             app = session.get(App, app_id)
@@ -141,6 +150,10 @@ def test_actions_for_every_role_phase_and_action(ctx, redis_conn):
                 outcome = actions.promote(session, app, phase, **common)
             elif name == "rollback":
                 outcome = actions.rollback(session, app, phase, **common)
+            elif name == "redeploy":
+                outcome = actions.redeploy(session, app, phase, **common)
+            elif name == "freeze":
+                outcome = actions.freeze(session, app, phase, actor="someone", role=actual, reason="matrix")
             else:
                 outcome = actions.deploy_commit(session, app, phase, sha="c" * 40, **common)
             session.flush()
@@ -156,6 +169,8 @@ def test_actions_for_every_role_phase_and_action(ctx, redis_conn):
             expected = ALLOWED_OUTCOME[(name, phase)]
             if expected == "scheduled":
                 ok = outcome.ok and outcome.deployment_id is not None and added == 1
+            elif expected == "froze":
+                ok = outcome.ok and outcome.message.startswith(f"froze {phase}") and added == 0
             elif expected == "promotion PR":
                 ok = outcome.ok and outcome.promotion is not None and outcome.deployment_id is None and added == 0
             else:

@@ -48,6 +48,11 @@ MAY = {
     (Action.DELETE_APP, "demo"): _ADMINS,  # a whole app, every phase: admin only
     (Action.DELETE_APP, "stage"): _ADMINS,
     (Action.DELETE_APP, "live"): _ADMINS,
+    **{(action, phase): who for action in (Action.REDEPLOY, Action.RETRY, Action.CANCEL, Action.FREEZE,
+                                           Action.UNFREEZE)
+       for phase, who in (("demo", _WRITERS), ("stage", _MAINTAINERS), ("live", _ADMINS))},
+    # A freeze is the team's decision: only an admin may deploy through it, in any phase.
+    **{(Action.OVERRIDE_FREEZE, phase): _ADMINS for phase in ("demo", "stage", "live")},
 }
 CHANGES = {
     Action.DEPLOY,
@@ -56,8 +61,13 @@ CHANGES = {
     Action.EDIT_PROFILE,
     Action.MERGE_PROMOTION,
     Action.REMOVE_SERVICES,
+    Action.REDEPLOY,
+    Action.RETRY,
+    Action.CANCEL,
+    Action.FREEZE,
+    Action.UNFREEZE,
 }
-ADMIN_ONLY = {Action.DELETE_APP}
+ADMIN_ONLY = {Action.DELETE_APP, Action.OVERRIDE_FREEZE}
 PHASELESS = set(Action) - CHANGES - ADMIN_ONLY
 
 

@@ -17,12 +17,13 @@ from datetime import datetime, timezone
 from sqlalchemy.orm import Session
 
 from app import commands
-from app.actions import Actions, Outcome, PromotionRequest, current
+from app import shipped
+from app.actions import IN_PROGRESS, Actions, Outcome, PromotionRequest, current, latest_in
 from app.commands import Command, CommandName
 from app.context import Context
 from app.exceptions import GitHubError
 from app.approvals import PROMOTION_REQUESTED
-from app.models import App, AuditEntry, Deployment
+from app.models import App, AuditEntry, Deployment, DeploymentStatus
 from app.permissions import Action, check
 from workers import runtime
 
@@ -53,12 +54,14 @@ def repo_client(ctx: Context, app_id: int):
 
 
 def open_promotion_pr(*, app_id: int, phase: str, branch: str, version: str, sha: str, source_id: int,
-                      actor: str) -> str:
+                      actor: str, override: str | None = None) -> str:
     """RQ entry point (enqueued by `app.jobs.Jobs.promotion`): a promotion asked for in the portal."""
     ctx = runtime.context()
-    request = PromotionRequest(phase, branch, version, sha, source_id)
+    request = PromotionRequest(phase, branch, version, sha, source_id, override)
+    with ctx.db.session() as session:
+        changelog = shipped_text(ctx, session, session.get(App, app_id), phase, sha)
     number, url, _ = open_promotion(repo_client(ctx, app_id), request, requested_by=actor,
-                                    origin="in the Apps Portal")
+                                    origin="in the Apps Portal", changelog=changelog)
     with ctx.db.session() as session:
         record_promotion_request(session, app_id, actor, request, number, url)
     return url
@@ -69,7 +72,7 @@ def record_promotion_request(session: Session, app_id: int, actor: str, request:
     """Remembered so the requester's own approval of this PR does not count."""
     session.add(AuditEntry(actor=actor, app_id=app_id, phase=request.phase, action=PROMOTION_REQUESTED,
                            detail={"pr_number": number, "url": url, "version": request.version,
-                                   "sha": request.sha}))
+                                   "sha": request.sha, "override": request.override}))
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -103,6 +106,8 @@ class CommandJob:
         self.body = body
         self.actions = Actions(ctx.config)
         self._client = None
+        #: Outcome reports of deployments a runner finished itself (a cancelled queued one).
+        self.finished_reports: list[int] = []
 
     # -- GitHub ------------------------------------------------------------------------------
 
@@ -180,7 +185,7 @@ class CommandJob:
             log.warning("command %s failed on GitHub: %s", self.comment_id, exc)
             self.reply(f"`{as_text(parsed)}` could not be carried out: {exc}. Nothing was deployed.")
             return "failed on GitHub"
-        self.send(answer.deployment_id, pending)
+        self.send(answer.deployment_id, pending + self.finished_reports)
         return "deployment queued" if answer.deployment_id else "answered"
 
 
@@ -214,27 +219,46 @@ def run_deploy(job: CommandJob, session: Session, app: App, command: commands.De
     return answer
 
 
+def shipped_text(ctx: Context, session: Session, app: App, phase: str, head: str | None) -> str:
+    """What promoting `head` to `phase` ships, as Markdown (the commits since what it serves)."""
+    serving = current(session, app.id, phase)
+    commits = shipped.commits_between(ctx, clone_url=app.clone_url, installation_id=app.installation_id,
+                                      base=serving.sha if serving else None, head=head)
+    label = f"{serving.version} (what {phase} serves)" if serving else None
+    return shipped.markdown(commits, app.html_url, serving=label)
+
+
 def run_promote(job: CommandJob, session: Session, app: App, command: commands.Promote, role: str) -> Answer:
     outcome = job.actions.promote(session, app, command.phase, actor=job.actor, role=role, trigger=TRIGGER,
                                   version=command.version, rename_to=command.rename_to,
-                                  pr_number=job.pr_number, comment_id=job.comment_id)
+                                  pr_number=job.pr_number, comment_id=job.comment_id, force=command.force)
     if outcome.promotion is None:
-        return _from_outcome(command, outcome)
+        answer = _from_outcome(command, outcome)
+        if outcome.deployment_id is None:
+            return answer
+        head = session.get(Deployment, outcome.deployment_id).sha
+        return Answer(f"{answer.text}\n\n{shipped_text(job.ctx, session, app, command.phase, head)}",
+                      answer.deployment_id)
     request = outcome.promotion
+    changelog = shipped_text(job.ctx, session, app, request.phase, request.sha)
     number, url, reused = open_promotion(job.client(), request, requested_by=job.actor,
-                                         origin=f"in #{job.pr_number}")
+                                         origin=f"in #{job.pr_number}", changelog=changelog)
     record_promotion_request(session, app.id, job.actor, request, number, url)
     needed = job.ctx.config.phase(request.phase).approvals
     opened = "is already open" if reused else "is open"
+    forced = (f" The freeze of {request.phase} is overridden for this merge by @{job.actor}: {request.override}."
+              if request.override else "")
     return Answer(
         f"`{as_text(command)}`: {request.phase} deploys only through an approved promotion pull request, "
         f"so nothing was deployed yet. [#{number} {request.title}]({url}) {opened} "
         f"(branch `{request.head_branch}` at `{request.sha[:7]}`): merging it with {needed} approval(s) "
-        f"from people other than its author deploys **{request.version}** to {request.phase}."
+        f"from people other than its author deploys **{request.version}** to {request.phase}.{forced}"
+        f"\n\n{changelog}"
     )
 
 
-def open_promotion(client, request: PromotionRequest, *, requested_by: str, origin: str) -> tuple[int, str, bool]:
+def open_promotion(client, request: PromotionRequest, *, requested_by: str, origin: str,
+                   changelog: str) -> tuple[int, str, bool]:
     """Branch `promote/<phase>/<version>` at the sha and a pull request into the phase branch;
     an open one for the same branch is reused, so repeating the request is harmless."""
     try:
@@ -249,7 +273,8 @@ def open_promotion(client, request: PromotionRequest, *, requested_by: str, orig
         f"Promotes **{request.version}** (`{request.sha[:7]}`) to **{request.phase}**, as asked by "
         f"@{requested_by} {origin}.\n\n"
         f"Merging this pull request deploys the image already built for that commit to {request.phase}, "
-        f"once it has the approvals the pipeline requires."
+        f"once it has the approvals the pipeline requires.\n\n"
+        f"## What it ships\n\n{changelog}"
     )
     number, url = client.create_pull(title=request.title, head=request.head_branch, base=request.branch,
                                      body=body)
@@ -261,6 +286,36 @@ def run_rollback(job: CommandJob, session: Session, app: App, command: commands.
                                    to_version=command.to_version, pr_number=job.pr_number,
                                    comment_id=job.comment_id)
     return _from_outcome(command, outcome)
+
+
+def run_redeploy(job: CommandJob, session: Session, app: App, command: commands.Redeploy, role: str) -> Answer:
+    return _from_outcome(command, job.actions.redeploy(session, app, command.phase, actor=job.actor, role=role,
+                                                       trigger=TRIGGER, pr_number=job.pr_number,
+                                                       comment_id=job.comment_id))
+
+
+def run_retry(job: CommandJob, session: Session, app: App, command: commands.Retry, role: str) -> Answer:
+    target = latest_in(session, app.id, command.phase, (DeploymentStatus.FAILED, DeploymentStatus.CANCELLED))
+    return _from_outcome(command, job.actions.retry(session, app, target, actor=job.actor, role=role,
+                                                    pr_number=job.pr_number, comment_id=job.comment_id))
+
+
+def run_cancel(job: CommandJob, session: Session, app: App, command: commands.Cancel, role: str) -> Answer:
+    target = latest_in(session, app.id, command.phase, IN_PROGRESS)
+    outcome = job.actions.cancel(session, app, target, actor=job.actor, role=role)
+    if outcome.finished:
+        job.finished_reports.extend(r.id for r in job.ctx.reports.finished(session, app, target)
+                                    if r.state == "pending")
+    return Answer(_from_outcome(command, outcome).text)
+
+
+def run_freeze(job: CommandJob, session: Session, app: App, command: commands.Freeze, role: str) -> Answer:
+    return _from_outcome(command, job.actions.freeze(session, app, command.phase, actor=job.actor, role=role,
+                                                     reason=command.reason))
+
+
+def run_unfreeze(job: CommandJob, session: Session, app: App, command: commands.Unfreeze, role: str) -> Answer:
+    return _from_outcome(command, job.actions.unfreeze(session, app, command.phase, actor=job.actor, role=role))
 
 
 def run_status(job: CommandJob, session: Session, app: App, command: commands.Status, role: str) -> Answer:
@@ -323,8 +378,14 @@ def as_text(command: Command) -> str:
     elif isinstance(command, commands.Promote):
         words += [command.phase, *([command.version] if command.version else []),
                   *(["as", command.rename_to] if command.rename_to else [])]
+        if command.force:
+            words += ["--force", command.force]
     elif isinstance(command, commands.Rollback):
         words += [command.phase, *(["to", command.to_version] if command.to_version else [])]
+    elif isinstance(command, commands.Freeze):
+        words += [command.phase, *([command.reason] if command.reason else [])]
+    elif isinstance(command, (commands.Redeploy, commands.Retry, commands.Cancel, commands.Unfreeze)):
+        words.append(command.phase)
     return " ".join(words)
 
 
@@ -335,7 +396,7 @@ def _first_phase(command: commands.Deploy, phases: list[str]) -> str:
     return command.phase or phases[0]
 
 
-def _target_phase(command: commands.Promote | commands.Rollback, phases: list[str]) -> str:
+def _target_phase(command: Command, phases: list[str]) -> str:
     return command.phase
 
 
@@ -356,6 +417,11 @@ RUNNERS: dict[CommandName, Runner] = {
     CommandName.DEPLOY: Runner(Action.DEPLOY, _first_phase, run_deploy),
     CommandName.PROMOTE: Runner(Action.PROMOTE, _target_phase, run_promote),
     CommandName.ROLLBACK: Runner(Action.ROLLBACK, _target_phase, run_rollback),
+    CommandName.REDEPLOY: Runner(Action.REDEPLOY, _target_phase, run_redeploy),
+    CommandName.RETRY: Runner(Action.RETRY, _target_phase, run_retry),
+    CommandName.CANCEL: Runner(Action.CANCEL, _target_phase, run_cancel),
+    CommandName.FREEZE: Runner(Action.FREEZE, _target_phase, run_freeze),
+    CommandName.UNFREEZE: Runner(Action.UNFREEZE, _target_phase, run_unfreeze),
     CommandName.STATUS: Runner(Action.STATUS, _no_phase, run_status),
     CommandName.HELP: Runner(Action.HELP, _no_phase, run_help),
 }

@@ -23,14 +23,16 @@ import requests
 from docker.errors import DockerException
 from sqlalchemy import select
 
-from app import gates, metrics, services
+from app import gates, metrics, services, shipped
 from app.actions import current
 from app.adapters import git
 from app.adapters.docker import ContainerInfo, ContainerSpec
 from app.adapters.router import Slots
 from app.approvals import PROMOTION_REQUESTED, count_approvals
 from app.context import Context
+from app.deployments import version_taken, version_taken_reason
 from app.exceptions import GitHubError, ReleasePipelineError, RouterError
+from app.freezes import frozen
 from app.health import wait_healthy
 from app.locks import deploy_lock
 from app.logs import log_context
@@ -48,6 +50,15 @@ log = logging.getLogger(__name__)
 REPO_FILE = ".release-pipeline.yml"
 #: Scratch directories in WORK_DIR; reconcile sweeps old ones a killed worker left behind.
 SCRATCH_PREFIXES = ("clone-", "services-")
+#: Deployments that put code already on the phase back (no commits to list, no release command
+#: for the first two).
+SAME_CODE_TRIGGERS = ("rollback", "restore", "redeploy")
+
+
+def check_version_free(session, deployment: Deployment) -> None:
+    other = version_taken(session, deployment.app_id, deployment.version, deployment.sha, but=deployment.id)
+    if other is not None:
+        raise Refused(f"not deployed: {version_taken_reason(deployment.version, other)}")
 
 
 def promotion_requesters(ctx: Context, app_id: int, pr_number: int) -> list[str]:
@@ -56,6 +67,16 @@ def promotion_requesters(ctx: Context, app_id: int, pr_number: int) -> list[str]
         entries = session.scalars(select(AuditEntry).where(
             AuditEntry.app_id == app_id, AuditEntry.action == PROMOTION_REQUESTED)).all()
         return [e.actor for e in entries if e.detail.get("pr_number") == pr_number]
+
+
+def promotion_override(session, app_id: int, pr_number: int) -> tuple[str, str] | None:
+    """(admin, reason) when the /promote --force that opened this PR overrode a freeze."""
+    entries = session.scalars(select(AuditEntry).where(
+        AuditEntry.app_id == app_id, AuditEntry.action == PROMOTION_REQUESTED)).all()
+    for entry in entries:
+        if entry.detail.get("pr_number") == pr_number and entry.detail.get("override"):
+            return entry.actor, entry.detail["override"]
+    return None
 
 
 class BatchedLog:
@@ -100,7 +121,11 @@ class BatchedLog:
 
 
 class Refused(ReleasePipelineError):
-    """The deployment is not allowed (approvals); nothing was touched."""
+    """The deployment is not allowed (approvals, a freeze, a taken version); nothing was touched."""
+
+
+class Cancelled(ReleasePipelineError):
+    """Someone cancelled the deployment while it was building; the phase keeps what it served."""
 
 
 def run(*, deployment_id: int) -> str:
@@ -169,6 +194,8 @@ class Rollout:
             self.update(status=DeploymentStatus.BUILDING.value, started_at=utcnow())
             try:
                 self.deploy()
+            except Cancelled as exc:
+                return self.finish(DeploymentStatus.CANCELLED, str(exc))
             except Refused as exc:
                 return self.finish(DeploymentStatus.REFUSED, str(exc))
             except ReleasePipelineError as exc:
@@ -207,6 +234,10 @@ class Rollout:
             source = session.get(Deployment, deployment.source_id) if deployment.source_id else None
             app_name, full_name, clone_url = app.name, app.full_name, app.clone_url
             installation_id = app.installation_id
+            serving = current(session, app.id, deployment.phase)
+            serving_sha = serving.sha if serving is not None else None
+            self.check_not_frozen(session, deployment)
+        self.check_cancelled()
         self.check_actor(installation_id, full_name, deployment)
         self.check_approvals(installation_id, full_name, deployment)
         token = self.clone_token(installation_id)
@@ -225,6 +256,7 @@ class Rollout:
             if deployment.trigger == "pull_request":
                 deployment.version = self.tag_version(clone_url, sha, token) or deployment.version
             deployment.sha, deployment.tree_sha, deployment.image_id, deployment.build_id = sha, tree, image_id, build_id
+            check_version_free(session, deployment)
             build = session.get(Build, build_id) if build_id else None
             repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
             app_id, phase, trigger = deployment.app_id, deployment.phase, deployment.trigger
@@ -249,7 +281,16 @@ class Rollout:
                 self.ctx, app_name=app_name, app_id=app_id, phase=phase, repo_config=repo_config,
                 checkout_archive=self.lazy_archive(clone_url, sha, token, scratch), say=self.say,
                 snapshot=snapshot, apply_pending=not restoring)
-        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot, provisioned)
+        env = {**container_env(snapshot, self.ctx.box), **provisioned.env}
+        if repo_config.release and not restoring:
+            self.release(ContainerSpec(
+                app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
+                image=image_id, env=env, port=repo_config.port, network=provisioned.network,
+                memory=snapshot.get("memory"), cpus=snapshot.get("cpus")), repo_config)
+        self.check_cancelled()
+        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot, provisioned, env)
+        if trigger not in SAME_CODE_TRIGGERS and phase != self.ctx.config.phase_names[0]:
+            self.record_commits(clone_url, installation_id, serving_sha, sha)
 
     def lazy_archive(self, clone_url: str, sha: str, token: str | None, scratch: str):
         """A tar of a directory at the deployed commit, cloning on first use only."""
@@ -299,6 +340,54 @@ class Rollout:
         if ran is None:
             raise Refused(gates.previous_phase_refusal(deployment.phase, previous, sha[:7]))
         self.say(f"{sha[:7]} ran on {previous} (deployment {ran})")
+
+    def check_not_frozen(self, session, deployment: Deployment) -> None:
+        """The authority on freezes: also catches a deployment queued before the freeze began."""
+        freeze = frozen(session, self.ctx.config, deployment.app_id, deployment.phase)
+        if freeze is None:
+            return
+        if not deployment.override and deployment.pr_number and deployment.trigger in ("promotion", "pull_request"):
+            override = promotion_override(session, deployment.app_id, deployment.pr_number)
+            if override is not None:  # an admin's /promote --force opened this PR
+                actor, reason = override
+                deployment = session.get(Deployment, self.deployment_id)
+                deployment.override = reason
+                session.add(AuditEntry(actor=actor, app_id=deployment.app_id, phase=deployment.phase,
+                                       action="freeze.override",
+                                       detail={"deployment": deployment.id, "reason": reason,
+                                               "pr_number": deployment.pr_number}))
+                self.say(f"{freeze.describe()}; deploying anyway: override by @{actor} when opening "
+                         f"#{deployment.pr_number}: {reason}")
+                return
+        if deployment.override:
+            self.say(f"{freeze.describe()}; deploying anyway: override by @{deployment.actor}: {deployment.override}")
+            return
+        raise Refused(f"not deployed: {freeze.describe()}")
+
+    def check_cancelled(self) -> None:
+        with self.ctx.db.session() as session:
+            who = session.get(Deployment, self.deployment_id).cancel_requested_by
+        if who:
+            raise Cancelled(f"cancelled by @{who}; nothing was switched")
+
+    def release(self, spec: ContainerSpec, repo_config: RepoConfig) -> None:
+        """The release command (migrations), once, in a one-off container of the new image,
+        before the new version serves; failing or running too long fails the deployment."""
+        argv = repo_config.release
+        self.say(f"release command: {' '.join(argv)} (timeout {repo_config.release_timeout} s)", "release")
+        with BatchedLog(lambda lines: self.say_all(lines, "release")) as release_log:
+            code = self.ctx.engine.run_release(spec, argv, timeout=repo_config.release_timeout,
+                                               on_line=release_log.add)
+        if code is None:
+            raise ReleasePipelineError(f"release command timed out after {repo_config.release_timeout} s")
+        if code != 0:
+            raise ReleasePipelineError(f"release command exited with {code}")
+        self.say("release command exited with 0", "release")
+
+    def record_commits(self, clone_url: str, installation_id: int | None, base: str | None, head: str) -> None:
+        commits = shipped.commits_between(self.ctx, clone_url=clone_url, installation_id=installation_id,
+                                          base=base, head=head)
+        self.update(commits=commits)
 
     def check_approvals(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
         needed = deployment.required_approvals
@@ -402,7 +491,8 @@ class Rollout:
         return str(self.ctx.settings.work_dir)
 
     def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
-                 repo_config: RepoConfig, snapshot: dict, provisioned: services.Provisioned) -> None:
+                 repo_config: RepoConfig, snapshot: dict, provisioned: services.Provisioned,
+                 env: dict[str, str]) -> None:
         """The new container starts on the phase's free slot and must pass our health gate; the
         router then prefers its slot, and only then is the old container drained and stopped.
         Anything failing before the switch removes the new container; the old one serves on."""
@@ -418,8 +508,7 @@ class Rollout:
         previous = [c for c in existing if c is serving or (c.status == "running" and c.host_port != port)]
         spec = ContainerSpec(
             app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
-            image=image_id, env={**container_env(snapshot, self.ctx.box), **provisioned.env},
-            port=repo_config.port, network=provisioned.network,
+            image=image_id, env=env, port=repo_config.port, network=provisioned.network,
             memory=snapshot.get("memory"), cpus=snapshot.get("cpus"), host_port=port,
         )
         self.say(f"starting {version} ({image_id[:19]}) on slot port {port}")

@@ -12,6 +12,7 @@ import io
 import posixpath
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -31,6 +32,8 @@ LABEL_VERSION = "release-pipeline.version"
 LABEL_SHA = "release-pipeline.sha"
 LABEL_TREE = "release-pipeline.tree"
 LABEL_DEPLOYMENT = "release-pipeline.deployment"
+#: On one-off release-command containers, instead of LABEL_APP: they are never app containers.
+LABEL_RELEASE_OF = "release-pipeline.release-of"
 
 _INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,20}$")
 # App and phase names end up in container names, image tags and labels: slugs only.
@@ -274,6 +277,64 @@ class Engine:
                 raise DeployFailed(f"cannot start container {name}: port {spec.host_port} on 127.0.0.1 "
                                    "is taken by another program (see SLOT_PORTS)") from None
             raise DeployFailed(f"cannot start container {name}: {explanation}") from None
+
+    def run_release(self, spec: ContainerSpec, argv: list[str], *, timeout: float,
+                    on_line: Callable[[str], None]) -> int | None:
+        """Run `argv` once in a new container of `spec.image` with its environment and network,
+        streaming its output to `on_line`; its exit code, or None when it ran past `timeout`
+        seconds (then it is killed). The container is removed either way."""
+        problem = _unsafe(app=spec.app, phase=spec.phase, version=spec.version, sha=spec.sha, env=spec.env)
+        if problem:
+            raise DeployFailed(f"release container refused: {problem}")
+        name = f"{self.instance}-{spec.app}-{spec.phase}-{spec.deployment_id}-release"
+        labels = self._labels(**{LABEL_RELEASE_OF: spec.app, LABEL_PHASE: spec.phase,
+                                 LABEL_DEPLOYMENT: str(spec.deployment_id)})
+        with suppress(NotFound):  # left by a worker that died while it ran
+            self._own_container(name).remove(force=True, v=True)
+        try:
+            container = self.client.containers.create(
+                spec.image, entrypoint=argv[:1], command=argv[1:], name=name, labels=labels,
+                environment={**spec.env, "PORT": str(spec.port), "APP_PHASE": spec.phase,
+                             "APP_VERSION": spec.version},
+                mem_limit=spec.memory, nano_cpus=round(spec.cpus * 1e9) if spec.cpus else None,
+                network=spec.network,
+            )
+        except APIError as exc:
+            raise DeployFailed(f"cannot create the release container: {_explanation(exc)}") from None
+        try:
+            container.start()
+
+            def follow() -> None:
+                pending = b""
+                with suppress(Exception):
+                    for chunk in container.logs(stream=True, follow=True):
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            on_line(line.decode("utf-8", errors="replace"))
+                if pending:
+                    on_line(pending.decode("utf-8", errors="replace"))
+
+            reader = threading.Thread(target=follow, daemon=True)
+            reader.start()
+            deadline = time.monotonic() + timeout
+            while True:
+                container.reload()
+                if container.status in ("exited", "dead"):
+                    break
+                if time.monotonic() >= deadline:
+                    with suppress(APIError, NotFound):
+                        container.kill()
+                    reader.join(timeout=5)
+                    return None
+                time.sleep(0.1)
+            reader.join(timeout=5)
+            return int((container.attrs.get("State") or {}).get("ExitCode", -1))
+        except APIError as exc:
+            raise DeployFailed(f"the release container failed to run: {_explanation(exc)}") from None
+        finally:
+            with suppress(APIError, NotFound):
+                container.remove(force=True, v=True)
 
     def container_logs(self, container_id: str, tail: int = 50) -> list[str]:
         try:

@@ -118,6 +118,53 @@ def tags_at(
     return sorted(names)
 
 
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    title: str
+    author: str
+
+
+def log_between(
+    clone_url: str,
+    base: str | None,
+    head: str,
+    *,
+    token: str | None = None,
+    allowed_host: str,
+    allow_file: bool,
+    limit: int = 100,
+) -> list[CommitInfo]:
+    """The commits reachable from `head` but not from `base`, newest first, at most `limit`.
+
+    Both are fetched `limit` deep into a scratch repository; `base` None (nothing deployed
+    yet) lists `head`'s own history.
+    """
+    _check_url(clone_url, allowed_host=allowed_host, allow_file=allow_file)
+    for sha in (head, *([base] if base else [])):
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha.lower()):
+            raise CloneRefused(f"sha refused: {str(sha)[:80]!r} is not a 40-hex commit sha")
+    if base and base.lower() == head.lower():
+        return []
+    env = _git_env(token, allow_file=allow_file)
+    wanted = [head.lower(), *([base.lower()] if base else [])]
+    with (
+        tempfile.TemporaryDirectory(prefix="rp-log-") as scratch,
+        Repo.init(scratch) as repo,
+        _scrubbed_errors(token, "fetch"),
+    ):
+        repo.create_remote("origin", clone_url)
+        repo.git.fetch(f"--depth={limit}", "--no-tags", "--no-write-fetch-head", "origin",
+                       *(f"{sha}:refs/pipeline/{index}" for index, sha in enumerate(wanted)), env=env)
+        output = repo.git.log(f"--max-count={limit}", "--format=%H%x1f%an%x1f%s",
+                              *([f"{wanted[1]}..{wanted[0]}"] if base else [wanted[0]]), "--", env=env)
+    commits = []
+    for line in output.splitlines():
+        sha, author, title = (line.split("\x1f") + ["", ""])[:3]
+        commits.append(CommitInfo(sha=sha, title=title, author=author))
+    return commits
+
+
 def archive(checkout: Checkout, context: str = ".") -> bytes:
     """The commit's tree below `context` as a tar rooted there: a build context without .git."""
     subdir = _check_relative_path(context)

@@ -60,11 +60,29 @@ def document(server_url: str, phases: list[str]) -> dict:
             "id": {"type": "integer"}, "app": {"type": "string"}, "phase": phase_enum,
             "version": {"type": "string"}, "sha": nullable_str, "ref": nullable_str,
             "status": {"type": "string",
-                       "enum": ["queued", "building", "deploying", "succeeded", "failed", "superseded", "refused"]},
+                       "enum": ["queued", "building", "deploying", "succeeded", "failed", "superseded", "refused",
+                                "cancelled"]},
             "reason": {"type": "string"}, "trigger": {"type": "string"}, "actor": {"type": "string"},
             "url": nullable_str, "image": nullable_str, "source_deployment": {"type": ["integer", "null"]},
             "pr_number": {"type": ["integer", "null"]}, "queued_at": nullable_str, "started_at": nullable_str,
-            "finished_at": nullable_str, "finished": {"type": "boolean"}}},
+            "finished_at": nullable_str, "finished": {"type": "boolean"},
+            "commits": {"type": "array", "description": "What it shipped: the commits since what the phase "
+                        "served before, newest first", "items": _ref("Commit")},
+            "override": {"type": ["string", "null"],
+                         "description": "An admin's reason for deploying into a frozen phase"},
+            "cancel_requested_by": nullable_str}},
+        "Commit": {"type": "object", "properties": {
+            "sha": {"type": "string"}, "title": {"type": "string"}, "author": {"type": "string"},
+            "url": nullable_str}},
+        "Started": {"type": "object", "required": ["deployment"], "properties": {
+            "deployment": {"type": "integer", "description": "The deployment's id"},
+            "message": {"type": "string"}, "phase": phase_enum, "version": {"type": "string"},
+            "status": {"type": "string"}, "details": _ref("Deployment")}},
+        "FreezeState": {"type": "object", "properties": {
+            "phase": phase_enum, "frozen": {"type": "boolean"}, "message": {"type": "string"},
+            "freeze": {"type": ["object", "null"], "properties": {
+                "author": {"type": "string", "description": "Who froze it, or pipeline.yml"},
+                "reason": {"type": "string"}, "until": nullable_str, "description": {"type": "string"}}}}},
         "LogLine": {"type": "object", "properties": {
             "id": {"type": "integer"}, "stream": {"type": "string"}, "text": {"type": "string"},
             "at": {"type": "string", "format": "date-time"}}},
@@ -220,8 +238,34 @@ def document(server_url: str, phases: list[str]) -> dict:
             parameters=[APP, PHASE],
             body={"type": "object", "additionalProperties": False, "properties": {
                 "version": {"type": "string", "description": "A version deployed successfully before"},
-                "rename_to": {"type": "string", "description": "The version's name on this phase"}}},
+                "rename_to": {"type": "string", "description": "The version's name on this phase"},
+                "force": {"type": "string", "description": "Admins only: the reason to deploy into a frozen "
+                          "phase anyway (recorded in the audit log and on the deployment)"}}},
+            errors=(400, 401, 403, 404, 409, 503),
+            description="A frozen phase refuses (409, naming the freeze) unless an admin sends `force`.")},
+        "/api/v1/apps/{name}/phases/{phase}/redeploy": {"post": _op(
+            "Deploy again what the phase serves, with its current profile (applies an edited profile)",
+            {"202": _json(_ref("Started"), "A deployment was queued")}, parameters=[APP, PHASE],
             errors=(400, 401, 403, 404, 409, 503))},
+        "/api/v1/apps/{name}/deployments/{deployment_id}/retry": {"post": _op(
+            "Retry a failed or cancelled deployment (same commit, version and image source)",
+            {"202": _json(_ref("Started"), "The new deployment was queued")}, parameters=[APP, DEPLOYMENT],
+            errors=(400, 401, 403, 404, 409, 503))},
+        "/api/v1/apps/{name}/deployments/{deployment_id}/cancel": {"post": _op(
+            "Cancel a queued deployment, or stop a building one before it switches anything",
+            {"200": _json(_ref("Started"), "Cancelled (queued), or stopping at its next step (building)")},
+            parameters=[APP, DEPLOYMENT], errors=(400, 401, 403, 404, 409))},
+        "/api/v1/apps/{name}/phases/{phase}/freeze": {
+            "post": _op("Freeze the phase: every deployment into it is refused until it is unfrozen",
+                        {"200": _json(_ref("FreezeState"), "Frozen")}, parameters=[APP, PHASE],
+                        body={"type": "object", "additionalProperties": False, "properties": {
+                            "reason": {"type": "string", "maxLength": 300}}},
+                        errors=(400, 401, 403, 404, 409)),
+            "delete": _op("Lift the phase's ad-hoc freeze (configured windows end by themselves)",
+                          {"200": _json(_ref("FreezeState"), "Unfrozen (`frozen` stays true inside a "
+                                        "configured window)")}, parameters=[APP, PHASE],
+                          errors=(400, 401, 403, 404, 409)),
+        },
         "/api/v1/apps/{name}/phases/{phase}/rollback": {
             "get": _op("Preview a rollback: what would change (version, image, profile)",
                        {"200": _json({"type": "object"}, "The preview")},

@@ -15,6 +15,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
+from app import shipped
 from app.actions import profile_differences, rollback_target
 from app.models import Deployment, Profile
 from app.permissions import Action, check
@@ -228,6 +229,7 @@ def compare(name: str):
             "profile_differences": [{"name": p.name, "kind": p.kind, "from": p.source, "to": p.target}
                                     for p in c.profile],
             "compare_url": c.compare_url,
+            "commits": [{**commit, "url": shipped.commit_url(app.html_url, commit["sha"])} for commit in c.commits],
         })
 
 
@@ -358,10 +360,69 @@ def deploy(name: str, phase: str):
 
 @bp.post("/apps/<name>/phases/<phase>/promote")
 def promote(name: str, phase: str):
-    body = _body({"version", "rename_to"})
+    body = _body({"version", "rename_to", "force"})
     result = changes.promote(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for,
-                             version=_optional_str(body, "version"), rename_to=_optional_str(body, "rename_to"))
+                             version=_optional_str(body, "version"), rename_to=_optional_str(body, "rename_to"),
+                             force=_optional_str(body, "force"))
     return _action_response(name, result)
+
+
+def _deployment_response(name: str, result: changes.Result, status: int):
+    """`{"deployment": id, ...}`: the contract the CLI (#17) reads."""
+    with _ctx().db.session() as session:
+        app = queries.get_app(session, name)
+        d = queries.get_deployment(session, app, result.deployment_id)
+        return jsonify({"deployment": d.id, "message": result.message, "phase": d.phase, "version": d.version,
+                        "status": d.status, "details": queries.deployment_json(app, d)}), status
+
+
+@bp.post("/apps/<name>/phases/<phase>/redeploy")
+def redeploy(name: str, phase: str):
+    _body(set())
+    result = changes.redeploy(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for)
+    return _deployment_response(name, result, 202)
+
+
+@bp.post("/apps/<name>/deployments/<int:deployment_id>/retry")
+def retry(name: str, deployment_id: int):
+    _body(set())
+    result = changes.retry(_ctx(), name, deployment_id, actor=_actor(), role_of=auth.role_for)
+    return _deployment_response(name, result, 202)
+
+
+@bp.post("/apps/<name>/deployments/<int:deployment_id>/cancel")
+def cancel(name: str, deployment_id: int):
+    _body(set())
+    result = changes.cancel(_ctx(), name, deployment_id, actor=_actor(), role_of=auth.role_for)
+    return _deployment_response(name, result, 200)
+
+
+def _freeze_response(name: str, phase: str, message: str):
+    from app.freezes import frozen
+
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        freeze = frozen(session, ctx.config, app.id, phase)
+        return jsonify({"phase": phase, "frozen": freeze is not None, "freeze": queries.freeze_json(freeze),
+                        "message": message})
+
+
+@bp.post("/apps/<name>/phases/<phase>/freeze")
+def freeze(name: str, phase: str):
+    body = _body({"reason"})
+    reason = _optional_str(body, "reason") or ""
+    if len(reason) > 300 or "\x00" in reason:
+        abort(400, description="reason: must be at most 300 characters, without NUL")
+    result = changes.freeze(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for, reason=reason)
+    return _freeze_response(name, phase, result.message)
+
+
+@bp.delete("/apps/<name>/phases/<phase>/freeze")
+def unfreeze(name: str, phase: str):
+    _body(set())
+    result = changes.unfreeze(_ctx(), name, phase, actor=_actor(), role_of=auth.role_for)
+    return _freeze_response(name, phase, result.message)
 
 
 @bp.get("/apps/<name>/phases/<phase>/rollback")

@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
-from app.actions import Actions, Outcome, PromotionRequest
+from app.actions import Actions, Outcome, PromotionRequest, audit
 from app.exceptions import InvalidVersion
-from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
+from app.models import App, Deployment, DeploymentStatus, Profile, utcnow
 from app.permissions import Action, check
 from app.pipeline import MAX_STOP_TIMEOUT, MEMORY
 from app.profiles import SIZING
@@ -61,10 +61,6 @@ def _version(value: str | None, field_name: str) -> str | None:
         raise BadRequest(f"{field_name}: {exc}") from None
 
 
-def _audit(session, actor: str, app: App, phase: str, action: str, detail: dict) -> None:
-    session.add(AuditEntry(actor=actor, app_id=app.id, phase=phase, action=action, detail=detail))
-
-
 def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, action: Action, audit_action: str,
                run: Callable[[Any, App], Outcome]) -> Result:
     """Check, schedule and record in one transaction; enqueue only once it is committed."""
@@ -76,18 +72,28 @@ def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, acti
         if not outcome.ok:
             raise Conflict(outcome.message)
         reports: list[int] = []
-        if outcome.deployment_id is not None:
+        stops = action == Action.CANCEL  # acts on an existing deployment: nothing to run
+        if stops:
+            if outcome.finished:  # cancelled before it started: its outcome goes to GitHub now
+                deployment = session.get(Deployment, outcome.deployment_id)
+                reports = [r.id for r in ctx.reports.finished(session, app, deployment) if r.state == "pending"]
+            audit(session, actor, app, phase, audit_action, {"deployment": outcome.deployment_id,
+                                                             "message": outcome.message})
+        elif outcome.deployment_id is not None:
             session.flush()
             deployment = session.get(Deployment, outcome.deployment_id)
             reports = [r.id for r in ctx.reports.queued(session, app, deployment) if r.state == "pending"]
-            _audit(session, actor, app, phase, audit_action,
+            audit(session, actor, app, phase, audit_action,
                    {"deployment": deployment.id, "version": deployment.version, "sha": deployment.sha,
                     "message": outcome.message})
         elif outcome.promotion is not None:
             p = outcome.promotion
-            _audit(session, actor, app, phase, f"{audit_action}.requested",
+            audit(session, actor, app, phase, f"{audit_action}.requested",
                    {"version": p.version, "sha": p.sha, "message": outcome.message})
-    if outcome.deployment_id is not None:
+    if stops:
+        for report_id in reports:
+            ctx.jobs.report(report_id)
+    elif outcome.deployment_id is not None:
         try:
             ctx.jobs.deploy(outcome.deployment_id)
             for report_id in reports:
@@ -104,13 +110,16 @@ def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, acti
 
 
 def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, version: str | None = None,
-            rename_to: str | None = None) -> Result:
-    """Push to `phase` what the previous phase serves (or `version`), optionally renamed."""
+            rename_to: str | None = None, force: str | None = None) -> Result:
+    """Push to `phase` what the previous phase serves (or `version`), optionally renamed;
+    `force` is an admin's reason to go through a freeze."""
     version, rename_to = _version(version, "version"), _version(rename_to, "rename_to")
+    if force is not None and not str(force).strip():
+        raise BadRequest("force: give the reason for overriding the freeze (it is recorded in the audit log)")
     result = _scheduled(ctx, app_name, phase, actor, role_of, Action.PROMOTE, "promote",
                         lambda session, app: Actions(ctx.config).promote(
                             session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
-                            version=version, rename_to=rename_to))
+                            version=version, rename_to=rename_to, force=force))
     if result.promotion is not None:
         p = result.promotion
         needed = ctx.config.phase(phase).approvals
@@ -127,7 +136,7 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
             app_id = get_app(session, app_name).id
         try:
             ctx.jobs.promotion(app_id=app_id, phase=p.phase, branch=p.branch, version=p.version, sha=p.sha,
-                               source_id=p.source_id, actor=actor)
+                               source_id=p.source_id, actor=actor, override=p.override)
         except RedisError:
             raise ServiceUnavailable("the job queue is unavailable; no pull request was opened, try again") from None
         return Result(
@@ -153,6 +162,50 @@ def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_
                       lambda session, app: Actions(ctx.config).rollback(
                           session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
                           to_version=to_version))
+
+
+def redeploy(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Result:
+    """Deploy what `phase` serves again with its current profile (applies an edited profile)."""
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.REDEPLOY, "redeploy",
+                      lambda session, app: Actions(ctx.config).redeploy(
+                          session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER))
+
+
+def _deployment_phase(ctx, app_name: str, deployment_id: int) -> str:
+    from werkzeug.exceptions import NotFound
+
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        deployment = session.get(Deployment, deployment_id)
+        if deployment is None or deployment.app_id != app.id:
+            raise NotFound(f"{app_name} has no deployment {deployment_id}")
+        return deployment.phase
+
+
+def retry(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Result:
+    phase = _deployment_phase(ctx, app_name, deployment_id)
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.RETRY, "retry",
+                      lambda session, app: Actions(ctx.config).retry(
+                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
+
+
+def cancel(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Result:
+    phase = _deployment_phase(ctx, app_name, deployment_id)
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.CANCEL, "cancel",
+                      lambda session, app: Actions(ctx.config).cancel(
+                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
+
+
+def freeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, reason: str) -> Result:
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.FREEZE, "freeze",
+                      lambda session, app: Actions(ctx.config).freeze(
+                          session, app, phase, actor=actor, role=role_of(app), reason=reason))
+
+
+def unfreeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Result:
+    return _scheduled(ctx, app_name, phase, actor, role_of, Action.UNFREEZE, "unfreeze",
+                      lambda session, app: Actions(ctx.config).unfreeze(
+                          session, app, phase, actor=actor, role=role_of(app)))
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -284,7 +337,7 @@ def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, act
         _require_inheritors(role_of(app), phase, [
             name for name in later if resolve(session, ctx.config, app.id, name).snapshot() != inherited_before[name]
         ], ctx.config)
-        _audit(session, actor, app, phase, "profile.update", {"changes": described})
+        audit(session, actor, app, phase, "profile.update", {"changes": described})
     log.info("%s changed the %s profile of %s: %d change(s)", actor, phase, app_name, len(described))
     return described
 
@@ -368,7 +421,7 @@ def remove_services(ctx, app_name: str, phase: str, *, confirm: str | None, acto
         log.error("removing the %s services of %s failed: %s", phase, app_name, exc)
         raise ServiceUnavailable("the Docker engine did not complete the removal; try again") from None
     with ctx.db.session() as session:
-        _audit(session, actor, session.get(App, app_id), phase, "services.remove", {"removed": removed})
+        audit(session, actor, session.get(App, app_id), phase, "services.remove", {"removed": removed})
     log.info("%s removed the %s services of %s: %s", actor, phase, app_name, ", ".join(removed) or "none")
     return removed
 
@@ -420,7 +473,7 @@ def delete_app(ctx, app_name: str, *, confirm: str | None, actor: str, role_of: 
         raise ServiceUnavailable("the Docker engine or the router did not complete the removal; "
                                  "delete the app again to finish it") from None
     with ctx.db.session() as session:
-        _audit(session, actor, session.get(App, app_id), None, "app.delete", removed)
+        audit(session, actor, session.get(App, app_id), None, "app.delete", removed)
     log.info("%s deleted %s: %s", actor, app_name, removed)
     return removed
 

@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
+from app import shipped
+from app.actions import IN_PROGRESS as IN_PROGRESS_STATES
 from app.actions import current, rollback_target
+from app.freezes import Freeze, frozen
 from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE
 from app.models import (  # noqa: F401 (aware, iso: re-exported for the views)
     App,
@@ -35,7 +38,7 @@ from app.profiles import SIZING, ResolvedProfile, resolve
 
 log = logging.getLogger(__name__)
 
-IN_PROGRESS = (DeploymentStatus.QUEUED.value, DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
+IN_PROGRESS = tuple(status.value for status in IN_PROGRESS_STATES)
 MASK = "••••••••"
 #: Row ids are 64-bit integers: a larger number in a path or query is no row (never an OverflowError).
 MAX_ROW_ID = 2**63 - 1
@@ -165,6 +168,11 @@ class PhaseView:
     running_profile: dict[str, Any] = field(default_factory=dict)
     #: The profile was edited since the serving deployment: the next deployment applies it.
     profile_pending: bool = False
+    #: The freeze in force now, if any (shown at a glance on the board).
+    freeze: Freeze | None = None
+    #: May the user freeze / unfreeze, redeploy this phase?
+    change_freeze: Decision | None = None
+    redeploy: Decision | None = None
 
 
 def phase_view(ctx, session: Session, app: App, phase: str, role: str, index: Containers) -> PhaseView:
@@ -203,6 +211,9 @@ def phase_view(ctx, session: Session, app: App, phase: str, role: str, index: Co
         rollback_to=target,
         running_profile=running or profile.snapshot(),
         profile_pending=running is not None and running != profile.snapshot(),
+        freeze=frozen(session, config, app.id, phase),
+        change_freeze=check(role, Action.FREEZE, phase, config.roles),
+        redeploy=check(role, Action.REDEPLOY, phase, config.roles),
     )
 
 
@@ -366,6 +377,8 @@ class Comparison:
     pending: list[Pending]
     profile: list[ProfileDifference]
     compare_url: str | None
+    #: What promoting the source's version would ship: commits since what the target serves.
+    commits: list[dict] = field(default_factory=list)
 
 
 def compare(ctx, session: Session, app: App, source: str, target: str, limit: int = 50) -> Comparison:
@@ -396,10 +409,13 @@ def compare(ctx, session: Session, app: App, source: str, target: str, limit: in
     if app.html_url and source_now and target_now and source_now.sha and target_now.sha \
             and source_now.sha != target_now.sha:
         compare_url = f"{app.html_url}/compare/{target_now.sha}...{source_now.sha}"
+    commits = shipped.commits_between(
+        ctx, clone_url=app.clone_url, installation_id=app.installation_id,
+        base=target_now.sha if target_now else None, head=source_now.sha if source_now else None)
     return Comparison(source, target, source_now, target_now, pending,
                       profile_differences(resolve(session, ctx.config, app.id, source),
                                           resolve(session, ctx.config, app.id, target)),
-                      compare_url)
+                      compare_url, commits)
 
 
 def profile_differences(source: ResolvedProfile, target: ResolvedProfile) -> list[ProfileDifference]:
@@ -446,7 +462,17 @@ def deployment_json(app: App, d: Deployment) -> dict[str, Any]:
         "started_at": iso(d.started_at),
         "finished_at": iso(d.finished_at),
         "finished": is_finished(d),
+        "commits": [{**c, "url": shipped.commit_url(app.html_url, c["sha"])} for c in d.commits or []],
+        "override": d.override,
+        "cancel_requested_by": d.cancel_requested_by,
     }
+
+
+def freeze_json(freeze: Freeze | None) -> dict[str, Any] | None:
+    if freeze is None:
+        return None
+    return {"author": freeze.author, "reason": freeze.reason, "until": iso(freeze.until),
+            "description": freeze.describe()}
 
 
 def profile_json(resolved: ResolvedProfile) -> dict[str, Any]:
@@ -474,7 +500,10 @@ def phase_json(app: App, view: PhaseView) -> dict[str, Any]:
             "promote_to_next": bool(view.promote and view.promote.allowed),
             "rollback": view.rollback.allowed,
             "edit_profile": view.edit_profile.allowed,
+            "freeze": bool(view.change_freeze and view.change_freeze.allowed),
+            "redeploy": bool(view.redeploy and view.redeploy.allowed),
         },
+        "freeze": freeze_json(view.freeze),
         "rollback_to": deployment_json(app, view.rollback_to) if view.rollback_to else None,
         "profile_changed_since_deployed": view.profile_pending,
     }

@@ -210,6 +210,57 @@ def promote(name: str, phase: str):
     return redirect(url_for("portal.deployment", name=name, deployment_id=result.deployment_id), code=303)
 
 
+def _act(name: str, back: str, act) -> Response:
+    """Run a portal form's change; the outcome (or why not) is flashed on the page it leads to."""
+    try:
+        result = act()
+    except HTTPException as exc:
+        if exc.code == 404:
+            raise
+        return _form_failure(exc, back)
+    flash(result.message[:1].upper() + result.message[1:] + ".", "success")
+    if result.deployment_id is not None:
+        return redirect(url_for("portal.deployment", name=name, deployment_id=result.deployment_id), code=303)
+    return redirect(back, code=303)
+
+
+@bp.post("/apps/<name>/phases/<phase>/freeze")
+def freeze(name: str, phase: str):
+    return _act(name, url_for("portal.board", name=name), lambda: changes.freeze(
+        _ctx(), name, phase, actor=_actor(), role_of=role_for, reason=(request.form.get("reason") or "")[:300]))
+
+
+@bp.post("/apps/<name>/phases/<phase>/unfreeze")
+def unfreeze(name: str, phase: str):
+    return _act(name, url_for("portal.board", name=name), lambda: changes.unfreeze(
+        _ctx(), name, phase, actor=_actor(), role_of=role_for))
+
+
+@bp.post("/apps/<name>/phases/<phase>/redeploy")
+def redeploy(name: str, phase: str):
+    return _act(name, url_for("portal.board", name=name), lambda: changes.redeploy(
+        _ctx(), name, phase, actor=_actor(), role_of=role_for))
+
+
+@bp.post("/apps/<name>/deployments/<int:deployment_id>/retry")
+def retry(name: str, deployment_id: int):
+    return _act(name, url_for("portal.deployment", name=name, deployment_id=deployment_id),
+                lambda: changes.retry(_ctx(), name, deployment_id, actor=_actor(), role_of=role_for))
+
+
+@bp.post("/apps/<name>/deployments/<int:deployment_id>/cancel")
+def cancel(name: str, deployment_id: int):
+    back = url_for("portal.deployment", name=name, deployment_id=deployment_id)
+    try:
+        result = changes.cancel(_ctx(), name, deployment_id, actor=_actor(), role_of=role_for)
+    except HTTPException as exc:
+        if exc.code == 404:
+            raise
+        return _form_failure(exc, back)
+    flash(result.message[:1].upper() + result.message[1:] + ".", "success")
+    return redirect(back, code=303)
+
+
 @bp.route("/apps/<name>/phases/<phase>/rollback", methods=["GET", "POST"])
 def rollback(name: str, phase: str):
     ctx = _ctx()

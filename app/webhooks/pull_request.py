@@ -1,7 +1,7 @@
 """`pull_request`: a merged promotion PR into a phase's branch deploys its head to that phase."""
 
 from app.exceptions import InvalidVersion
-from app.plans import Deploy, Ignore
+from app.plans import Deploy, Ignore, SummarizePromotion
 from app.versions import short_sha, validate_version, version_from_title
 from app.webhooks.common import repo_of
 from app.webhooks.router import Router
@@ -54,6 +54,24 @@ def _promoted_version(head_ref: str, phase: str) -> str | None:
         return None
 
 
+@router.register("pull_request", action="opened")
+@router.register("pull_request", action="reopened")
+@router.register("pull_request", action="synchronize")
+@router.register("pull_request", action="ready_for_review")
+@router.register("pull_request_review", action="submitted")
+@router.register("pull_request_review", action="dismissed")
+def promotion_request(payload, config):
+    """Opening a promotion PR is the request: its summary and status are kept up to date."""
+    pr = payload["pull_request"]
+    number = int(payload.get("number") or pr["number"])
+    base = pr["base"]["ref"]
+    phase = next((p for p in config.phases.values() if p.trigger == "pull_request" and p.branch == base), None)
+    if phase is None:
+        what = f"reviews of PR #{number}" if "review" in payload else f"PR #{number} {payload.get('action')}"
+        return Ignore(f"{what} into {base}: deploys nothing")
+    return SummarizePromotion(repo=repo_of(payload), pr_number=number, phase=phase.name)
+
+
 @router.register("pull_request")
 def other_pull_request_actions(payload, config):
     return Ignore(f"pull_request {payload.get('action')} deploys nothing")
@@ -61,5 +79,4 @@ def other_pull_request_actions(payload, config):
 
 @router.register("pull_request_review")
 def review(payload, config):
-    # Approvals are counted from the reviews API when the promotion PR merges.
-    return Ignore("reviews are counted when the promotion PR is merged")
+    return Ignore(f"pull_request_review {payload.get('action')} changes no approval")

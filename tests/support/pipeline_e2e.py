@@ -36,6 +36,7 @@ from tests.support.dockerkit import make_sample_repo, require_engine
 from workers import runtime
 
 REPO = "acme/shop"
+ADMIN_TOKEN = "admin-token-for-end-to-end-tests-41c9"
 APP = "shop"
 INSTALLATION = 77
 #: Every build of the sample app answers its health check here (RepoConfig's default is "/").
@@ -65,11 +66,18 @@ class Pipeline:
 
     # -- git ---------------------------------------------------------------------------------
 
-    def commit(self, version_text: str, *, tag: str | None = None) -> str:
-        """A new commit of the sample app on main (built, it serves `version_text` at /version)."""
+    def commit(self, version_text: str, *, tag: str | None = None, repo_file: str | None = None) -> str:
+        """A new commit of the sample app on main (built, it serves `version_text` at /version);
+        `repo_file` adds lines to its .release-pipeline.yml."""
+        files = {name: text + (repo_file or "") for name, text in REPO_FILE.items()}
         self.clone_url, sha = make_sample_repo(self.repo_path, version_text=version_text, tag=tag,
-                                               extra_files=REPO_FILE)
+                                               extra_files=files)
         return sha
+
+    def api(self, method: str, path: str, body: dict | None = None):
+        """The JSON API as an admin (the ADMIN_TOKEN bearer)."""
+        return self.client.open(f"/api/v1{path}", method=method, json=body,
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
     def git(self, *args: str) -> str:
         return subprocess.run(["git", "-C", str(self.repo_path), *args], check=True, capture_output=True,
@@ -223,6 +231,7 @@ def service_environment(monkeypatch, *, database_url: str, instance: str, tmp_pa
         "DRAIN_SECONDS": "0",
         "WORK_DIR": str(tmp_path / "work"),
         "PUBLIC_URL": "http://portal.test",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         **(github.environ if github is not None else {}),
         **extra,
     }
