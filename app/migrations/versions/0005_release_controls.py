@@ -1,7 +1,7 @@
 """release controls: ad-hoc phase freezes; what a deployment ships, its override, its cancel
 
 Revision ID: 0005_release_controls
-Revises: 0003_sessions
+Revises: 0004_stop_timeout
 Create Date: 2026-12-01 21:00:00.000000
 """
 from alembic import op
