@@ -127,6 +127,18 @@ def _router(ctx: Context) -> Check:
     return Check("router", True, f"caddy at {settings.caddy_admin_url}, phase URLs on port {settings.router_port}")
 
 
+def _connection_migration() -> Check:
+    """Caddy reloads on every route switch; without this setting a reload resets the
+    connections its old listener had accepted (README, zero downtime)."""
+    from app.adapters.router import migration_enabled
+
+    enabled = migration_enabled()
+    detail = {True: "on", False: "off", None: "not offered by this kernel (Linux 5.14+)"}[enabled]
+    return Check("net.ipv4.tcp_migrate_req", enabled is True, detail,
+                 "sysctl -w net.ipv4.tcp_migrate_req=1 (as root; scripts/dev does it), "
+                 "or requests can fail at the instant the router switches")
+
+
 def _github(ctx: Context) -> Check:
     settings = ctx.settings
     if not settings.reporting_enabled:

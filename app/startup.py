@@ -2,8 +2,9 @@
 
 Refused at once, with one line, because waiting would not fix them: a schema behind the code,
 SECRET_KEY missing where it is needed, an invalid pipeline file (`Context.from_settings`).
-Waited for, logged once, because they come back by themselves: Redis, the database and the
-Docker engine being away (restarting, or started after us by a Procfile host).
+Waited for, logged once, because they come back by themselves: Redis and the database being
+away (restarting, or started after us by a Procfile host). A Docker engine that is away is only
+logged: the worker serves reports and commands meanwhile, and deploys fail with the reason.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def run_worker(ctx, *, burst: bool, on_start: Callable[[object], None], queues: 
 
     while True:
         wait_until(ctx.jobs.ping, f"Redis at {_redacted(ctx.settings.redis_url)}")
-        wait_until(ctx.engine.ping, f"the Docker engine at {ctx.settings.docker_host or 'the local socket'}")
+        if not ctx.engine.ping():  # reports and commands need no engine: serve them, say it once
+            log.warning("the Docker engine at %s is not answering: deploys fail until it does",
+                        ctx.settings.docker_host or "the local socket")
         on_start(ctx)
         worker = _Worker(queues or list(QUEUES), connection=ctx.redis)
         try:
