@@ -20,7 +20,7 @@ from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, Servi
 
 from app.actions import Actions, Outcome, PromotionRequest, audit
 from app.exceptions import InvalidVersion
-from app.models import App, Deployment, DeploymentStatus, Profile, utcnow
+from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
 from app.permissions import Action, check
 from app.pipeline import MAX_STOP_TIMEOUT, MEMORY
 from app.profiles import SIZING

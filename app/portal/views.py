@@ -10,6 +10,7 @@ import re
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
