@@ -71,10 +71,16 @@ def _processes(ctx: Context) -> list[Check]:
     from app.jobs import QUEUES
     from app.startup import scheduler_name
 
-    workers = [w for w in Worker.all(connection=ctx.redis) if set(w.queue_names()) >= set(QUEUES)]
+    # Queues may be split between processes (the Procfile's notifier serves notifications alone):
+    # what matters is that each queue has someone serving it.
+    workers = Worker.all(connection=ctx.redis)
+    served = {name for w in workers for name in w.queue_names()}
+    unserved = [name for name in QUEUES if name not in served]
     schedulers = [s for s in CronScheduler.all(connection=ctx.redis) if s.name == scheduler_name(ctx.settings)]
+    detail = (f"{len(workers)} worker(s) serving {', '.join(QUEUES)}" if not unserved
+              else f"no worker serves {', '.join(unserved)} ({len(workers)} worker(s) running)")
     return [
-        Check("worker", bool(workers), f"{len(workers)} worker(s) serving {', '.join(QUEUES)}",
+        Check("worker", not unserved, detail,
               "start one: release-pipeline worker (up and the Procfile start one)"),
         Check("scheduler", bool(schedulers), "running" if schedulers else "not running",
               "start one: release-pipeline scheduler (up and the Procfile start one)"),
