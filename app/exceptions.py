@@ -29,6 +29,10 @@ class DeployFailed(ReleasePipelineError):
     """The new version did not become healthy; the previous one keeps serving."""
 
 
+class EngineUnavailable(ReleasePipelineError):
+    """The container engine (Docker, a Swarm manager) failed or cannot be reached."""
+
+
 class RouterError(ReleasePipelineError):
     """The router (Caddy) refused or could not be reached."""
 

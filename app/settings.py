@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     #: The web server's port (Procfile hosts set $PORT).
     port: int = Field(default=8000, ge=1, le=65535)
 
+    #: What runs the apps (app.runtime): `docker`, one engine with two slots per phase behind
+    #: the router, or `swarm`, a Swarm service per phase.
+    runtime: Literal["docker", "swarm"] = "docker"
+    #: The registry a swarm's nodes pull images from (`host:port`); only RUNTIME=swarm uses it.
+    registry_url: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
     router: Literal["caddy", "direct"] = "caddy"
     caddy_admin_url: str = "http://127.0.0.1:2019"
     #: Port on which the router serves the phase URLs.
@@ -100,6 +105,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GITHUB_WEBHOOK_SECRET is required (set PIPELINE_DEV=1 only for local development)"
             )
+        if self.runtime == "swarm":
+            raise ValueError("RUNTIME=swarm is not available in this version yet; use RUNTIME=docker (the default)")
+        if self.registry_url is not None and self.runtime != "swarm":
+            raise ValueError("REGISTRY_URL is used only with RUNTIME=swarm (the docker runtime runs images on "
+                             "the engine that built them); unset it")
         if self.github_app_id is not None and self.private_key is None:
             raise ValueError(
                 "GITHUB_APP_ID is set but neither GITHUB_PRIVATE_KEY nor GITHUB_PRIVATE_KEY_PATH is"

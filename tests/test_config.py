@@ -88,6 +88,10 @@ def test_repo_config_errors(text, message):
         ({"GITHUB_WEBHOOK_SECRET": "s", "GITHUB_API_URL": "ftp://x"}, "GITHUB_API_URL: must be an http(s) URL"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "ROUTER": "nginx"}, "ROUTER: Input should be 'caddy' or 'direct'"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "PIPELINE_INSTANCE": "Bad Name"}, "PIPELINE_INSTANCE"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "RUNTIME": "kubernetes"}, "RUNTIME: Input should be 'docker' or 'swarm'"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "RUNTIME": "swarm"}, "RUNTIME=swarm is not available in this version yet"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "REGISTRY_URL": "127.0.0.1:5000"}, "REGISTRY_URL is used only with RUNTIME=swarm"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "REGISTRY_URL": "http://x/y z"}, "REGISTRY_URL: String should match pattern"),
     ],
 )
 def test_settings_errors_name_the_variable(environ, message):
