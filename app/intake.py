@@ -23,18 +23,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Outcome:
+class Receipt:
+    """The HTTP answer to a delivery, and the jobs to enqueue once it is recorded."""
+
     status: int
     body: dict
     enqueue: list = field(default_factory=list)
 
 
-def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Outcome:
+def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Receipt:
     """Record and enqueue; the caller gets the HTTP answer."""
     if isinstance(plan, Invalid):
-        return Outcome(400, {"error": "malformed delivery", "reason": plan.reason})
+        return Receipt(400, {"error": "malformed delivery", "reason": plan.reason})
     if isinstance(plan, Pong):
-        return Outcome(200, {"ok": True, "reason": "pong"})
+        return Receipt(200, {"ok": True, "reason": "pong"})
     # Events that deploy nothing are recorded without their handler reading the payload: any
     # field may have any type here.
     repository = payload.get("repository")
@@ -55,26 +57,26 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
                 with session.begin_nested():
                     session.add(delivery)
             except IntegrityError:
-                return Outcome(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
-            outcome = _carry_out(ctx, session, plan, delivery)
-            created_deployments = [job[1] for job in outcome.enqueue if job[0] == "deploy"]
-            created_reports = [job[1] for job in outcome.enqueue if job[0] == "report"]
-            delivery.reason = _column_text(outcome.body.get("reason", ""), 300) or ""
-            if outcome.enqueue:
-                delivery.job_id = ",".join(str(j[1]) for j in outcome.enqueue)[:100]
+                return Receipt(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
+            receipt = _carry_out(ctx, session, plan, delivery)
+            created_deployments = [job[1] for job in receipt.enqueue if job[0] == "deploy"]
+            created_reports = [job[1] for job in receipt.enqueue if job[0] == "report"]
+            delivery.reason = _column_text(receipt.body.get("reason", ""), 300) or ""
+            if receipt.enqueue:
+                delivery.job_id = ",".join(str(j[1]) for j in receipt.enqueue)[:100]
             else:
                 delivery.outcome = DeliveryOutcome.IGNORED.value
     except SQLAlchemyError:
         log.exception("database unavailable while recording delivery %s", delivery_id)
-        return Outcome(503, {"error": "database unavailable", "reason": "try the delivery again later"})
+        return Receipt(503, {"error": "database unavailable", "reason": "try the delivery again later"})
     try:
-        for job in outcome.enqueue:
+        for job in receipt.enqueue:
             _enqueue(ctx, job)
     except RedisError:
         log.error("queue unavailable; forgetting delivery %s so a redelivery is accepted", delivery_id)
         _forget(ctx, delivery_id, created_deployments, created_reports)
-        return Outcome(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
-    return outcome
+        return Receipt(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
+    return receipt
 
 
 def _column_text(value, limit: int) -> str | None:
@@ -85,40 +87,40 @@ def _column_text(value, limit: int) -> str | None:
     return value[:limit].encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
-def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Outcome:
+def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt:
     if isinstance(plan, Ignore):
-        return Outcome(202, {"ok": True, "reason": plan.reason})
+        return Receipt(202, {"ok": True, "reason": plan.reason})
     if isinstance(plan, SyncInstallation):
         sync_installation(session, plan)
-        return Outcome(202, {"ok": True, "reason": f"installation {plan.action}: registry updated"})
+        return Receipt(202, {"ok": True, "reason": f"installation {plan.action}: registry updated"})
     app = ensure_app(session, plan.repo)
     if app.deleted_at is not None:
-        return Outcome(202, {"ok": True, "reason": f"{app.name} was deleted by {app.deleted_by}: nothing to do"})
+        return Receipt(202, {"ok": True, "reason": f"{app.name} was deleted by {app.deleted_by}: nothing to do"})
     if isinstance(plan, Deploy):
         deployment = schedule(session, app, plan)
         if deployment is None:
-            return Outcome(202, {"ok": True, "reason": f"{plan.version} to {plan.phase} is already planned"})
+            return Receipt(202, {"ok": True, "reason": f"{plan.version} to {plan.phase} is already planned"})
         session.flush()
         reports = ctx.reports.queued(session, app, deployment)
-        return Outcome(
+        return Receipt(
             202,
             {"ok": True, "reason": f"deploying {plan.version} to {plan.phase}", "deployment": deployment.id},
             [("deploy", deployment.id), *(("report", r.id) for r in reports if r.state == "pending")],
         )
     if isinstance(plan, RunCommand):
-        return Outcome(
+        return Receipt(
             202,
             {"ok": True, "reason": "command queued"},
             [("command", dict(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id,
                               actor=plan.actor, body=plan.body, commented_at=plan.commented_at))],
         )
     if isinstance(plan, SummarizePromotion):
-        return Outcome(202, {"ok": True, "reason": f"promotion PR #{plan.pr_number} to {plan.phase}: summary queued"},
+        return Receipt(202, {"ok": True, "reason": f"promotion PR #{plan.pr_number} to {plan.phase}: summary queued"},
                        [("summary", dict(app_id=app.id, pr_number=plan.pr_number, phase=plan.phase))])
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
         jobs = [("report", report.id)] if report.state == "pending" else []
-        return Outcome(202, {"ok": True, "reason": "malformed command answered"}, jobs)
+        return Receipt(202, {"ok": True, "reason": "malformed command answered"}, jobs)
     raise TypeError(f"no executor for {type(plan).__name__}")
 
 

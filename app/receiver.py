@@ -58,17 +58,17 @@ def receive():
         return _refuse(400, "malformed delivery", "the body is not valid JSON", event)
     with log_context(delivery_id=delivery_id):
         decided = plan(event, payload, ctx.config)
-        outcome = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})
-        log.info("delivery %s %s: %s %s", delivery_id, event, outcome.status, outcome.body.get("reason", ""),
-                 extra={"deployment_id": outcome.body.get("deployment")})
-    DELIVERIES.labels(event=event, outcome=_outcome(outcome)).inc()
-    return jsonify(outcome.body), outcome.status
+        receipt = intake.accept(ctx, delivery_id, event, decided, payload if isinstance(payload, dict) else {})
+        log.info("delivery %s %s: %s %s", delivery_id, event, receipt.status, receipt.body.get("reason", ""),
+                 extra={"deployment_id": receipt.body.get("deployment")})
+    DELIVERIES.labels(event=event, outcome=_outcome(receipt)).inc()
+    return jsonify(receipt.body), receipt.status
 
 
-def _outcome(outcome: intake.Outcome) -> str:
+def _outcome(receipt: intake.Receipt) -> str:
     """accepted (work queued), ignored (nothing to do), malformed, or unavailable (503)."""
-    if outcome.status >= 500:
+    if receipt.status >= 500:
         return "unavailable"
-    if outcome.status >= 400:
+    if receipt.status >= 400:
         return "malformed"
-    return "accepted" if outcome.enqueue else "ignored"
+    return "accepted" if receipt.enqueue else "ignored"
