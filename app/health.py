@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import requests
 
 _KEPT_RESPONSES = 10
+#: How often a wait that has not succeeded yet says where it stands (see `wait_healthy`).
+PROGRESS_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -32,13 +34,19 @@ def wait_healthy(
     interval: float = 0.2,
     request_timeout: float = 2,
     is_alive: Callable[[], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = PROGRESS_SECONDS,
 ) -> HealthResult:
     """GET `url` until it answers 2xx/3xx (redirects are not followed) or `timeout` s pass.
 
     `is_alive`, when given, is asked after each failed attempt; once it says False the wait
     ends at once instead of running out the clock on a container that has exited.
+    `progress`, when given, is told every `progress_every` s of a wait that has not passed yet
+    where it stands, so a log watched during a failing health wait is never silent.
     """
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
+    deadline = begun + timeout
+    next_progress = begun + progress_every
     path = urlsplit(url).path or "/"
     responses: deque[str] = deque(maxlen=_KEPT_RESPONSES)
     attempts = 0
@@ -55,11 +63,20 @@ def wait_healthy(
             if is_alive is not None and not is_alive():
                 reason = f"container exited: last check {description} on {path}"
                 return HealthResult(False, attempts, list(responses), reason)
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 reason = f"health check failed: {description} on {path} after {timeout:g}s"
                 return HealthResult(False, attempts, list(responses), reason)
+            if progress is not None and now >= next_progress:
+                next_progress = now + progress_every
+                progress(waiting_line(path, now - begun, timeout, description))
             time.sleep(min(interval, remaining))
+
+
+def waiting_line(path: str, waited: float, timeout: float, last: str) -> str:
+    """One progress line of a health wait, as the deployment log shows it."""
+    return f"waiting for {path}: {int(waited)} s of {timeout:g}, last answer: {last}"
 
 
 def _probe(session: requests.Session, url: str, request_timeout: float) -> tuple[str, bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import statistics
 import threading
 import time
@@ -243,6 +244,9 @@ def test_a_container_that_never_turns_healthy_is_never_routed_to(rig):
     assert failed.evidence["health"][-1] == "404 Not Found"
     assert isinstance(failed.evidence["logs"], list)
     assert rig.containers() == serving
+    # The log was not silent meanwhile: the wait said where it stood (every 2 s).
+    assert any(re.fullmatch(r"waiting for /healthz: \d s of 3, last answer: (404 Not Found|connection refused)", line)
+               for line in rig.lines(failed.id)), rig.lines(failed.id)
     assert rig.serves() == "2.0.0"
     assert loop.failures == [] and set(loop.answers) == {"2.0.0"}
     with rig.ctx.db.session() as session:
@@ -308,6 +312,7 @@ def test_ten_rollouts_alternating_slots_fail_no_post_and_no_get(rig):
     drained = lines.index("the previous container gets no new requests; it has 0.3 s to finish those in flight")
     stopped = next(i for i, line in enumerate(lines) if line.startswith("stopped the previous container"))
     assert switched < drained < stopped
+    assert re.fullmatch(r"stopped the previous container \S+ after \d+\.\d s", lines[stopped])
 
 
 def test_a_rollout_that_never_turns_healthy_fails_no_post_and_no_get(rig):
@@ -347,6 +352,8 @@ def test_an_app_that_ignores_sigterm_is_killed_after_the_profiles_stop_timeout(r
     second = rig.deploy("2.0.0")
     assert second.status == "succeeded", second.reason
     assert second.profile_snapshot["stop_timeout"] == 1
+    assert f"stopping the previous container {rig.ctx.engine.instance}-shop-demo-{second.id - 1}: SIGTERM, " \
+           "SIGKILL after 1 s" in rig.lines(second.id)
     killed = [line for line in rig.lines(second.id) if "ignored SIGTERM" in line]
     assert killed == [f"the previous container ignored SIGTERM; stopped after 1 s (SIGKILL, "
                       f"{rig.ctx.engine.instance}-shop-demo-{second.id - 1}; the profile's stop_timeout sets the wait)"]
@@ -382,6 +389,7 @@ def test_a_held_lock_blocks_a_deploy_until_released(rig):
         assert worker.is_alive() and rig.deployment(deployment_id).status == "queued"
     worker.join(timeout=60)
     assert outcome == ["succeeded"]
+    assert rig.lines(deployment_id)[0] == "waiting behind someone else, which is deploying shop/demo"
 
 
 def test_a_lock_whose_holder_died_expires(rig):

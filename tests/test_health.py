@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from app.adapters.docker import ContainerSpec
-from app.health import wait_healthy
+from app.health import waiting_line, wait_healthy
 from tests.support.dockerkit import (
     APP_PORT,
     context_tar,
@@ -117,6 +118,28 @@ def test_stops_early_when_the_container_has_exited():
     )
     assert not result.ok and result.attempts == 1  # stopped after one try, not after 30 s of them
     assert result.reason.startswith("container exited")
+
+
+def test_a_long_wait_says_where_it_stands():
+    """Progress lines while the check keeps failing: time waited, the timeout, the last answer."""
+    told: list[str] = []
+    result = wait_healthy(f"http://127.0.0.1:{free_port()}/healthz", timeout=1, interval=0.05,
+                          progress=told.append, progress_every=0.3)
+    assert not result.ok
+    assert told, "a failing wait said nothing"
+    for line in told:
+        assert re.fullmatch(r"waiting for /healthz: \d+ s of 1, last answer: connection refused", line), line
+
+
+def test_a_quick_success_says_no_progress(scripted):
+    told: list[str] = []
+    assert wait_healthy(scripted.url, timeout=2, progress=told.append, progress_every=0.3).ok
+    assert told == []
+
+
+def test_the_progress_line_reads_as_in_the_issue():
+    assert waiting_line("/healthz", 12.7, 30, "connection refused") == \
+        "waiting for /healthz: 12 s of 30, last answer: connection refused"
 
 
 @pytest.mark.docker

@@ -34,7 +34,7 @@ from app.deployments import version_taken, version_taken_reason
 from app.exceptions import GitHubError, ReleasePipelineError, RouterError
 from app.freezes import frozen
 from app.health import wait_healthy
-from app.locks import deploy_lock
+from app.locks import deploy_lock, holder
 from app.logs import log_context
 from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
@@ -179,6 +179,9 @@ class Rollout:
             if deployment is None or DeploymentStatus(deployment.status).finished:
                 return "nothing to do"
             app_name, phase = app.name, deployment.phase
+        ahead = holder(self.ctx.redis, app_name, phase)
+        if ahead is not None:
+            self.say(f"waiting behind {ahead}, which is deploying {app_name}/{phase}")
         with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}",
                          expires=self.ctx.settings.deploy_lock_seconds):
             with self.ctx.db.session() as session:  # settled while we waited (e.g. its app was deleted)
@@ -520,7 +523,7 @@ class Rollout:
             with metrics.step(Step.HEALTH):
                 result = wait_healthy(
                     health_url, timeout=self.ctx.config.health_timeout(phase),
-                    is_alive=lambda: not engine.has_crashed(container.id),
+                    is_alive=lambda: not engine.has_crashed(container.id), progress=self.say,
                 )
             if not result.ok:
                 self.give_up(container.id, result.reason, result.responses)
@@ -551,12 +554,14 @@ class Rollout:
         self.say(f"the previous container gets no new requests; it has {drain:g} s to finish those in flight")
         time.sleep(drain)
         for old in previous:
+            self.say(f"stopping the previous container {old.name}: SIGTERM, SIGKILL after {stop_timeout} s")
+            stopping = time.monotonic()
             stopped = self.ctx.engine.stop_and_remove(old.id, timeout=stop_timeout)
             if stopped is not None and stopped.killed:
                 self.say(f"the previous container ignored SIGTERM; stopped after {stop_timeout} s "
                          f"(SIGKILL, {old.name}; the profile's stop_timeout sets the wait)")
             else:
-                self.say(f"stopped the previous container {old.name}")
+                self.say(f"stopped the previous container {old.name} after {time.monotonic() - stopping:.1f} s")
 
     def give_up(self, container_id: str, reason: str, health: list[str]) -> None:
         """Keep the evidence (health answers, the container's last lines), remove it, fail."""
