@@ -138,8 +138,17 @@ class CaddyRouter:
 
     def ensure_route(self, app: str, phase: str, slots: Slots, serving: int) -> bool:
         """Create the route, or change it in place (one PATCH, applied atomically by Caddy)."""
-        route_id = self._route_id(app, phase)
-        route = self._route(app, phase, slots, serving)
+        return self._put_route(self._route(app, phase, slots, serving))
+
+    def ensure_upstreams(self, app: str, phase: str, endpoints: list[str]) -> bool:
+        """Route the phase URL to every one of `endpoints` ("address:port", Swarm tasks on
+        their nodes) in turn; a dial that fails is tried on the next one. True if it changed."""
+        if not endpoints:
+            raise RouterError(f"no endpoint to route {app}/{phase} to")
+        return self._put_route(self._route_to(app, phase, list(endpoints), "round_robin"))
+
+    def _put_route(self, route: dict) -> bool:
+        route_id = route["@id"]
         response = self._request("GET", f"/id/{route_id}", ok=(404,))
         if response.status_code != 404:
             if response.json() == route:
@@ -214,11 +223,14 @@ class CaddyRouter:
             self._request("PATCH", f"{path}/listen", listen)
 
     def _route(self, app: str, phase: str, slots: Slots, serving: int) -> dict:
+        return self._route_to(app, phase, [f"127.0.0.1:{port}" for port in slots.serving_first(serving)], "first")
+
+    def _route_to(self, app: str, phase: str, dials: list[str], policy: str) -> dict:
         proxy = {
             "handler": "reverse_proxy",
-            "upstreams": [{"dial": f"127.0.0.1:{port}"} for port in slots.serving_first(serving)],
+            "upstreams": [{"dial": dial} for dial in dials],
             "load_balancing": {
-                "selection_policy": {"policy": "first"},
+                "selection_policy": {"policy": policy},
                 "try_duration": _duration(self.try_duration),
                 "try_interval": "50ms",
             },
@@ -322,7 +334,10 @@ def _route_order(route: dict) -> tuple[int, int] | None:
     """The slot ports of one of our routes in the order Caddy tries them (None for anything else)."""
     try:
         proxy = route["handle"][0]
-        ports = tuple(int(u["dial"].rpartition(":")[2]) for u in proxy["upstreams"])
+        hosts, ports = zip(*(u["dial"].rpartition(":")[::2] for u in proxy["upstreams"]))
+        if set(hosts) != {"127.0.0.1"}:
+            return None  # a route to Swarm tasks on their nodes has no slots
+        ports = tuple(int(port) for port in ports)
         Slots(*ports)
         return ports
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RouterError):
