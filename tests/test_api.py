@@ -173,7 +173,7 @@ def test_apps_and_app_detail(api, actx, engine):
     assert shop["repository"] == "acme/shop"
     assert shop["phases"]["demo"] == {"version": "a1b2c3d", "sha": "a" * 40, "url": "http://demo.example.test",
                                       "deployed_at": shop["phases"]["demo"]["deployed_at"],
-                                      "in_progress": "b2c3d4e", "health": "healthy"}
+                                      "in_progress": "b2c3d4e", "health": "healthy", "last_failure": None}
     assert shop["phases"]["live"]["version"] is None
     detail = api.get("/api/v1/apps/shop").get_json()
     demo_phase = detail["phases"][0]

@@ -3,8 +3,9 @@ served on a local port. A person signs in, follows an app from Demo to Live, wat
 arrive, edits the Stage profile and sees what Live inherits, and rolls Live back.
 
 The deploy worker is played by the test: it writes log lines and outcomes into the database
-as the real job does (the real job has its own Docker end-to-end tests). Screenshots go to
-test-artifacts/ for people to look at.
+as the real job does (the real job has its own Docker end-to-end tests). Every page is also
+opened at 1280 and 390 px wide: nothing may overflow the window or overlap in the header, every
+table column must be reachable, and a screenshot of each goes to var/screenshots/<width>/.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tests.support.requires import Part, missing, used
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
+WIDTHS = (1280, 390)
 SECRET = "browser-secret-4d8e-never-visible"
 # Live without approvals, so the whole way from Demo to Live can be clicked through here
 # (the promotion pull request path is covered in test_portal and the command tests).
@@ -81,17 +83,72 @@ def served(make_settings, database_url, redis_conn, tmp_path):
 
 
 @pytest.fixture
-def page(browser):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1360, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    yield page
-    context.close()
+def open_page(browser):
+    """A new browser tab `width` px wide (a phone is 390)."""
+    contexts = []
+
+    def make(width: int = 1280):
+        context = browser.new_context(viewport={"width": width, "height": 900 if width > 600 else 844})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page):
+    return open_page(1280)
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    width = page.viewport_size["width"]
+    folder = SCREENSHOTS / str(width)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+#: What a reader at this width could not use: the page wider than the window, header items on
+#: top of each other, a table wider than its box that does not scroll. Empty when all is well.
+LAYOUT_PROBLEMS = """() => {
+  const problems = [];
+  const doc = document.documentElement;
+  if (doc.scrollWidth > window.innerWidth) problems.push(`page is ${doc.scrollWidth} px wide in ${window.innerWidth}`);
+  const items = [...document.querySelectorAll('.topbar .brand, .topbar .crumbs > *, .topbar .who > *')]
+    .filter(n => n.getClientRects().length && getComputedStyle(n).visibility !== 'hidden')
+    .map(n => [n, n.getBoundingClientRect()]).filter(([, r]) => r.width > 0 && r.height > 0);
+  for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
+    const [a, ra] = items[i], [b, rb] = items[j];
+    if (a.contains(b) || b.contains(a)) continue;
+    const overlap = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left) > 1 &&
+                    Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top) > 1;
+    if (overlap) problems.push(`header: "${a.textContent.trim()}" overlaps "${b.textContent.trim()}"`);
+  }
+  for (const table of document.querySelectorAll('main table')) {
+    const box = table.parentElement;
+    const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+    if (table.scrollWidth > box.clientWidth + 1 && !scrolls)
+      problems.push(`table of ${table.scrollWidth} px clipped in ${box.clientWidth} px`);
+    // Every column can be scrolled to: the last header cell ends within the scrollable width.
+    const cells = table.querySelectorAll('tr:first-child > *');
+    if (cells.length) {
+      const last = cells[cells.length - 1].getBoundingClientRect(), start = box.getBoundingClientRect().left;
+      if (last.right - start + box.scrollLeft > box.scrollWidth + 1) problems.push('a table column cannot be reached');
+    }
+  }
+  return problems;
+}"""
+
+
+def check_layout(page, name: str) -> None:
+    """The overflow and overlap checks, then a screenshot for reviewers."""
+    page.wait_for_load_state("load")
+    problems = page.evaluate(LAYOUT_PROBLEMS)
+    shot(page, name)
+    assert problems == [], f"{name} at {page.viewport_size['width']} px: {problems}"
 
 
 def queued(ctx, phase: str) -> Deployment:
@@ -170,9 +227,13 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     assert page.locator('[data-phase="live"] .version').inner_text() == "v1.3.0"
     shot(page, "02-board")
 
-    # Push Demo to Stage as v1.4.0.
+    # Push Demo to Stage as v1.4.0: the confirmation page says what changes first.
     demo_column.locator('input[name="rename_to"]').fill("v1.4.0")
     demo_column.locator("button.push").click()
+    page.wait_for_url(f"{base}/apps/shop/phases/stage/promote?rename_to=v1.4.0")
+    assert "v1.3.0 → v1.4.0" in page.locator("#promote-preview").inner_text()
+    assert queued(ctx, "stage") is None
+    page.click("#confirm-push")
     page.wait_for_url(f"{base}/apps/shop/deployments/*")
     to_stage = queued(ctx, "stage")
     assert to_stage is not None and to_stage.version == "v1.4.0" and to_stage.trigger == "portal"
@@ -191,7 +252,7 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     shot(page, "03-deployment-streaming")
     page.wait_for_selector("#log li >> text=now serves v1.4.0")
     worker.join()
-    page.wait_for_selector("text=Open Stage ↗")  # reloaded once finished: succeeded, with its URL
+    page.wait_for_selector("text=Open Stage ↗")  # its parts refreshed once finished: succeeded, with its URL
     assert page.locator("h1 .badge").inner_text().lower() == "succeeded"
     assert page.locator("#log li").count() == 5
     shot(page, "04-deployment-succeeded")
@@ -229,6 +290,7 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     # Push Stage to Live and see the new version live.
     page.goto(f"{base}/apps/shop")
     page.locator('[data-phase="stage"] button.push').click()
+    page.click("#confirm-push")
     page.wait_for_url(f"{base}/apps/shop/deployments/*")
     to_live = queued(ctx, "live")
     assert to_live.version == "v1.4.0" and f"deploy-{to_live.id}" in Queue("deploys", connection=redis_conn).job_ids
@@ -260,3 +322,172 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     page.goto(f"{base}/")
     shot(page, "11-apps")
     assert SECRET not in page.content()
+
+
+def seed(ctx, engine) -> dict[str, int]:
+    """An app a reviewer would recognise: every phase serving, a failed deploy, logs, a profile."""
+    app_id = add_app(ctx)
+    snapshot = {"env": {"LOG_LEVEL": "info"}, "secrets": {}, "memory": "256m", "cpus": 0.5, "replicas": 1}
+    ids = {
+        "stage_old": add_deployment(ctx, app_id, "stage", "v1.2.0", "1", minutes_ago=60 * 30, actor="bob",
+                                    trigger="tag", snapshot=snapshot),
+        "live": add_deployment(ctx, app_id, "live", "v1.2.0", "1", minutes_ago=60 * 24, actor="carol",
+                               trigger="pull_request", snapshot=snapshot),
+        "stage": add_deployment(ctx, app_id, "stage", "v1.3.0", "2", minutes_ago=60 * 2, actor="bob", trigger="tag",
+                                snapshot=snapshot),
+        "demo": add_deployment(ctx, app_id, "demo", "a1b2c3d", "a", minutes_ago=40, actor="alice-with-a-long-name"),
+        "failed": add_deployment(ctx, app_id, "demo", "b2c3d4e", "b", status="failed", minutes_ago=5, actor="alice",
+                                 reason="health check failed: 500 Internal Server Error on /healthz after 30s",
+                                 evidence={"health": ["connection refused", "500 Internal Server Error"],
+                                           "logs": ["Traceback (most recent call last):",
+                                                    "KeyError: 'DATABASE_URL' " + "x" * 120]}),
+    }
+    add_log(ctx, ids["demo"], "fetching a1b2c3d", "building Dockerfile (tree 9f8e7d6)",
+            "waiting for /healthz: 2 s of 30, last answer: connection refused",
+            "healthy: 200 OK on /healthz after 3 attempt(s) (2.4s)",
+            "http://shop-demo.localhost:8088 now serves a1b2c3d (slot port 20001) and this line is long " + "y" * 80)
+    add_log(ctx, ids["failed"], "fetching b2c3d4e", "waiting for /healthz: 2 s of 30, last answer: 500 Internal "
+            "Server Error", "failed: health check failed: 500 Internal Server Error on /healthz after 30s")
+    for phase in ("demo", "stage", "live"):
+        engine.run("shop", phase, ids[phase])
+    set_profile(ctx, app_id, "demo", env={"LOG_LEVEL": "debug", "FEATURE_CHECKOUT": "on"}, secrets={"API_KEY": SECRET})
+    ids["app"] = app_id
+    return ids
+
+
+def sign_in(page, base: str) -> None:
+    page.goto(f"{base}/signin")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("text=Sign in with the admin token")
+    page.wait_for_url(f"{base}/")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_page_fits_the_window_at_desktop_and_phone_width(served, open_page, width):
+    ctx, engine, base = served
+    ids = seed(ctx, engine)
+    page = open_page(width)
+    page.goto(f"{base}/signin")
+    check_layout(page, "00-sign-in")
+    sign_in(page, base)
+    pages = {
+        "01-apps": "/",
+        "02-board": "/apps/shop",
+        "03-history": "/apps/shop/phases/demo",
+        "04-deployment": f"/apps/shop/deployments/{ids['demo']}",
+        "05-deployment-failed": f"/apps/shop/deployments/{ids['failed']}",
+        "06-promote-confirm": "/apps/shop/phases/stage/promote?rename_to=v1.4.0",
+        "07-rollback": "/apps/shop/phases/live/rollback",
+        "08-compare": "/apps/shop/compare?from=demo&to=stage",
+        "09-profile": "/apps/shop/phases/stage/profile",
+        "10-audit": "/apps/shop/audit",
+        "11-notifications": "/notifications",
+        "12-tokens": "/tokens",
+    }
+    for name, path in pages.items():
+        page.goto(base + path)
+        check_layout(page, name)
+        assert SECRET not in page.content()
+    # The things the issue found missing: a skip link, the log as a live region, local times.
+    page.goto(f"{base}/apps/shop/deployments/{ids['demo']}")
+    assert page.locator("a.skip-link").get_attribute("href") == "#main"
+    log = page.locator("#log")
+    assert (log.get_attribute("role"), log.get_attribute("aria-live")) == ("log", "polite")
+    assert page.locator("#log time").first.get_attribute("title").endswith(" UTC")
+    # "Why it failed" keeps its health evidence.
+    page.goto(f"{base}/apps/shop/deployments/{ids['failed']}")
+    assert "500 Internal Server Error" in page.locator(".evidence").inner_text()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_board_and_the_apps_list_change_without_a_reload_while_a_deploy_runs(served, open_page, width):
+    ctx, engine, base = served
+    ids = seed(ctx, engine)
+    page = open_page(width)
+    sign_in(page, base)
+
+    # The apps list: a deploy that fails while it is open shows up, marked, with no reload.
+    page.evaluate("window.notReloaded = true")
+    assert page.locator('[data-app="shop"] [data-phase="demo"] .failed-mark').count() == 1  # the seeded failure
+    fixed = add_deployment(ctx, ids["app"], "demo", "c3d4e5f", "c", minutes_ago=0)
+    page.wait_for_selector('[data-app="shop"] [data-phase="demo"] .failed-mark', state="detached")
+    assert page.locator('[data-app="shop"] [data-phase="demo"] .v').inner_text() == "c3d4e5f"
+    broken = add_deployment(ctx, ids["app"], "stage", "v1.4.0", "d", status="failed", minutes_ago=0,
+                            reason="health check failed: connection refused on / after 30s")
+    page.wait_for_selector('[data-app="shop"] [data-phase="stage"] .failed-mark >> text=v1.4.0 failed')
+    assert page.locator('[data-app="shop"].has-failure').count() == 1
+    assert page.evaluate("window.notReloaded") is True
+    shot(page, "20-apps-live-failure")
+    page.click('[data-app="shop"] [data-phase="stage"] .failed-mark')
+    page.wait_for_url(f"{base}/apps/shop/deployments/{broken}")
+    assert "Why it failed" in page.content()
+
+    # The board follows a deploy from queued to serving.
+    page.goto(f"{base}/apps/shop")
+    page.evaluate("window.notReloaded = true")
+    stage = page.locator('[data-phase="stage"]')
+    assert stage.locator(".version").inner_text() == "v1.3.0"
+    to_stage = add_deployment(ctx, ids["app"], "stage", "c3d4e5f", "c", status="queued", minutes_ago=0,
+                              trigger="portal", source_id=fixed)
+    page.wait_for_selector('[data-phase="stage"] .in-progress >> text=queued')
+    worker = play_worker(ctx, engine, to_stage, ["starting c3d4e5f", "healthy: 200 OK on / after 1 attempt(s)"],
+                         pause=0.8)
+    page.wait_for_selector('[data-phase="stage"] .in-progress >> text=deploying')
+    shot(page, "21-board-deploying")
+    worker.join()
+    page.wait_for_selector('[data-phase="stage"] .version >> text=c3d4e5f')
+    assert page.locator('[data-phase="stage"] .in-progress').count() == 0
+    assert page.evaluate("window.notReloaded") is True
+    shot(page, "22-board-after-deploy")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_promote_with_its_confirmation_by_keyboard_alone(served, open_page, redis_conn, width):
+    ctx, engine, base = served
+    seed(ctx, engine)
+    page = open_page(width)
+    sign_in(page, base)
+    page.goto(f"{base}/apps/shop")
+
+    # The first Tab stop is the skip link; it takes focus past the header.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+
+    def tab_to(selector: str, limit: int = 80) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    tab_to('[data-phase="demo"] input[name="rename_to"]')
+    page.keyboard.type("v1.4.0")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.matches('[data-phase=\"demo\"] button.push')")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base}/apps/shop/phases/stage/promote?rename_to=v1.4.0")
+    assert "v1.3.0 → v1.4.0" in page.locator("#promote-preview").inner_text()
+    assert queued(ctx, "stage") is None  # nothing happens before the confirmation
+    check_layout(page, "30-promote-confirm-keyboard")
+
+    def confirm_as(name: str) -> None:
+        tab_to("#rename_to")
+        page.keyboard.press("Control+A")
+        page.keyboard.type(name)
+        tab_to("#confirm-push")
+        page.keyboard.press("Enter")
+
+    # A bad name is explained next to its field, by the server.
+    confirm_as("../etc")
+    page.wait_for_selector("#rename_to-error")
+    assert page.locator("#rename_to").get_attribute("aria-invalid") == "true"
+    assert page.locator("#rename_to-error").inner_text().startswith("A version must be semver")
+    shot(page, "31-promote-field-error")
+
+    confirm_as("v1.4.0")
+    page.wait_for_url(f"{base}/apps/shop/deployments/*")
+    to_stage = queued(ctx, "stage")
+    assert (to_stage.version, to_stage.trigger) == ("v1.4.0", "portal")
+    assert f"deploy-{to_stage.id}" in Queue("deploys", connection=redis_conn).job_ids

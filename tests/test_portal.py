@@ -316,8 +316,10 @@ def test_a_reader_cannot_push_or_roll_back(as_github_user, github, redis_conn):
 
     board = client.get("/apps/shop")
     assert board.status_code == 200 and "rita" in board.text
-    assert "Needs the maintain role." in board.text and "Needs the admin role." in board.text
-    assert "Roll back (needs admin)" in board.text
+    # Why each action is not offered, in words on the page (not only in a tooltip).
+    assert "Promote to stage needs the maintain role (you have read)." in board.text
+    assert "Promote to live needs the admin role (you have read)." in board.text
+    assert "Roll back: needs the admin role" in board.text and "Redeploy: needs the maintain role" in board.text
 
     token = csrf_from(board.text)
     for path in ("/apps/shop/phases/live/promote", "/apps/shop/phases/stage/promote",
@@ -376,6 +378,25 @@ def test_push_to_next_phase_schedules_one_deployment_and_enqueues_it(admin, pctx
     assert "Promoting a1b2c3d" in page.text and "as v1.4.0" in page.text
 
 
+def test_push_to_a_phase_is_confirmed_on_a_page_that_shows_what_changes(admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "stage", "v1.3.0", "b", minutes_ago=60,
+                   snapshot={"env": {}, "secrets": {}, "memory": "256m", "cpus": 0.5, "replicas": 1})
+    add_deployment(pctx, app_id, "demo", "a1b2c3d", "a")
+    set_profile(pctx, app_id, "stage", memory="1g")
+    board = admin.get("/apps/shop")
+    # The board's button leads to the confirmation step; it changes nothing by itself.
+    assert re.search(r'<form class="push-form" method="get" action="/apps/shop/phases/stage/promote">', board.text)
+    page = admin.get("/apps/shop/phases/stage/promote?rename_to=v1.4.0")
+    assert page.status_code == 200
+    changes_list = re.search(r'<ul class="changes" id="promote-preview">(.*?)</ul>', page.text, re.S).group(1)
+    text = re.sub(r"<[^>]+>", "", changes_list)
+    assert "v1.3.0 → v1.4.0" in text and "(renamed from a1b2c3d)" in text
+    assert "bbbbbbb → aaaaaaa" in text and "memory 256m → 1g" in text
+    assert "Push v1.4.0 to Stage" in page.text
+    assert deployments(pctx, phase="stage")[-1].version == "v1.3.0" and deploy_jobs(redis_conn) == []
+
+
 def test_push_with_an_invalid_name_or_nothing_to_push_is_explained(admin, pctx, redis_conn):
     app_id = add_app(pctx)
     token = token_of(admin, "/apps/shop")
@@ -384,7 +405,14 @@ def test_push_with_an_invalid_name_or_nothing_to_push_is_explained(admin, pctx, 
     add_deployment(pctx, app_id, "demo", "a1b2c3d")
     bad = admin.post("/apps/shop/phases/stage/promote", data={"csrf_token": token, "rename_to": "../etc"},
                      follow_redirects=True)
-    assert "rename_to: A version must be semver" in bad.text
+    # The server's message, next to the field it is about, on the confirmation page (not a bare
+    # "Please match the requested format").
+    assert bad.status_code == 422
+    error = re.search(r'<p class="field-error" id="rename_to-error" role="alert">([^<]*)</p>', bad.text)
+    assert error and error.group(1).startswith("A version must be semver")
+    assert 'aria-describedby="rename_to-error"' in bad.text and 'value="../etc"' in bad.text
+    preview = admin.get("/apps/shop/phases/stage/promote?rename_to=..%2Fetc")
+    assert preview.status_code == 422 and 'id="rename_to-error"' in preview.text
     assert admin.post("/apps/shop/phases/nope/promote", data={"csrf_token": token}).status_code == 404
     assert deployments(pctx, phase="stage") == [] and deploy_jobs(redis_conn) == []
 
@@ -585,6 +613,59 @@ def test_log_stream_follows_a_running_deployment(admin, pctx, monkeypatch):
     kinds = [kind for kind, _ in _events(body)]
     assert kinds[0] == "status" and kinds[-1] == "done"
     assert "Step 1/3" in body and '"status": "succeeded"' in body
+
+
+def test_a_failed_last_deploy_shows_on_the_apps_list_until_a_deploy_succeeds(admin, pctx):
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "demo", "a1b2c3d", "a", minutes_ago=30)
+    failed = add_deployment(pctx, app_id, "demo", "b2c3d4e", "b", status="failed", minutes_ago=5)
+    page = admin.get("/").text
+    row = page.split('data-app="shop"')[1].split('<div class="app-when')[0]
+    assert "has-failure" in page.split('data-app="shop"')[0][-40:]
+    demo = row.split('data-phase="demo"')[1].split('data-phase="stage"')[0]
+    assert f'href="/apps/shop/deployments/{failed}"' in demo and "b2c3d4e failed" in demo
+    assert "a1b2c3d" in demo  # what still serves
+    assert admin.get("/api/v1/apps").get_json()["apps"][0]["phases"]["demo"]["last_failure"] == {
+        "id": failed, "version": "b2c3d4e", "status": "failed"}
+    add_deployment(pctx, app_id, "demo", "c3d4e5f", "c", minutes_ago=1)
+    assert "failed-mark" not in admin.get("/").text
+    assert admin.get("/api/v1/apps").get_json()["apps"][0]["phases"]["demo"]["last_failure"] is None
+
+
+def test_live_pages_get_a_new_state_when_what_they_show_changes(admin, pctx, monkeypatch):
+    monkeypatch.setattr(live_log, "WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(live_log, "STREAM_SECONDS", 1.0)
+    app_id = add_app(pctx)
+    add_deployment(pctx, app_id, "demo", "a1b2c3d", "a")
+    for page, stream in (("/", "/events"), ("/apps/shop", "/apps/shop/events")):
+        html = admin.get(page).text
+        shown = re.search(r'data-live-stream="([^"]+)" data-live-state="([^"]+)"', html)
+        assert shown and shown.group(1) == stream
+        queued = []
+        timer = threading.Timer(0.3, lambda: queued.append(add_deployment(pctx, app_id, "stage", "a1b2c3d", "a",
+                                                                         status="queued")))
+        timer.start()
+        body = admin.get(stream).get_data(as_text=True)
+        timer.join()
+        states = [json.loads(data)["state"] for kind, data in _events(body) if kind == "state"]
+        assert states[0] == shown.group(2) and len(states) == 2 and states[1] != states[0], (page, states)
+        with pctx.db.session() as session:
+            session.get(Deployment, queued[0]).status = "cancelled"
+    assert admin.get("/apps/nope/events").status_code == 404
+
+
+def test_a_queued_deployment_says_what_it_waits_behind(admin, pctx):
+    app_id = add_app(pctx)
+    other = add_app(pctx, name="other", full_name="acme/other")
+    building = add_deployment(pctx, other, "demo", "f0f0f0f", "f", status="building")
+    waiting = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a", status="queued")
+    page = admin.get(f"/apps/shop/deployments/{waiting}").text
+    assert "Waiting behind 1 unfinished deployment" in page and f"#{building} other/demo (building)" in page
+    with pctx.db.session() as session:  # the stream ends once it is done, after saying so
+        session.get(Deployment, waiting).status = "cancelled"
+        session.get(Deployment, building).status = "succeeded"
+    events = _events(admin.get(f"/apps/shop/deployments/{waiting}/events").get_data(as_text=True))
+    assert json.loads(events[0][1])["waiting_behind"] == []
 
 
 # --- history, compare, errors -------------------------------------------------------------------

@@ -123,6 +123,8 @@ def list_apps():
                         "deployed_at": queries.iso(serving.finished_at) if serving else None,
                         "in_progress": moving.version if moving else None,
                         "health": health.state,
+                        "last_failure": {"id": failed.id, "version": failed.version, "status": failed.status}
+                        if (failed := row.failures.get(phase)) else None,
                     }
                     for phase, serving, moving, health in row.phases
                 },

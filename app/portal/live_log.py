@@ -1,22 +1,28 @@
-"""A deployment's live log as server-sent events, for the portal's page and the API alike.
+"""Live pages as server-sent events, for the portal's pages and the API alike.
 
-Events: `line` per log line (its id is the event id, so a client resumes with Last-Event-ID),
-`status` on each change, `done` at the end. One stream lasts at most STREAM_SECONDS, as it
-holds a server thread; clients reconnect and resume after the last id they saw.
+A deployment's log: `line` per log line (its id is the event id, so a client resumes with
+Last-Event-ID), `status` on each change (with the queue a queued one waits behind), `done` at
+the end. The apps list and a board: `state` whenever what they show changes (see `watch`).
+One stream lasts at most STREAM_SECONDS, as it holds a server thread; clients reconnect and
+resume after the last id (or state) they saw.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from flask import Response, request
+from sqlalchemy.orm import Session
 
 from app.models import Deployment
 from app.portal import queries
 
 #: How often the stream looks for new lines.
 POLL_SECONDS = 0.5
+#: How often a watched page's state is looked at (one small query).
+WATCH_SECONDS = 1.0
 STREAM_SECONDS = 55.0
 HEARTBEAT_SECONDS = 15.0
 
@@ -24,8 +30,16 @@ HEARTBEAT_SECONDS = 15.0
 def response(ctx, deployment_id: int) -> Response:
     """The stream of `deployment_id` (already checked visible), after Last-Event-ID or ?after."""
     after = request.headers.get("Last-Event-ID", type=queries.row_id) or request.args.get("after", type=queries.row_id) or 0
-    return Response(stream(ctx, deployment_id, max(after, 0)), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _events(stream(ctx, deployment_id, max(after, 0)))
+
+
+def watch_response(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None) -> Response:
+    """A `state` event each time what a page shows of these (visible) apps changes."""
+    return _events(watch(ctx, app_ids, payload))
+
+
+def _events(body) -> Response:
+    return Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def event(kind: str, data: dict, event_id: int | None = None) -> str:
@@ -46,14 +60,15 @@ def stream(ctx, deployment_id: int, after: int):
                 return
             status, reason, finished = d.status, d.reason, queries.is_finished(d)
             url = d.url
+            ahead = [f"#{a.id} {a.app.name}/{a.phase} ({a.status})" for a in queries.queue_position(session, d)]
         for line in lines:
             last = line.id
             yield event("line", {"id": line.id, "stream": line.stream, "text": line.text,
                                  "at": queries.iso(line.at)}, line.id)
-        changed = status != last_status
+        changed = (status, url, ahead) != last_status
         if changed:
-            last_status = status
-            yield event("status", {"status": status, "reason": reason, "url": url})
+            last_status = (status, url, ahead)
+            yield event("status", {"status": status, "reason": reason, "url": url, "waiting_behind": ahead})
         if lines or changed:
             quiet_since = time.monotonic()
         if finished and not lines:
@@ -67,3 +82,25 @@ def stream(ctx, deployment_id: int, after: int):
             yield ": still here\n\n"
         if not lines:
             time.sleep(POLL_SECONDS)
+
+
+def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None):
+    """`state` at once and on every change of `queries.fingerprint`: `{"state": ...}` plus, for
+    API clients, `payload` (the document the page's JSON endpoint returns)."""
+    last = None
+    started = quiet_since = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        with ctx.db.session() as session:
+            now = queries.fingerprint(session, app_ids)
+            data = ({"state": now, **(payload(session) if payload else {})}) if now != last else None
+        if data is not None:
+            last, quiet_since = now, time.monotonic()
+            yield event("state", data)
+        moment = time.monotonic()
+        if moment - started > STREAM_SECONDS:
+            return
+        if moment - quiet_since > HEARTBEAT_SECONDS:
+            quiet_since = moment
+            yield ": still here\n\n"
+        time.sleep(WATCH_SECONDS)

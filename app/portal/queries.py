@@ -5,6 +5,7 @@ Read-only; pages and the JSON API build on the same functions, so both always ag
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
@@ -39,6 +40,9 @@ from app.profiles import SIZING, ResolvedProfile, resolve
 log = logging.getLogger(__name__)
 
 IN_PROGRESS = tuple(status.value for status in IN_PROGRESS_STATES)
+FAILED_STATES = (DeploymentStatus.FAILED.value, DeploymentStatus.REFUSED.value)
+#: How many of the newest deployments the live pages watch for changes.
+LIVE_ROWS = 50
 MASK = "••••••••"
 #: Row ids are 64-bit integers: a larger number in a path or query is no row (never an OverflowError).
 MAX_ROW_ID = 2**63 - 1
@@ -226,6 +230,8 @@ class AppSummary:
     app: App
     phases: list[tuple[str, Deployment | None, Deployment | None, Health]]
     last_activity: datetime | None
+    #: phase -> its newest deployment, when that one failed (or was refused) after what it serves.
+    failures: dict[str, Deployment] = field(default_factory=dict)
 
 
 def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list[AppSummary]:
@@ -237,6 +243,7 @@ def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list
     ids = [app.id for app in apps]
     serving = _newest_per_phase(session, ids, Deployment.status == DeploymentStatus.SUCCEEDED.value)
     moving = _newest_per_phase(session, ids, Deployment.status.in_(IN_PROGRESS))
+    settled = _newest_per_phase(session, ids, Deployment.status.in_(FAILED_STATES + (DeploymentStatus.SUCCEEDED.value,)))
     latest: dict[int, datetime] = {}
     if ids:
         newest = select(func.max(Deployment.id)).where(Deployment.app_id.in_(ids)).group_by(Deployment.app_id)
@@ -248,8 +255,33 @@ def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list
         for phase in ctx.config.phase_names:
             now = serving.get((app.id, phase))
             phases.append((phase, now, moving.get((app.id, phase)), health_of(index, app.name, phase, now)))
-        result.append(AppSummary(app, phases, aware(latest.get(app.id))))
+        failures = {phase: d for phase in ctx.config.phase_names
+                    if (d := settled.get((app.id, phase))) is not None and d.status in FAILED_STATES}
+        result.append(AppSummary(app, phases, aware(latest.get(app.id)), failures))
     return result
+
+
+def fingerprint(session: Session, app_ids: list[int]) -> str:
+    """Changes whenever what the apps list or a board shows of these apps does (a deployment
+    queued, moving on or ending, a freeze, a profile edit): the live pages reload their parts then."""
+    if not app_ids:
+        return "none"
+    rows = session.execute(
+        select(Deployment.id, Deployment.status, Deployment.url, Deployment.started_at)
+        .where(Deployment.app_id.in_(app_ids)).order_by(Deployment.id.desc()).limit(LIVE_ROWS)).all()
+    audited = session.scalar(select(func.max(AuditEntry.id)).where(AuditEntry.app_id.in_(app_ids)))
+    text = repr((sorted(app_ids), [tuple(map(str, row)) for row in rows], audited))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def queue_position(session: Session, deployment: Deployment) -> list[Deployment]:
+    """The unfinished deployments a queued one waits behind (the deploy queue is first come,
+    first served), oldest first."""
+    if deployment.status != DeploymentStatus.QUEUED.value:
+        return []
+    return list(session.scalars(select(Deployment).options(joinedload(Deployment.app))
+                                .where(Deployment.id < deployment.id, Deployment.status.in_(IN_PROGRESS))
+                                .order_by(Deployment.id).limit(LIVE_ROWS)))
 
 
 def _newest_per_phase(session: Session, app_ids: list[int], condition) -> dict[tuple[int, str], Deployment]:

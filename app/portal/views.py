@@ -23,11 +23,14 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from app.actions import current, profile_differences, rollback_target
+from app.freezes import frozen
 from app.models import Deployment, DeploymentStatus, Profile
 from app.permissions import Action, check
 from app.portal import changes, live_log, protect_forms, queries
 from app.portal.auth import current_user, role_for
 from app.profiles import SIZING, resolve
+from app.exceptions import InvalidVersion
+from app.versions import validate_version
 
 bp = Blueprint("portal", __name__)
 bp.before_request(protect_forms)
@@ -43,7 +46,7 @@ def _ctx():
 @bp.before_request
 def require_sign_in():
     if current_user() is None:
-        if request.endpoint == "portal.deployment_events":
+        if request.endpoint in ("portal.deployment_events", "portal.apps_events", "portal.board_events"):
             return {"error": "unauthorized", "reason": "sign in first"}, 401
         return redirect(url_for("auth.signin", next=request.full_path.rstrip("?")))
     return None
@@ -70,15 +73,41 @@ def _form_failure(exc: HTTPException, target: str):
 # --- pages ----------------------------------------------------------------------------------------
 
 
+def _visible_apps(session) -> list:
+    return [app for app in queries.list_apps(session)
+            if check(role_for(app), Action.VIEW, None, _ctx().config.roles).allowed]
+
+
 @bp.get("/")
 def apps():
     ctx = _ctx()
     with ctx.db.session() as session:
-        visible = [app for app in queries.list_apps(session)
-                   if check(role_for(app), Action.VIEW, None, ctx.config.roles).allowed]
+        visible = _visible_apps(session)
         index = queries.containers(ctx.engine) if visible else {}
         rows = queries.summaries(ctx, session, visible, index)
-    return render_template("apps.html", rows=rows, phases=ctx.config.phase_names, health_known=index is not None)
+        state = queries.fingerprint(session, [app.id for app in visible])
+    return render_template("apps.html", rows=rows, phases=ctx.config.phase_names, health_known=index is not None,
+                           live_state=state, live_stream=url_for("portal.apps_events"))
+
+
+@bp.get("/events")
+def apps_events():
+    """Server-sent events: `state` whenever what the apps list shows changes."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        ids = [app.id for app in _visible_apps(session)]
+    return live_log.watch_response(ctx, ids)
+
+
+@bp.get("/apps/<name>/events")
+def board_events(name: str):
+    """Server-sent events: `state` whenever what the board (or a phase's history) shows changes."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _require_view(app)
+        app_id = app.id
+    return live_log.watch_response(ctx, [app_id])
 
 
 @bp.get("/apps/<name>")
@@ -91,13 +120,15 @@ def board(name: str):
         columns = queries.board(ctx, session, app, role, index)
         recent = queries.history(session, app, limit=12)
         app_id = app.id
+        state = queries.fingerprint(session, [app_id])
     from app import services
 
     backing = services.describe_app(ctx, app_id)
     remove_services = {phase: check(role, Action.REMOVE_SERVICES, phase, ctx.config.roles) for phase in backing}
     return render_template("board.html", app=app, role=role, columns=columns, recent=recent,
                            health_known=index is not None, services=backing, remove_services=remove_services,
-                           delete_app=check(role, Action.DELETE_APP, None, ctx.config.roles))
+                           delete_app=check(role, Action.DELETE_APP, None, ctx.config.roles),
+                           live_state=state, live_stream=url_for("portal.board_events", name=name))
 
 
 @bp.get("/apps/<name>/phases/<phase>")
@@ -111,8 +142,10 @@ def phase_history(name: str, phase: str):
         rows = queries.history(session, app, phase, limit=50, before=before)
         serving = current(session, app.id, phase)
         audit = queries.audit_log(session, app, phase, limit=20)
+        state = queries.fingerprint(session, [app.id])
     return render_template("history.html", app=app, role=role, phase=phase, rows=rows, serving=serving,
-                           audit=audit, older=rows[-1].id if len(rows) == 50 else None)
+                           audit=audit, older=rows[-1].id if len(rows) == 50 else None,
+                           live_state=state, live_stream=url_for("portal.board_events", name=name))
 
 
 @bp.get("/apps/<name>/deployments/<id:deployment_id>")
@@ -124,7 +157,8 @@ def deployment(name: str, deployment_id: int):
         d = queries.get_deployment(session, app, deployment_id)
         lines = queries.log_lines(session, d.id, limit=LOG_PAGE_LINES)
         source = session.get(Deployment, d.source_id) if d.source_id else None
-    return render_template("deployment.html", app=app, d=d, lines=lines, source=source,
+        ahead = queries.queue_position(session, d)
+    return render_template("deployment.html", app=app, d=d, lines=lines, source=source, ahead=ahead,
                            live=not queries.is_finished(d), last_id=lines[-1].id if lines else 0)
 
 
@@ -194,6 +228,35 @@ def test_notification(target: str):
 # --- actions --------------------------------------------------------------------------------------
 
 
+@bp.get("/apps/<name>/phases/<phase>/promote")
+def promote_preview(name: str, phase: str, field_error: str | None = None, status: int = 200):
+    """The confirmation step of "Push to <phase>": what it will put there, and what changes."""
+    ctx = _ctx()
+    rename_to = (request.values.get("rename_to") or "").strip()
+    if field_error is None and rename_to:
+        try:
+            validate_version(rename_to)
+        except InvalidVersion as exc:
+            field_error, status = str(exc), 422
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        queries.require_phase(ctx.config, phase)
+        earlier = ctx.config.previous_phases(phase)
+        if not earlier:
+            abort(404, description=f"{phase} is the first phase: nothing is pushed into it")
+        source_phase = earlier[0]
+        c = queries.compare(ctx, session, app, source_phase, phase)
+        target_profile = resolve(session, ctx.config, app.id, phase).snapshot()
+        running = c.target_current.profile_snapshot if c.target_current and c.target_current.profile_snapshot else {}
+        differences = _differences(running, target_profile) if c.target_current else []
+        freeze = frozen(session, ctx.config, app.id, phase)
+    decision = check(role, Action.PROMOTE, phase, ctx.config.roles)
+    return render_template("promote.html", app=app, phase=phase, c=c, rename_to=rename_to, field_error=field_error,
+                           differences=differences, decision=decision, freeze=freeze,
+                           needs_pr=ctx.config.phase(phase).approvals > 0), status
+
+
 @bp.post("/apps/<name>/phases/<phase>/promote")
 def promote(name: str, phase: str):
     back = url_for("portal.board", name=name)
@@ -203,6 +266,9 @@ def promote(name: str, phase: str):
     except HTTPException as exc:
         if exc.code == 404:
             raise
+        if exc.code == 400 and (exc.description or "").startswith("rename_to: "):
+            # Said next to the field it is about, on the confirmation page.
+            return promote_preview(name, phase, field_error=exc.description.removeprefix("rename_to: "), status=422)
         return _form_failure(exc, back)
     if result.deployment_id is None:
         flash(result.message, "info")
@@ -289,14 +355,19 @@ def rollback(name: str, phase: str):
                 if d.status == DeploymentStatus.SUCCEEDED.value and d.id < now.id and d.version not in seen:
                     seen.add(d.version)
                     choices.append(d)
-        differences = [
-            # A snapshot without a sizing value ran with none set; say so rather than "None".
-            re.sub(r"\bNone\b", "not set", change) if change.split(" ", 1)[0] in SIZING else change
-            for change in profile_differences(now.profile_snapshot or {}, target.profile_snapshot or {})
-        ] if now and target else []
+        differences = _differences(now.profile_snapshot or {}, target.profile_snapshot or {}) if now and target else []
     decision = check(role, Action.ROLLBACK, phase, ctx.config.roles)
     return render_template("rollback.html", app=app, phase=phase, now=now, target=target, choices=choices,
                            wanted=wanted, differences=differences, decision=decision)
+
+
+def _differences(before: dict, after: dict) -> list[str]:
+    """Profile changes as the previews list them (secrets by name only)."""
+    return [
+        # A snapshot without a sizing value ran with none set; say so rather than "None".
+        re.sub(r"\bNone\b", "not set", change) if change.split(" ", 1)[0] in SIZING else change
+        for change in profile_differences(before, after)
+    ]
 
 
 @bp.post("/apps/<name>/phases/<phase>/services/remove")

@@ -1,10 +1,7 @@
-// Release Pipeline portal: the live deployment log (server-sent events) and profile rows.
+// Release Pipeline portal: live pages and the deployment log (server-sent events), local times, profile rows.
 // Everything works without it except live updates and "add row" conveniences.
 (function () {
   "use strict";
-
-  var TONES = { succeeded: "ok", failed: "bad", refused: "bad", queued: "wait", building: "busy",
-                deploying: "busy", superseded: "muted" };
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -13,11 +10,76 @@
     return node;
   }
 
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function clock(d) { return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()); }
+  function localDay(d) { return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()); }
+  function utcText(d) { return d.toISOString().slice(0, 19).replace("T", " ") + " UTC"; }
+  var zone = (function () {
+    try { return Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { return ""; }
+  })();
+
+  // Times: shown in the reader's own zone; the UTC time is on hover.
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (node) {
+      var d = new Date(node.getAttribute("datetime"));
+      if (isNaN(d.getTime())) return;
+      node.title = localDay(d) + " " + clock(d) + (zone ? " " + zone : "") + " · " + utcText(d);
+      if (node.hasAttribute("data-clock")) node.textContent = clock(d);
+      else if (node.hasAttribute("data-local")) node.textContent = localDay(d) + " " + clock(d);
+    });
+  }
+
   // Column counts: set here, since the Content-Security-Policy allows no inline style attributes.
-  document.querySelectorAll("[data-phases], [data-cols]").forEach(function (node) {
-    if (node.dataset.phases) node.style.setProperty("--phases", node.dataset.phases);
-    if (node.dataset.cols) node.style.setProperty("--cols", node.dataset.cols);
-  });
+  function decorate(root) {
+    root.querySelectorAll("[data-phases], [data-cols]").forEach(function (node) {
+      if (node.dataset.phases) node.style.setProperty("--phases", node.dataset.phases);
+      if (node.dataset.cols) node.style.setProperty("--cols", node.dataset.cols);
+    });
+    localTimes(root);
+  }
+  decorate(document);
+
+  // --- live parts ---------------------------------------------------------------------------
+  // The page's [data-live-part] elements are fetched again and swapped in place when the
+  // server says what they show changed: a part someone is typing in waits until they leave it.
+  var pending = false, fetching = false;
+  function refreshParts() {
+    if (fetching) { pending = true; return; }
+    fetching = true;
+    pending = false;
+    fetch(window.location.href, { headers: { Accept: "text/html" }, credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        fetching = false;
+        if (html === null) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        document.querySelectorAll("[data-live-part]").forEach(function (part) {
+          var replacement = part.id && fresh.getElementById(part.id);
+          if (!replacement) return;
+          if (part.contains(document.activeElement) && document.activeElement !== document.body &&
+              document.activeElement.matches("input, select, textarea")) { pending = true; return; }
+          var node = document.importNode(replacement, true);
+          part.replaceWith(node);
+          decorate(node);
+        });
+        if (pending) window.setTimeout(refreshParts, 1500);
+      })
+      .catch(function () { fetching = false; });
+  }
+  document.addEventListener("focusout", function () { if (pending && !fetching) window.setTimeout(refreshParts, 200); });
+
+  var main = document.getElementById("main");
+  if (main && main.dataset.liveStream && window.EventSource) {
+    var known = main.dataset.liveState;
+    var watcher = new EventSource(main.dataset.liveStream);
+    watcher.addEventListener("state", function (event) {
+      var data = JSON.parse(event.data);
+      if (data.state === known) return;
+      known = data.state;
+      main.dataset.liveState = known;
+      refreshParts();
+    });
+  }
 
   // --- live log ---------------------------------------------------------------------------
   var box = document.getElementById("logbox");
@@ -36,7 +98,10 @@
       var follow = nearBottom();
       var item = el("li", "s-" + line.stream + " fresh");
       item.dataset.id = line.id;
-      item.appendChild(el("time", "", (line.at || "").slice(11, 19)));
+      var stamp = el("time", "", (line.at || "").slice(11, 19));
+      if (line.at) { stamp.setAttribute("datetime", line.at); stamp.setAttribute("data-clock", ""); }
+      item.appendChild(stamp);
+      localTimes(item);
       item.appendChild(el("span", "stream", line.stream));
       item.appendChild(el("span", "text", line.text));
       log.appendChild(item);
@@ -47,22 +112,17 @@
       if (follow) log.scrollTop = log.scrollHeight;
     });
 
-    source.addEventListener("status", function (event) {
-      var data = JSON.parse(event.data);
-      document.querySelectorAll("h1 [data-status-badge]").forEach(function (badge) {
-        badge.className = "badge tone-" + (TONES[data.status] || "muted");
-        badge.textContent = data.status;
-        if (["queued", "building", "deploying"].indexOf(data.status) >= 0) {
-          badge.insertBefore(el("span", "pulse"), badge.firstChild);
-        }
-      });
+    source.addEventListener("status", function () {
+      // Badge, facts (started, image), the URL once it serves, what a queued one waits behind.
+      refreshParts();
     });
 
     source.addEventListener("done", function () {
       source.close();
       if (indicator) indicator.hidden = true;
-      // The finished page shows the outcome, the URL and, on failure, the evidence.
-      window.setTimeout(function () { window.location.reload(); }, 1500);
+      // The outcome, the URL and, on failure, the evidence; the log keeps its place at the end.
+      refreshParts();
+      log.scrollTop = log.scrollHeight;
     });
     log.scrollTop = log.scrollHeight;
   }
