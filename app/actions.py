@@ -19,12 +19,8 @@ from app.models import App, AuditEntry, Deployment, DeploymentStatus, PhaseFreez
 from app.permissions import Action, check
 from app.pipeline import PipelineConfig
 from app.profiles import SIZING
-from app.plans import Deploy, Repo
+from app.plans import Deploy, Repo, Trigger
 from app.versions import validate_version
-
-
-#: A deployment in these states can still be cancelled.
-IN_PROGRESS = (DeploymentStatus.QUEUED, DeploymentStatus.BUILDING, DeploymentStatus.DEPLOYING)
 
 
 @dataclass(frozen=True)
@@ -197,7 +193,7 @@ class Actions:
             target = self._previous_distinct(session, app.id, phase, now)
             if target is None:
                 return Outcome(False, f"{phase} has no earlier successful deployment to roll back to")
-        deployment = _again(session, app, target, trigger="rollback", actor=actor, pr_number=pr_number,
+        deployment = _again(session, app, target, trigger=Trigger.ROLLBACK, actor=actor, pr_number=pr_number,
                             comment_id=comment_id)
         return Outcome(True, f"rolling back {phase}: {describe_change(now, target)}", deployment.id)
 
@@ -237,7 +233,7 @@ class Actions:
         now = current(session, app.id, phase)
         if now is None:
             return Outcome(False, f"{phase} serves nothing yet, so there is nothing to redeploy")
-        deployment = _again(session, app, now, trigger="redeploy", actor=actor, pr_number=pr_number,
+        deployment = _again(session, app, now, trigger=Trigger.REDEPLOY, actor=actor, pr_number=pr_number,
                             comment_id=comment_id)
         return Outcome(True, f"redeploying {_label(now)} to {phase} with its current profile", deployment.id)
 
@@ -253,7 +249,7 @@ class Actions:
             return Outcome(False, f"deployment {target.id} is {target.status}: only failed or cancelled "
                                   "deployments can be retried")
         # A rollback stays a rollback (it restores its profile); anything else is a retry.
-        trigger = target.trigger if target.trigger in ("rollback", "restore", "redeploy") else "retry"
+        trigger = target.trigger if target.trigger in (Trigger.ROLLBACK, Trigger.RESTORE, Trigger.REDEPLOY) else Trigger.RETRY
         deployment = schedule(session, app, Deploy(
             repo=_repo(app), phase=target.phase, ref=target.ref or target.sha or "", sha=target.sha,
             version=target.version, trigger=trigger, actor=actor), source_id=target.source_id)
@@ -309,11 +305,11 @@ class Actions:
         return Outcome(True, f"unfroze {phase}" + (f"; but {still.describe()}" if still else ""))
 
 
-def latest_in(session: Session, app_id: int, phase: str, statuses: tuple[DeploymentStatus, ...]) -> Deployment | None:
+def latest_in(session: Session, app_id: int, phase: str, statuses: tuple[str, ...]) -> Deployment | None:
     """The newest deployment of `phase` in one of `statuses` (what /retry and /cancel act on)."""
     return session.scalars(
         select(Deployment).where(Deployment.app_id == app_id, Deployment.phase == phase,
-                                 Deployment.status.in_([s.value for s in statuses]))
+                                 Deployment.status.in_(statuses))
         .order_by(Deployment.id.desc())
     ).first()
 

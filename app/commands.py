@@ -2,7 +2,7 @@
 
 A comment is ours only if a line *starts* with one of our command words; anything else
 (prose, other bots' commands, paths like /usr/bin) is ignored without a reply, because
-another bot may own it. A line that starts with our word but is malformed gets a Reply, so
+another bot may own it. A line that starts with our word but is malformed gets a reply (`Malformed`), so
 the author learns why nothing happened.
 """
 
@@ -33,7 +33,7 @@ class CommandName(StrEnum):
 
 
 @dataclass(frozen=True)
-class Deploy:
+class DeployHead:
     """Deploy the pull request's head; ``phase=None`` means the first phase."""
 
     phase: str | None
@@ -111,11 +111,11 @@ class Help:
     name: ClassVar[CommandName] = CommandName.HELP
 
 
-Command = Deploy | Promote | Rollback | Redeploy | Retry | Cancel | Freeze | Unfreeze | Status | Help
+Command = DeployHead | Promote | Rollback | Redeploy | Retry | Cancel | Freeze | Unfreeze | Status | Help
 
 
 @dataclass(frozen=True)
-class Reply:
+class Malformed:
     """A malformed command: post ``message`` and do nothing else."""
 
     message: str
@@ -166,8 +166,8 @@ _ANY_WHITESPACE = re.compile(r"\s")
 _SHOWN_LENGTH = 40
 
 
-class _Malformed(Exception):
-    """Raised inside the grammar; becomes a Reply with the command's usage."""
+class _Unparsable(Exception):
+    """Raised inside the grammar; becomes a `Malformed` with the command's usage."""
 
 
 def _shown(text: str) -> str:
@@ -199,18 +199,18 @@ def _phase(word: str | None, phases: Sequence[str]) -> str:
     """The configured spelling of the phase named ``word`` (case-insensitive)."""
     listed = ", ".join(phases) or "none are configured"
     if word is None:
-        raise _Malformed(f"Which phase? The phases are: {listed}.")
+        raise _Unparsable(f"Which phase? The phases are: {listed}.")
     for phase in phases:
         if phase.lower() == word.lower():
             return phase
-    raise _Malformed(f"Unknown phase {_shown(word)}. The phases are: {listed}.")
+    raise _Unparsable(f"Unknown phase {_shown(word)}. The phases are: {listed}.")
 
 
 def _version(word: str) -> str:
     try:
         return validate_version(word)
     except InvalidVersion as invalid:
-        raise _Malformed(f"{_shown(word)} is not a valid version. {invalid}") from None
+        raise _Unparsable(f"{_shown(word)} is not a valid version. {invalid}") from None
 
 
 def _split_keyword(args: list[str], keyword: str) -> tuple[list[str], str | None]:
@@ -221,23 +221,23 @@ def _split_keyword(args: list[str], keyword: str) -> tuple[list[str], str | None
     at = lowered.index(keyword)
     value = args[at + 1 : at + 2]
     if not value:
-        raise _Malformed(f"Missing the version after {keyword!r}.")
+        raise _Unparsable(f"Missing the version after {keyword!r}.")
     if len(args) > at + 2:
-        raise _Malformed(f"Unexpected {_shown(args[at + 2])} after the version.")
+        raise _Unparsable(f"Unexpected {_shown(args[at + 2])} after the version.")
     return args[:at], _version(value[0])
 
 
 def _no_more(args: list[str]) -> None:
     if args:
-        raise _Malformed(f"Unexpected {_shown(args[0])}.")
+        raise _Unparsable(f"Unexpected {_shown(args[0])}.")
 
 
-def _deploy(args: list[str], phases: Sequence[str]) -> Deploy:
+def _deploy(args: list[str], phases: Sequence[str]) -> DeployHead:
     if not args:
-        return Deploy(phase=None)
+        return DeployHead(phase=None)
     phase = _phase(args[0], phases)
     _no_more(args[1:])
-    return Deploy(phase=phase)
+    return DeployHead(phase=phase)
 
 
 def _rest_after(args: list[str], keyword: str) -> tuple[list[str], str | None]:
@@ -248,7 +248,7 @@ def _rest_after(args: list[str], keyword: str) -> tuple[list[str], str | None]:
     at = lowered.index(keyword)
     text = " ".join(args[at + 1 :]).strip()
     if not text:
-        raise _Malformed(f"{keyword} needs a reason, recorded in the audit log.")
+        raise _Unparsable(f"{keyword} needs a reason, recorded in the audit log.")
     return args[:at], text[:300]
 
 
@@ -309,15 +309,15 @@ _GRAMMAR: dict[CommandName, Callable[[list[str], Sequence[str]], Command]] = {
 }
 
 
-def _reply(name: CommandName, problem: str) -> Reply:
-    return Reply(f"{problem}\n\nUsage: `{usage(name)}`")
+def _reply(name: CommandName, problem: str) -> Malformed:
+    return Malformed(f"{problem}\n\nUsage: `{usage(name)}`")
 
 
 #: No command is longer; shlex is slow on huge lines and the intake must answer fast.
 MAX_COMMAND_LENGTH = 10_000
 
 
-def _parse_line(name: CommandName, line: str, phases: Sequence[str]) -> Command | Reply:
+def _parse_line(name: CommandName, line: str, phases: Sequence[str]) -> Command | Malformed:
     if len(line) > MAX_COMMAND_LENGTH:
         return _reply(name, f"The command line is longer than {MAX_COMMAND_LENGTH} characters.")
     try:
@@ -326,12 +326,12 @@ def _parse_line(name: CommandName, line: str, phases: Sequence[str]) -> Command 
         return _reply(name, "Unbalanced quote or trailing backslash.")
     try:
         return _GRAMMAR[name](args, phases)
-    except _Malformed as problem:
+    except _Unparsable as problem:
         return _reply(name, str(problem))
 
 
-def parse(comment: str, phases: Sequence[str]) -> Command | Reply | None:
-    """Read a pull-request comment: a Command to run, a Reply to post, or None to ignore.
+def parse(comment: str, phases: Sequence[str]) -> Command | Malformed | None:
+    """Read a pull-request comment: a Command to run, a Malformed to post, or None to ignore.
 
     The first line that starts with one of our command words decides.
     """

@@ -1,9 +1,13 @@
-"""The long-lived parts every request and job needs, built once from the settings."""
+"""The long-lived parts every request and job needs, built once from the settings.
+
+Each adapter can be handed in (`Context(settings, config, engine=...)`, or the same keywords
+to `from_settings`); what is not handed in is built from the settings on first use, so a
+process that never deploys never connects to Docker.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from typing import Any
 
 from redis import Redis
 
@@ -15,66 +19,89 @@ from app.reporting import Reports
 from app.settings import Settings, load_settings
 
 
-@dataclass
+
 class Context:
-    settings: Settings
-    config: PipelineConfig
+    def __init__(self, settings: Settings, config: PipelineConfig, *, db: Database | None = None,
+                 redis: Redis | None = None, jobs: Jobs | None = None, notifier: Notifier | None = None,
+                 reports: Reports | None = None, github: Any = None, box: Any = None, engine: Any = None,
+                 router: Any = None):
+        self.settings = settings
+        self.config = config
+        given = dict(db=db, redis=redis, jobs=jobs, notifier=notifier, reports=reports, github=github, box=box,
+                     engine=engine, router=router)
+        self._parts: dict[str, Any] = {name: part for name, part in given.items() if part is not None}
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Context:
+    def from_settings(cls, settings: Settings | None = None, **parts: Any) -> Context:
         settings = settings or load_settings()
-        return cls(settings=settings, config=load_pipeline(settings.pipeline_config))
+        return cls(settings, load_pipeline(settings.pipeline_config), **parts)
 
-    @cached_property
+    def _part(self, name: str, build):
+        if name not in self._parts:
+            self._parts[name] = build()
+        return self._parts[name]
+
+    @property
     def db(self) -> Database:
-        return Database(self.settings.database_url)
+        return self._part("db", lambda: Database(self.settings.database_url))
 
-    @cached_property
+    @property
     def redis(self) -> Redis:
-        return Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        return self._part("redis", lambda: Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                                          socket_timeout=5))
 
-    @cached_property
+    @property
     def jobs(self) -> Jobs:
-        return Jobs(self.redis)
+        return self._part("jobs", lambda: Jobs(self.redis))
 
-    @cached_property
+    @property
     def notifier(self) -> Notifier:
         """`ctx.notifier.notify(session, event, ...)`: announce an event to the configured targets."""
-        return Notifier(self.config.notifications, portal_url=self.settings.public_url, enqueue=self.jobs.notify)
+        return self._part("notifier", lambda: Notifier(self.config.notifications, portal_url=self.settings.public_url,
+                                                       enqueue=self.jobs.notify))
 
-    @cached_property
+    @property
     def reports(self) -> Reports:
-        return Reports(
+        return self._part("reports", lambda: Reports(
             public_url=self.settings.public_url,
             enabled=self.settings.reporting_enabled,
             last_phase=self.config.phase_names[-1],
             notifier=self.notifier,
-        )
+        ))
 
-    @cached_property
+    @property
     def github(self):
         """The GitHub App client, or None when reporting is off (no GITHUB_APP_ID)."""
+        return self._part("github", self._build_github)
+
+    def _build_github(self):
         if not self.settings.reporting_enabled:
             return None
         from app.adapters.github import GitHubApp
 
         return GitHubApp(self.settings, self.redis)
 
-    @cached_property
+    @property
     def box(self):
         from app.crypto import SecretBox
 
-        return SecretBox(self.settings.fernet_key)
+        return self._part("box", lambda: SecretBox(self.settings.fernet_key))
 
-    @cached_property
+    @property
     def engine(self):
-        from app.adapters.docker import Engine
+        def build():
+            from app.adapters.docker import Engine
 
-        return Engine(self.settings.docker_host, instance=self.settings.pipeline_instance,
-                      pull=self.settings.build_pull)
+            return Engine(self.settings.docker_host, instance=self.settings.pipeline_instance,
+                          pull=self.settings.build_pull)
 
-    @cached_property
+        return self._part("engine", build)
+
+    @property
     def router(self):
+        return self._part("router", self._build_router)
+
+    def _build_router(self):
         from app.adapters.router import CaddyRouter, DirectRouter
 
         s = self.settings

@@ -6,6 +6,9 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from app.exceptions import SettingsError
 
+#: What a secret's value is shown as, wherever it would appear (API, portal, deployment log).
+MASK = "••••••••"
+
 
 class SecretBox:
     def __init__(self, key: bytes):

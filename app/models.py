@@ -65,6 +65,24 @@ class DeploymentStatus(str, enum.Enum):
         return self in (self.SUCCEEDED, self.FAILED, self.SUPERSEDED, self.REFUSED, self.CANCELLED)
 
 
+#: A deployment in these states is on its way: it can still be cancelled or superseded.
+IN_PROGRESS = (DeploymentStatus.QUEUED.value, DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
+#: ... and in these a worker has taken it up (reconcile fails those whose worker is gone).
+TAKEN_UP = (DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
+
+
+class BuildStatus(enum.StrEnum):
+    BUILDING = "building"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ServiceStatus(enum.StrEnum):
+    CREATING = "creating"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+
+
 class ReportState(str, enum.Enum):
     PENDING = "pending"
     SENT = "sent"
@@ -132,7 +150,7 @@ class Build(Base):
     tree_sha: Mapped[str] = mapped_column(String(64), index=True)
     commit_sha: Mapped[str] = mapped_column(String(64), index=True)
     image_id: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(20), default="building")
+    status: Mapped[str] = mapped_column(String(20), default=BuildStatus.BUILDING.value)
     reason: Mapped[str] = mapped_column(String(300), default="")
     #: The validated .release-pipeline.yml of that commit (port, health path, services).
     repo_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -335,7 +353,7 @@ class ServiceInstance(Base):
     container_id: Mapped[str | None] = mapped_column(String(100))
     network: Mapped[str | None] = mapped_column(String(200))
     volume: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="creating")
+    status: Mapped[str] = mapped_column(String(20), default=ServiceStatus.CREATING.value)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -23,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from app.models import App, Deployment, DeploymentStatus, Notification, iso
+from app.plans import Trigger
 from app.pipeline import EVENTS, NotificationTarget
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def finished_event(deployment: Deployment) -> Event:
     """
     status = DeploymentStatus(deployment.status)
     if status is DeploymentStatus.SUCCEEDED:
-        return Event.DEPLOYMENT_ROLLED_BACK if deployment.trigger == "rollback" else Event.DEPLOYMENT_SUCCEEDED
+        return Event.DEPLOYMENT_ROLLED_BACK if deployment.trigger == Trigger.ROLLBACK else Event.DEPLOYMENT_SUCCEEDED
     if status is DeploymentStatus.SUPERSEDED:
         return Event.DEPLOYMENT_SUPERSEDED
     return Event.DEPLOYMENT_FAILED

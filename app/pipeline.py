@@ -28,6 +28,8 @@ from pydantic import (
 from app.exceptions import ConfigError
 
 Role = Literal["read", "triage", "write", "maintain", "admin"]
+#: The file in an app's repository that describes its build, port, health check and services.
+REPO_FILE = ".release-pipeline.yml"
 SLUG = r"^[a-z][a-z0-9-]{0,30}$"
 MEMORY = r"^[0-9]+[bkmg]$"
 # Backing services (`services:` in .release-pipeline.yml).

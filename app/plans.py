@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 #: Limits of the columns these values end up in (app.models); beyond them a delivery is malformed.
@@ -27,6 +28,23 @@ def _number(value: Any, name: str, *, optional: bool = False, maximum: int = _MA
         return
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise TypeError(f"{name} must be a non-negative integer up to {maximum}")
+
+
+class Trigger(StrEnum):
+    """What put a deployment on its way (the `trigger` column)."""
+
+    PUSH = "push"
+    TAG = "tag"
+    PULL_REQUEST = "pull_request"
+    #: A merged promotion pull request that `/promote` or the portal opened.
+    PROMOTION = "promotion"
+    COMMAND = "command"
+    PORTAL = "portal"
+    ROLLBACK = "rollback"
+    #: Reconcile putting back what a phase served after its container was lost.
+    RESTORE = "restore"
+    REDEPLOY = "redeploy"
+    RETRY = "retry"
 
 
 @dataclass(frozen=True)

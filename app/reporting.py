@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import metrics
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState, aware, utcnow
+from app.plans import Trigger
 from app.notifications import Event, Notifier, finished_event
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Reports:
             self.notifier.notify(session, event, app=app, deployment=deployment)
         if event is not Event.DEPLOYMENT_STARTED:
             metrics.DEPLOYMENTS.labels(phase=deployment.phase, outcome=deployment.status).inc()
-        if deployment.status == DeploymentStatus.SUCCEEDED.value and deployment.trigger == "push":
+        if deployment.status == DeploymentStatus.SUCCEEDED.value and deployment.trigger == Trigger.PUSH:
             metrics.PUSH_TO_URL.labels(phase=deployment.phase).observe(
                 (utcnow() - aware(deployment.queued_at)).total_seconds())
 
@@ -173,7 +174,7 @@ class Reports:
 
     def _needs_deploying_status(self, session: Session, deployment: Deployment) -> bool:
         earlier = [r.body.get("sha") for r in self._earlier(session, deployment, "status")]
-        return deployment.trigger != "push" or deployment.sha not in earlier
+        return deployment.trigger != Trigger.PUSH or deployment.sha not in earlier
 
     def _deployment(self, session: Session, app: App, deployment: Deployment) -> Report:
         """One GitHub Deployment per deployment (created in_progress; see workers.report)."""

@@ -68,18 +68,17 @@ from docker.utils import parse_bytes
 from requests import RequestException
 from sqlalchemy import delete, select
 
+from app.crypto import MASK
 from app.exceptions import ConfigError, DeployFailed, ReleasePipelineError
-from app.models import App, AuditEntry, Profile, ServiceInstance, utcnow
-from app.pipeline import RepoConfig, Service
+from app.models import App, AuditEntry, Profile, ServiceInstance, ServiceStatus, utcnow
+from app.pipeline import REPO_FILE, RepoConfig, Service
 
 log = logging.getLogger(__name__)
 
 ACTOR = "release-pipeline"
-REPO_FILE = ".release-pipeline.yml"
 #: Without any health check, a service counts as ready once it has kept running this long.
 SETTLE_SECONDS = 1.0
 POLL_SECONDS = 0.25
-MASK = "********"
 #: Fields that do not change the container: changing them never recreates a service.
 NOT_IN_DEFINITION = {"exports", "health_timeout"}
 
@@ -250,12 +249,12 @@ class _Provisioner:
             image_id = self.image(name, target, target_hash)
             container_id = self.container(name, target, target_hash, image_id, volume, password, row)
         except ReleasePipelineError as exc:
-            self.record(name, row, status="failed", pending=pending if pending else
+            self.record(name, row, status=ServiceStatus.FAILED, pending=pending if pending else
                         (wanted_hash if previous is not None else None))
             if previous is not None:
                 self.restore(name, previous, row, volume, password, pending=wanted_hash)
             raise type(exc)(_scrub(str(exc), self.hidden)) from None
-        self.record(name, row, status="healthy", pending=pending, definition=target, definition_hash=target_hash,
+        self.record(name, row, status=ServiceStatus.HEALTHY, pending=pending, definition=target, definition_hash=target_hash,
                     exports=wanted.exports, image_id=image_id, container_id=container_id, volume=volume)
         if previous is not None and row is not None and row.image_id and row.image_id != image_id:
             self.engine.remove_service_image(row.image_id)  # kept when another phase still uses it
@@ -418,9 +417,9 @@ class _Provisioner:
             self.say(f"service {name}: the previous definition did not start either: {exc}")
             return
         # Still pending: the next deploy tries the new definition again (and fails until it is fixed).
-        self.record(name, row, status="healthy", pending=pending, image_id=image_id, container_id=container_id)
+        self.record(name, row, status=ServiceStatus.HEALTHY, pending=pending, image_id=image_id, container_id=container_id)
 
-    def record(self, name: str, row: ServiceInstance | None, *, status: str, pending: str | None,
+    def record(self, name: str, row: ServiceInstance | None, *, status: ServiceStatus, pending: str | None,
                definition: Service | None = None, definition_hash: str | None = None,
                exports: dict[str, str] | None = None, image_id: str | None = None,
                container_id: str | None = None, volume: str | None = None) -> None:
@@ -434,7 +433,7 @@ class _Provisioner:
                 found = ServiceInstance(app_id=self.app_id, phase=self.phase, name=name)
                 session.add(found)
             found.network = self.network
-            found.status = status
+            found.status = status.value
             found.pending_hash = pending
             if definition is not None:
                 found.definition = {**definition.model_dump(mode="json"), "exports": dict(exports or {})}
@@ -551,7 +550,7 @@ def _health(containers: dict | None, row: ServiceInstance) -> str:
     if container is None:
         return "missing"
     if container["state"] == "running":
-        if container["health"] == "starting" and row.status == "healthy":
+        if container["health"] == "starting" and row.status == ServiceStatus.HEALTHY:
             return "healthy"  # passed the pipeline's check; the engine's first check is still to come
         return container["health"] or "running"
     return container["state"] or "unknown"

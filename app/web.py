@@ -26,18 +26,15 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     )
     logs.configure(ctx.settings.log_format)
 
-    from app import github_setup, healthz, receiver, scrape
+    from app import github_setup, healthz, portal, receiver, scrape, security
+    from app.api import v1
+    from app.portal import auth, tokens, views
     from app.portal.queries import RowIdConverter
 
     flask_app.url_map.converters["id"] = RowIdConverter
-
-    flask_app.register_blueprint(receiver.bp)
-    flask_app.register_blueprint(healthz.bp)
-    flask_app.register_blueprint(scrape.bp)
-    flask_app.register_blueprint(github_setup.bp)
-
-    from app import portal
-
+    security.init_app(flask_app, ctx.settings.public_url)
+    for blueprint in (receiver.bp, healthz.bp, scrape.bp, github_setup.bp, auth.bp, views.bp, tokens.bp, v1.bp):
+        flask_app.register_blueprint(blueprint)
     portal.init_app(flask_app)
 
     @flask_app.after_request

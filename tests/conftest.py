@@ -22,7 +22,9 @@ from app.settings import load_settings
 from app.web import create_app
 from tests.support.requires import Part, missing, used
 
-pytest_plugins = ["tests.support.github_standin", "tests.support.requires"]
+#: Shared fixtures live beside their helpers; registered here once, never imported for effect.
+pytest_plugins = ["tests.support.github_standin", "tests.support.requires", "tests.support.dockerkit",
+                  "tests.support.portal_data", "tests.support.pipeline_e2e", "tests.support.receiver"]
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github-payloads"
 WEBHOOK_SECRET = "test-webhook-secret-5b1d"

@@ -186,8 +186,7 @@ def test_actions_for_every_role_phase_and_action(ctx, redis_conn):
 
 @pytest.fixture
 def command_ctx(github, make_settings, database_url, redis_conn):
-    ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **github.environ))
-    ctx.__dict__["engine"] = StubEngine()
+    ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **github.environ), engine=StubEngine())
     github.installations["acme/shop"] = 77
     github.pulls[("acme/shop", 1)] = {"title": "Feature", "user": {"login": "alice", "id": 5, "type": "User"},
                                       "head": {"ref": "feature", "sha": "c" * 40}, "base": {"ref": "main"}}
@@ -316,8 +315,8 @@ def portal_for(github, make_settings, database_url, redis_conn):
     """A portal client signed in with GitHub as a user holding `role` on acme/shop; with
     `via="token"`, an API client sending a personal token that user made in the portal instead."""
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, GITHUB_CLIENT_ID="Iv1.client",
-                                              GITHUB_CLIENT_SECRET="client-secret", **github.environ))
-    ctx.__dict__["engine"] = MatrixEngine()
+                                              GITHUB_CLIENT_SECRET="client-secret", **github.environ),
+                                engine=MatrixEngine())
     flask_app = create_app(context=ctx)
 
     def make(role: str, via: str = "session"):

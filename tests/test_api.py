@@ -14,8 +14,6 @@ from app.models import AuditEntry, Deployment, Profile
 from tests.support.portal_data import (
     sign_in_as,
     ADMIN_TOKEN,
-    build,  # noqa: F401 (fixture)
-    engine,  # noqa: F401 (fixture)
     add_app,
     add_deployment,
     add_log,

@@ -17,9 +17,7 @@ from tests.support.portal_data import (
     add_app,
     add_deployment,
     add_log,
-    build,  # noqa: F401 (fixture)
     csrf_from,
-    engine,  # noqa: F401 (fixture)
 )
 
 NEW_TOKEN = re.compile(r'id="new-token">(rpt_[A-Za-z0-9_-]+)<')

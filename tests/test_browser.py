@@ -71,9 +71,7 @@ def served(make_settings, database_url, redis_conn, tmp_path):
     pipeline = tmp_path / "pipeline.yml"
     pipeline.write_text(PIPELINE)
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN,
-                                              PIPELINE_CONFIG=str(pipeline)))
-    engine = StubEngine()
-    ctx.__dict__["engine"] = engine
+                                              PIPELINE_CONFIG=str(pipeline)), engine=(engine := StubEngine()))
     server = make_server("127.0.0.1", 0, create_app(context=ctx), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

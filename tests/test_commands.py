@@ -7,10 +7,10 @@ import pytest
 from app.commands import (
     HELP_TEXT,
     CommandName,
-    Deploy,
+    DeployHead,
     Help,
     Promote,
-    Reply,
+    Malformed,
     Rollback,
     Status,
     parse,
@@ -21,9 +21,9 @@ PHASES = ("demo", "stage", "live")
 
 COMMANDS = [
     # The plain forms.
-    pytest.param("/deploy", Deploy(None), id="deploy-default-phase"),
-    pytest.param("/deploy demo", Deploy("demo"), id="deploy-demo"),
-    pytest.param("/deploy stage", Deploy("stage"), id="deploy-stage"),
+    pytest.param("/deploy", DeployHead(None), id="deploy-default-phase"),
+    pytest.param("/deploy demo", DeployHead("demo"), id="deploy-demo"),
+    pytest.param("/deploy stage", DeployHead("stage"), id="deploy-stage"),
     pytest.param("/promote live", Promote("live", None, None), id="promote"),
     pytest.param("/promote live v1.2.0", Promote("live", "v1.2.0", None), id="promote-version"),
     pytest.param(
@@ -38,7 +38,7 @@ COMMANDS = [
     pytest.param("/help", Help(), id="help"),
     # Case: command words, phases and keywords fold; versions keep theirs.
     pytest.param("/Promote LIVE v1.2.0", Promote("live", "v1.2.0", None), id="mixed-case"),
-    pytest.param("/DEPLOY Stage", Deploy("stage"), id="upper-command"),
+    pytest.param("/DEPLOY Stage", DeployHead("stage"), id="upper-command"),
     pytest.param("/STATUS", Status(), id="upper-status"),
     pytest.param(
         "/promote live v1.4.0-RC.1", Promote("live", "v1.4.0-RC.1", None), id="version-case"
@@ -48,10 +48,10 @@ COMMANDS = [
     ),
     pytest.param("/rollback STAGE TO V1.1.0", Rollback("stage", "V1.1.0"), id="TO"),
     # Whitespace of every kind.
-    pytest.param("  /deploy   live  ", Deploy("live"), id="extra-spaces"),
-    pytest.param("\t/deploy\tdemo\t", Deploy("demo"), id="tabs"),
-    pytest.param("/deploy\u00a0demo", Deploy("demo"), id="no-break-space"),
-    pytest.param("/deploy\u3000stage", Deploy("stage"), id="ideographic-space"),
+    pytest.param("  /deploy   live  ", DeployHead("live"), id="extra-spaces"),
+    pytest.param("\t/deploy\tdemo\t", DeployHead("demo"), id="tabs"),
+    pytest.param("/deploy\u00a0demo", DeployHead("demo"), id="no-break-space"),
+    pytest.param("/deploy\u3000stage", DeployHead("stage"), id="ideographic-space"),
     pytest.param("    /status", Status(), id="indented"),
     pytest.param("/promote live v1.2.3\r\n", Promote("live", "v1.2.3", None), id="crlf"),
     pytest.param("/promote live v1.2.3\u00a0", Promote("live", "v1.2.3", None), id="trailing-nbsp"),
@@ -70,20 +70,20 @@ COMMANDS = [
         "LGTM!\r\n\r\n/promote live\r\nthanks\r\n", Promote("live", None, None), id="crlf-comment"
     ),
     pytest.param("/status\n/deploy live", Status(), id="first-line-wins"),
-    pytest.param("Thanks!\n/deploy demo\n/promote live", Deploy("demo"), id="first-command-wins"),
-    pytest.param("/deploy demo\n\n```\n/promote live", Deploy("demo"), id="before-a-fence"),
-    pytest.param("/lgtm\n/deploy demo", Deploy("demo"), id="after-another-bots-command"),
+    pytest.param("Thanks!\n/deploy demo\n/promote live", DeployHead("demo"), id="first-command-wins"),
+    pytest.param("/deploy demo\n\n```\n/promote live", DeployHead("demo"), id="before-a-fence"),
+    pytest.param("/lgtm\n/deploy demo", DeployHead("demo"), id="after-another-bots-command"),
     pytest.param("/usr/bin is full\n/status", Status(), id="after-a-path"),
     # Quotes and code blocks are skipped, the command after them is found.
-    pytest.param("> /promote live\n\n/deploy demo", Deploy("demo"), id="after-a-quote"),
-    pytest.param("```\n/promote live\n```\n/deploy demo", Deploy("demo"), id="after-backticks"),
+    pytest.param("> /promote live\n\n/deploy demo", DeployHead("demo"), id="after-a-quote"),
+    pytest.param("```\n/promote live\n```\n/deploy demo", DeployHead("demo"), id="after-backticks"),
     pytest.param("~~~\n/promote live\n~~~\n/status", Status(), id="after-tildes"),
     pytest.param("```python\nx = 1\n```\n/status", Status(), id="after-info-string"),
     pytest.param("````\n```\n/deploy\n````\n/status", Status(), id="after-longer-fence"),
     pytest.param("```\n/deploy\n~~~\n/deploy\n```\n/status", Status(), id="mixed-fence-chars"),
     pytest.param("```/deploy demo```\n/status", Status(), id="inline-code-is-no-fence"),
     pytest.param("> ```\n/status", Status(), id="fence-in-quote-does-not-open"),
-    pytest.param("Ship it 🚀\n/deploy demo", Deploy("demo"), id="emoji-prose"),
+    pytest.param("Ship it 🚀\n/deploy demo", DeployHead("demo"), id="emoji-prose"),
 ]
 
 IGNORED = [
@@ -194,7 +194,7 @@ def test_ignored_comments(comment):
 @pytest.mark.parametrize(("comment", "command", "explanation"), REPLIES)
 def test_malformed_commands_get_a_reply_with_usage(comment, command, explanation):
     reply = parse(comment, PHASES)
-    assert isinstance(reply, Reply)
+    assert isinstance(reply, Malformed)
     assert explanation in reply.message
     assert reply.message.endswith(f"Usage: `{usage(CommandName(command))}`")
 
@@ -227,12 +227,12 @@ def test_control_characters_are_escaped_in_replies():
 
 
 def test_phases_come_back_as_configured():
-    assert parse("/deploy STAGE", ["Demo", "Stage"]) == Deploy("Stage")
+    assert parse("/deploy STAGE", ["Demo", "Stage"]) == DeployHead("Stage")
 
 
 def test_without_configured_phases_a_phase_is_unknown():
     assert "none are configured" in parse("/deploy demo", []).message
-    assert parse("/deploy", []) == Deploy(None)
+    assert parse("/deploy", []) == DeployHead(None)
 
 
 @pytest.mark.parametrize("name", list(CommandName))
@@ -245,7 +245,7 @@ def test_every_command_has_a_usage_a_help_line_and_a_grammar(name):
 @pytest.mark.parametrize(
     ("command", "name"),
     [
-        pytest.param(Deploy(None), CommandName.DEPLOY, id="deploy"),
+        pytest.param(DeployHead(None), CommandName.DEPLOY, id="deploy"),
         pytest.param(Promote("live", None, None), CommandName.PROMOTE, id="promote"),
         pytest.param(Rollback("live", None), CommandName.ROLLBACK, id="rollback"),
         pytest.param(Status(), CommandName.STATUS, id="status"),

@@ -11,7 +11,7 @@ from app.exceptions import GitHubError
 from app.jobs import COMMANDS, REPORTS
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 from app.permissions import ROLES
-from tests.support.pipeline_e2e import APP, REPO, pipeline, service_environment  # noqa: F401
+from tests.support.pipeline_e2e import APP, REPO, service_environment
 from workers import command as command_job
 
 # The default pipeline's phase roles; deploying, promoting and rolling back need at least triage.

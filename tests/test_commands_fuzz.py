@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.commands import Command, Deploy, Promote, Reply, Rollback, parse
+from app.commands import Command, DeployHead, Promote, Malformed, Rollback, parse
 from app.versions import validate_version
 
 PHASES = ("demo", "stage", "live")
@@ -60,8 +60,8 @@ _COMMENTS = st.one_of(
 def test_parse_never_raises_and_only_lets_valid_versions_through(comment):
     result = parse(comment, PHASES)
 
-    assert result is None or isinstance(result, Command | Reply)
-    if isinstance(result, Deploy):
+    assert result is None or isinstance(result, Command | Malformed)
+    if isinstance(result, DeployHead):
         assert result.phase is None or result.phase in PHASES
     if isinstance(result, Promote):
         assert result.phase in PHASES
@@ -70,6 +70,6 @@ def test_parse_never_raises_and_only_lets_valid_versions_through(comment):
     if isinstance(result, Rollback):
         assert result.phase in PHASES
         assert result.to_version is None or validate_version(result.to_version) == result.to_version
-    if isinstance(result, Reply):
+    if isinstance(result, Malformed):
         assert "Usage: `/" in result.message
 

@@ -26,19 +26,17 @@ from sqlalchemy import func, select
 from app.adapters.docker import LABEL_APP, LABEL_INSTANCE, ContainerSpec
 from app.context import Context
 from app.deployments import schedule
-from app.locks import deploy_lock, lock_name
+from app.locks import deploy_lock, take
 from app.models import App, Build, Deployment, DeploymentStatus, LogLine, PhaseSlots, Profile
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import delivery_headers, load_payload
-from tests.support.dockerkit import (  # noqa: F401 (remove_docker_objects: a fixture)
+from tests.support.dockerkit import (
     RequestLoop,
     wait_until,
-    remove_docker_objects,
     APP_PORT,
     CRASH_MESSAGE,
-    caddy_server,  # noqa: F401 (fixture)
     context_tar,
     free_port,
     make_sample_repo,
@@ -145,7 +143,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(make_settings, database_url, redis_conn, caddy_server, router_port, tmp_path) -> Iterator[Rig]:  # noqa: F811
+def rig(make_settings, database_url, redis_conn, caddy_server, router_port, tmp_path) -> Iterator[Rig]:
     pipeline = tmp_path / "pipeline.yml"
     pipeline.write_text(PIPELINE)
     low = 20000 + 100 * (os.getpid() % 90)  # a range of its own for each concurrent test run
@@ -396,9 +394,7 @@ def test_a_lock_whose_holder_died_expires(rig):
     """A SIGKILLed worker stops renewing its lock: it expires by itself, never a stuck phase."""
     rig.commit("1.0.0")
     deployment_id = rig.schedule("1.0.0")
-    name = lock_name(APP, "demo")
-    rig.ctx.redis.set(name, "token-of-a-dead-worker", px=1500)
-    rig.ctx.redis.set(name + ":owner", "deployment 1 (killed)", px=1500)
+    assert take(rig.ctx.redis, APP, "demo", "deployment 1 (killed)", expires=1.5) is not None
     started = time.monotonic()
     assert Rollout(rig.ctx, deployment_id).run() == "succeeded"
     assert time.monotonic() - started >= 1.0
@@ -414,8 +410,7 @@ class _TokenGitHub:
 
 def test_the_installation_token_never_reaches_logs_the_database_or_errors(rig, make_settings, caplog):
     settings = make_settings(**rig.environ, GITHUB_URL="https://127.0.0.1")
-    ctx = Context.from_settings(settings)
-    ctx.__dict__["github"] = _TokenGitHub()  # what GitHubApp hands out for the installation
+    ctx = Context.from_settings(settings, github=_TokenGitHub())  # what GitHubApp hands out for the installation
     clone_url = f"https://127.0.0.1:{free_port()}/acme/shop.git"  # nothing listens there
     caplog.set_level(logging.DEBUG)
     rig.ctx = ctx

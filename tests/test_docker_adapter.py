@@ -20,7 +20,6 @@ from tests.support.dockerkit import (
     APP_PORT,
     PROFILE_VARIABLE,
     context_tar,
-    docker_engine,  # noqa: F401 (fixture)
     unique_instance,
     write_sample_app,
 )
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def built(docker_engine, tmp_path_factory):  # noqa: F811
+def built(docker_engine, tmp_path_factory):
     """The sample app built once for this module: (image id, streamed lines, tree)."""
     lines: list[str] = []
     tree = "a" * 40
@@ -40,7 +39,7 @@ def built(docker_engine, tmp_path_factory):  # noqa: F811
     return image_id, lines, tree
 
 
-def test_build_streams_lines_and_labels_the_image(docker_engine, built):  # noqa: F811
+def test_build_streams_lines_and_labels_the_image(docker_engine, built):
     image_id, lines, tree = built
     assert image_id.startswith("sha256:")
     assert any(line.startswith("Step 1/") for line in lines)
@@ -51,7 +50,7 @@ def test_build_streams_lines_and_labels_the_image(docker_engine, built):  # noqa
     assert f"{docker_engine.instance}-sample:{tree[:12]}" in image.tags
 
 
-def test_find_image_reuses_the_build_for_the_same_tree(docker_engine, built):  # noqa: F811
+def test_find_image_reuses_the_build_for_the_same_tree(docker_engine, built):
     image_id, _, tree = built
     assert docker_engine.find_image("sample", tree) == image_id
     assert docker_engine.find_image("sample", "c" * 40) is None
@@ -59,7 +58,7 @@ def test_find_image_reuses_the_build_for_the_same_tree(docker_engine, built):  #
     assert Engine(instance=unique_instance()).find_image("sample", tree) is None
 
 
-def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built):  # noqa: F811
+def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built):
     image_id, _, _ = built
     spec = ContainerSpec(
         app="sample",
@@ -111,7 +110,7 @@ def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built
     docker_engine.stop_and_remove(running.id)  # already gone: fine
 
 
-def test_another_instance_cannot_touch_our_container(docker_engine, built):  # noqa: F811
+def test_another_instance_cannot_touch_our_container(docker_engine, built):
     running = docker_engine.run_container(_spec(built[0], deployment_id=8))
     try:
         stranger = Engine(instance=unique_instance())
@@ -123,7 +122,7 @@ def test_another_instance_cannot_touch_our_container(docker_engine, built):  # n
         docker_engine.stop_and_remove(running.id, timeout=5)
 
 
-def test_a_container_that_cannot_start_is_removed(docker_engine, built):  # noqa: F811
+def test_a_container_that_cannot_start_is_removed(docker_engine, built):
     spec = _spec(built[0], deployment_id=9, command=["/no/such/binary"])
     with pytest.raises(DeployFailed, match="cannot start"):
         docker_engine.run_container(spec)
@@ -132,7 +131,7 @@ def test_a_container_that_cannot_start_is_removed(docker_engine, built):  # noqa
         docker_engine.run_container(_spec("sha256:" + "0" * 64, deployment_id=10))
 
 
-def test_failing_build_raises_build_failed(docker_engine, tmp_path):  # noqa: F811
+def test_failing_build_raises_build_failed(docker_engine, tmp_path):
     app = write_sample_app(tmp_path / "broken")
     (app / "Dockerfile").write_text("FROM scratch\nCOPY no-such-file /x\n")
     lines: list[str] = []
@@ -157,7 +156,7 @@ def test_failing_build_raises_build_failed(docker_engine, tmp_path):  # noqa: F8
         )
 
 
-def test_prune_keeps_what_is_asked(docker_engine, tmp_path):  # noqa: F811
+def test_prune_keeps_what_is_asked(docker_engine, tmp_path):
     """Only this instance's images of this app are looked at: another test run on the same
     engine (its own instance) may be pruning its own "pruned" app at the same time."""
     ids = []
@@ -251,7 +250,7 @@ def _get_when_up(url: str, timeout: float = 10) -> str:
         time.sleep(0.05)
 
 
-def test_builds_never_pull_a_missing_base_image_unless_build_pull_is_missing(docker_engine, tmp_path):  # noqa: F811
+def test_builds_never_pull_a_missing_base_image_unless_build_pull_is_missing(docker_engine, tmp_path):
     """BUILD_PULL=never (default): the engine would fetch an unknown FROM image from Docker Hub."""
     from app.adapters.docker import base_images
 

@@ -43,7 +43,7 @@ from app.context import Context
 from app.deployments import schedule
 from app.exceptions import RouterError
 from app.jobs import DEPLOYS, QUEUES, REPORTS, job_id
-from app.locks import holder, lock_name
+from app.locks import holder, is_held
 from app.models import Delivery, Deployment, DeploymentStatus, LogLine, Report, ReportState
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
@@ -51,7 +51,7 @@ from app.settings import load_settings
 from app.slots import find_slots
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
-from tests.support.dockerkit import make_sample_repo, remove_docker_objects, require_caddy  # noqa: F401 (fixture)
+from tests.support.dockerkit import make_sample_repo, require_caddy
 from tests.support.faults import (
     PrivateCaddy,
     PrivateDocker,
@@ -61,7 +61,6 @@ from tests.support.faults import (
     running,
     wait_for,
 )
-from tests.support.pipeline_e2e import pipeline  # noqa: F401 (fixture)
 from tests.support.requires import Part, missing, used
 from workers import report as report_job
 
@@ -208,7 +207,7 @@ class Stack:
                         details=lambda: "\n".join(self.lines(deployment_id)[-15:]) + "\n" + self.worker_logs())
 
     def lock_free(self, phase: str = "demo") -> bool:
-        return holder(self.ctx.redis, APP, phase) is None and not self.ctx.redis.exists(lock_name(APP, phase))
+        return holder(self.ctx.redis, APP, phase) is None and not is_held(self.ctx.redis, APP, phase)
 
     def slots(self, phase: str = "demo") -> Slots:
         with self.ctx.db.session() as session:
@@ -626,7 +625,7 @@ def _reports(pipeline_) -> list[Report]:
 
 
 def test_github_down_then_rate_limiting_for_many_rounds_then_the_reports_catch_up_in_order(
-        pipeline, github, redis_conn, monkeypatch):  # noqa: F811
+        pipeline, github, redis_conn, monkeypatch):
     monkeypatch.setattr(app.jobs, "REPORT_RETRY", Retry(max=1, interval=0))  # RQ gives up quickly
     github.down()
     first_sha = pipeline.commit("1.0.0")

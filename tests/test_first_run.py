@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 from app.settings import PROJECT_ROOT, Settings
 from tests.conftest import POSTGRES_ADMIN_URL, load_payload, sign
-from tests.support.dockerkit import free_port, make_sample_repo, remove_docker_objects  # noqa: F401
+from tests.support.dockerkit import free_port, make_sample_repo
 from tests.support.faults import wait_for
 
 VENV_BIN = Path(sys.executable).parent

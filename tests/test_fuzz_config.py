@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.commands import Command, Deploy, Promote, Reply, Rollback, parse
+from app.commands import Command, DeployHead, Promote, Malformed, Rollback, parse
 from app.exceptions import ConfigError
 from app.pipeline import (
     PROTECTED_KEYS,
@@ -64,8 +64,8 @@ def commands_for(draw, phases: list[str]) -> str:
 def test_grammar_with_any_configured_phases(data, phases):
     comment = data.draw(st.one_of(commands_for(phases), st.text(max_size=200)))
     result = parse(comment, phases)
-    assert result is None or isinstance(result, Command | Reply)
-    if isinstance(result, Deploy):
+    assert result is None or isinstance(result, Command | Malformed)
+    if isinstance(result, DeployHead):
         assert result.phase is None or result.phase in phases
     if isinstance(result, Promote | Rollback):
         assert result.phase in phases  # the configured spelling, never the commenter's
@@ -75,7 +75,7 @@ def test_grammar_with_any_configured_phases(data, phases):
     }.get(type(result), lambda r: ())(result)
     for version in versions:
         assert version is None or validate_version(version) == version
-    if isinstance(result, Reply):
+    if isinstance(result, Malformed):
         _assert_safe_reply(result.message, phases)
 
 
@@ -115,7 +115,7 @@ def test_hostile_text_never_becomes_part_of_a_command(phases, lines):
 def test_huge_comments_are_answered(comment):
     # How fast is bench/'s business (a wall-clock bound fails on a busy machine); here: an answer.
     result = parse(comment, ["demo", "stage", "live"])
-    if isinstance(result, Reply):
+    if isinstance(result, Malformed):
         _assert_safe_reply(result.message, ["demo", "stage", "live"])
 
 

@@ -26,7 +26,7 @@ from app.plans import Repo
 from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
-from tests.support.portal_data import ADMIN_TOKEN, add_app, add_deployment, build, csrf_from, engine  # noqa: F401
+from tests.support.portal_data import ADMIN_TOKEN, add_app, add_deployment, csrf_from
 from tests.support.requires import Part, missing, used
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,6 @@ from app.health import waiting_line, wait_healthy
 from tests.support.dockerkit import (
     APP_PORT,
     context_tar,
-    docker_engine,  # noqa: F401 (fixture)
     free_port,
     write_sample_app,
 )
@@ -144,7 +143,7 @@ def test_the_progress_line_reads_as_in_the_issue():
 
 @pytest.mark.docker
 @pytest.mark.parametrize("healthy", [True, False])
-def test_the_sample_app_container(docker_engine, tmp_path, healthy):  # noqa: F811
+def test_the_sample_app_container(docker_engine, tmp_path, healthy):
     context = context_tar(write_sample_app(tmp_path, healthy=healthy))
     image = docker_engine.build_image(
         app="health",

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from app.adapters import git as gitadapter
 from app.adapters.docker import ContainerSpec, Engine
 from app.adapters.router import CaddyRouter, DirectRouter
-from app.commands import Command, Reply, parse
+from app.commands import Command, Malformed, parse
 from app.exceptions import BuildFailed, CloneFailed, CloneRefused, DeployFailed, InvalidVersion, RouterError
 from app.models import App, Deployment
 from app.registry import slugify
@@ -197,13 +197,13 @@ def test_slash_commands_never_carry_hostile_text(hostile):
                 assert value is None or value in PHASES or validate_version(value) == value, (comment, result)
                 assert value is None or hostile not in value or hostile == "" or value == hostile.strip(), comment
         else:
-            assert result is None or isinstance(result, Reply)
+            assert result is None or isinstance(result, Malformed)
 
 
 def test_a_command_with_a_hostile_version_gets_a_reply_not_a_command():
     for hostile in ("v1.0.0;ls", f"$(touch {MARKER})", "--upload-pack=x", "../../etc", "v1.0.0\x00"):
         result = parse(f"/promote live v1.0.0 as '{hostile}'", PHASES)
-        assert isinstance(result, Reply) and "not a valid version" in result.message
+        assert isinstance(result, Malformed) and "not a valid version" in result.message
         assert "\x00" not in result.message
 
 
@@ -358,10 +358,8 @@ def _spec(**changes) -> ContainerSpec:
 
 @pytest.fixture
 def engine() -> tuple[Engine, mock.MagicMock]:
-    engine = Engine(instance="tinj")
     client = mock.MagicMock(name="docker client")
-    engine._client = client
-    return engine, client
+    return Engine(instance="tinj", client=client), client
 
 
 NAMES = ["../x", "x/../../y", "shop;rm -rf /", "shop$(id)", "Shop", "shop:latest", "shop@sha256:00", "-shop",
@@ -414,8 +412,8 @@ def test_docker_gets_safe_values_verbatim(engine):
 def test_routers_refuse_unsafe_slugs(app, phase):
     from app.adapters.router import Slots
 
+    # Nothing listens on the admin URL: a request sent would fail as unreachable, not as a slug.
     caddy = CaddyRouter("http://127.0.0.1:9", 8088, instance="tinj")
-    caddy._session = mock.MagicMock(name="http session")
     direct = DirectRouter()
     for router in (caddy, direct):
         with pytest.raises(RouterError, match="is not a slug"):
@@ -424,7 +422,6 @@ def test_routers_refuse_unsafe_slugs(app, phase):
             router.remove(app, phase)
         with pytest.raises(RouterError, match="is not a slug"):
             router.url_for(app, phase, 32000)
-    assert caddy._session.mock_calls == []
     assert direct.routes() == {}
 
 
@@ -460,8 +457,7 @@ def portal(make_settings, database_url, redis_conn):
     from app.web import create_app
     from tests.support.portal_data import ADMIN_TOKEN, StubEngine
 
-    ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN))
-    ctx.__dict__["engine"] = StubEngine()
+    ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN), engine=StubEngine())
     client = create_app(context=ctx).test_client()
     sign_in_as(client, ctx, "admin", "token")
     return ctx, client

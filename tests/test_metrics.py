@@ -19,7 +19,6 @@ from app.settings import PROJECT_ROOT
 from tests.conftest import delivery_headers
 from tests.support.dockerkit import free_port
 from tests.support.faults import WorkerProcess, wait_for
-from tests.support.pipeline_e2e import pipeline  # noqa: F401 (fixture)
 
 TOKEN = "metrics-admin-token"
 
@@ -88,7 +87,7 @@ def json_lines(path: Path) -> list[dict]:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metrics_port):  # noqa: F811
+def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metrics_port):
     web = Serve(tmp_path / "web.log")
     worker = WorkerProcess(dict(os.environ), tmp_path / "worker.log")
     try:

@@ -23,8 +23,7 @@ from app.pipeline import parse_pipeline
 from app.settings import PROJECT_ROOT
 from app.web import create_app
 from tests.support.faults import WorkerProcess, wait_for
-from tests.support.pipeline_e2e import pipeline, service_environment  # noqa: F401 (fixture)
-from tests.support.receiver import receiver  # noqa: F401 (fixture)
+from tests.support.pipeline_e2e import service_environment
 from tests.support.portal_data import csrf_from
 
 SECRET = "ops-signing-secret-7c2e"
@@ -395,7 +394,7 @@ def test_catch_up_queues_notifications_whose_enqueue_was_lost(notify_env, receiv
 
 
 @pytest.fixture
-def dead_target(receiver):  # noqa: F811
+def dead_target(receiver):
     return receiver(hang=True)
 
 
@@ -410,7 +409,7 @@ def pipeline_extra_env(dead_target, tmp_path) -> dict[str, str]:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_target_that_never_answers_holds_up_no_deploy(pipeline, dead_target, tmp_path):  # noqa: F811
+def test_a_target_that_never_answers_holds_up_no_deploy(pipeline, dead_target, tmp_path):
     """The notifier worker sits on the dead target's first event while deploys go on and succeed."""
     notifier = WorkerProcess(dict(os.environ), tmp_path / "notifier.log", queues=NOTIFICATIONS)
     others = (DEPLOYS, COMMANDS, REPORTS)

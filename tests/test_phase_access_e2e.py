@@ -9,7 +9,7 @@ from sqlalchemy import select
 from app.context import Context
 from app.models import Profile
 from app.web import create_app
-from tests.support.pipeline_e2e import APP, REPO, pipeline, relaxed_pipeline  # noqa: F401
+from tests.support.pipeline_e2e import APP, REPO
 from tests.support.portal_data import sign_in_as
 
 

@@ -20,8 +20,6 @@ from app.portal import live_log
 from tests.support.portal_data import (
     sign_in_as,
     ADMIN_TOKEN,
-    build,  # noqa: F401 (fixture)
-    engine,  # noqa: F401 (fixture)
     add_app,
     add_deployment,
     add_log,

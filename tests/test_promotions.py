@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import LogLine
-from tests.support.pipeline_e2e import APP, REPO, pipeline, relaxed_pipeline  # noqa: F401
+from tests.support.pipeline_e2e import APP, REPO
 
 BUILD_STARTED = "building Dockerfile"
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.deployments import schedule
 from app.jobs import DEPLOY_TIMEOUT
-from app.locks import lock_name
+from app.locks import take
 from app.models import Build
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
@@ -29,7 +29,7 @@ def test_interrupted_builds_fail_and_old_scratch_clones_are_swept(ctx):
                                                  sha="b" * 40, version="bbbbbbb", trigger="push", actor="x"))
         running.status = "building"
     # the busy app's deploy holds its lock: it is really in progress
-    ctx.redis.set(lock_name("busy", "demo") + ":owner", "deployment 1")
+    take(ctx.redis, "busy", "demo", "deployment 1", expires=60)
     work = ctx.settings.work_dir
     old, fresh, other = work / "clone-old", work / "clone-fresh", work / "keep-me"
     for path in (old, fresh, other):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app.freezes import CONFIGURED, Freeze, active_freeze
 from app.models import AuditEntry, LogLine
 from app.pipeline import parse_pipeline
-from tests.support.pipeline_e2e import APP, REPO, pipeline  # noqa: F401
+from tests.support.pipeline_e2e import APP, REPO
 
 RELEASE = "release: [/bin/busybox, sh, -c, {script!r}]\n"
 

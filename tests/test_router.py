@@ -17,7 +17,6 @@ import requests
 from app.adapters.router import CaddyRouter, DirectRouter, Router, Slots, migration_enabled
 from app.exceptions import RouterError
 from tests.support.dockerkit import (
-    caddy_server,  # noqa: F401 (fixture)
     RequestLoop,
     free_port,
     unique_instance,
@@ -29,7 +28,7 @@ MIGRATION_OFF = "net.ipv4.tcp_migrate_req is off: scripts/dev test turns it on (
 
 
 @pytest.fixture
-def router(caddy_server) -> CaddyRouter:  # noqa: F811
+def router(caddy_server) -> CaddyRouter:
     """A router with its own server (own port, own instance) in the shared Caddy."""
     caddy_router = CaddyRouter(caddy_server.admin_url, free_port(), instance=unique_instance())
     caddy_router.ensure_server()
@@ -211,7 +210,7 @@ def test_remove_is_idempotent(router, pair):
     assert _get(router.url_for("gone", "stage")).text != "blue"
 
 
-def test_ensure_server_merges_and_keeps_existing_config(caddy_server, pair):  # noqa: F811
+def test_ensure_server_merges_and_keeps_existing_config(caddy_server, pair):
     other_port = free_port()
     admin = caddy_server.admin_url
     other = {
@@ -237,7 +236,7 @@ def test_ensure_server_merges_and_keeps_existing_config(caddy_server, pair):  # 
     assert first.routes() == {("keep", "demo"): (pair[0].port, pair[1].port)}
 
 
-def test_ensure_route_restores_a_lost_configuration(caddy_server, pair):  # noqa: F811
+def test_ensure_route_restores_a_lost_configuration(caddy_server, pair):
     """As after a Caddy restart that lost the configuration: ensuring the route repairs it."""
     fresh = CaddyRouter(caddy_server.admin_url, free_port(), instance=unique_instance())
     assert fresh.routes() == {}
@@ -250,7 +249,7 @@ def test_ensure_route_restores_a_lost_configuration(caddy_server, pair):  # noqa
     assert _get(fresh.url_for("shop", "demo")).text == "blue"
 
 
-def test_new_routes_go_before_a_catch_all(router, pair, caddy_server):  # noqa: F811
+def test_new_routes_go_before_a_catch_all(router, pair, caddy_server):
     fallback = {"handle": [{"handler": "static_response", "body": "fallback"}]}
     requests.post(
         f"{caddy_server.admin_url}/config/apps/http/servers/{router.server_name}/routes",
@@ -277,7 +276,7 @@ def test_refuses_unsafe_names_slots_and_ports(router):
     assert router.routes() == {}
 
 
-def test_port_clash_is_a_readable_router_error(router, caddy_server):  # noqa: F811
+def test_port_clash_is_a_readable_router_error(router, caddy_server):
     clash = CaddyRouter(caddy_server.admin_url, router.listen_port, instance=unique_instance())
     with pytest.raises(RouterError, match="Caddy refused") as failure:
         clash.ensure_server()

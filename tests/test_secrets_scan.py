@@ -88,8 +88,7 @@ def hits(haystack: str | bytes, secrets: dict[str, str], where: str) -> list[str
 def service(github, make_settings, database_url, redis_conn):
     ctx = Context.from_settings(make_settings(
         DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN, GITHUB_CLIENT_ID="Iv1.client",
-        GITHUB_CLIENT_SECRET=CLIENT_SECRET, **github.environ))
-    ctx.__dict__["engine"] = StubEngine()
+        GITHUB_CLIENT_SECRET=CLIENT_SECRET, **github.environ), engine=StubEngine())
     github.installations[REPO] = INSTALLATION
     github.permissions[(REPO, "ada")] = "admin"
     github.pulls[(REPO, 1)] = {"title": "Feature", "user": {"login": "alice", "id": 5, "type": "User"},

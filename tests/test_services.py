@@ -19,6 +19,7 @@ from sqlalchemy import select
 from app import services
 from app.adapters.docker import ContainerSpec, Engine
 from app.context import Context
+from app.crypto import MASK
 from app.exceptions import ConfigError, ReleasePipelineError
 from app.models import AuditEntry, Profile, ServiceInstance
 from app.pipeline import parse_repo_config
@@ -405,7 +406,7 @@ def test_a_service_that_exits_at_once_blocks_the_deploy_with_its_reason(sctx, re
     assert "service store exited with code 3 while starting" in str(error.value)
     password = password_of(sctx, app_id, "demo")
     assert any("no config, giving up" in line for line in log)
-    assert any(f"starting with {services.MASK}" in line for line in log)
+    assert any(f"starting with {MASK}" in line for line in log)
     assert not any(password in line for line in log) and password not in str(error.value)
     assert sctx.engine.service_containers("shop", "demo") == []  # the failed container is gone
     assert row_of(sctx, app_id, "demo") is None
@@ -467,7 +468,8 @@ def test_an_image_service_runs_a_local_image_and_is_reused(sctx, repo):
             services.provision(sctx, app_name="cafe", app_id=cafe_id, phase="demo", repo_config=refused,
                                checkout_archive=None, say=Log())
     assert engine.service_containers("cafe", "demo") == []
-    sctx.__dict__["config"] = sctx.config.model_copy(update={"images": Images(allow=[tag])})
+    sctx = Context(sctx.settings, sctx.config.model_copy(update={"images": Images(allow=[tag])}), db=sctx.db,
+                   redis=sctx.redis, engine=sctx.engine)
     log = Log()
     provisioned = services.provision(sctx, app_name="cafe", app_id=cafe_id, phase="demo",
                                      repo_config=parse_repo_config(text), checkout_archive=None, say=log)

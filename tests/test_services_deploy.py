@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app import services
 from app.models import ServiceInstance
 from tests.support.dockerkit import APP_PORT, make_sample_repo
-from tests.support.pipeline_e2e import REPO, pipeline  # noqa: F401
+from tests.support.pipeline_e2e import REPO
 from tests.test_services import _APP_CGI, REPO_FILE, STORE_PORT, write_store
 
 pytestmark = pytest.mark.docker

@@ -21,8 +21,7 @@ from app.adapters.docker import Engine
 from app.adapters.router import CaddyRouter
 from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Followed, Rollout, Swarm, Task,
                                 app_service_spec, backing_service_spec, read_tasks, rollout_state, upstreams)
-from tests.support.dockerkit import (BUSYBOX, RequestLoop, caddy_server, context_tar, free_port,  # noqa: F401
-                                     write_sample_app)
+from tests.support.dockerkit import BUSYBOX, RequestLoop, context_tar, free_port, write_sample_app
 from tests.support.faults import wait_for
 from tests.support.requires import Part, missing, used
 from tests.support.swarm import SwarmUnavailable, TwoNodeSwarm
@@ -161,7 +160,7 @@ def _backing_app(path: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_apps_across_two_nodes(swarm, caddy_server, instance, tmp_path):  # noqa: F811
+def test_apps_across_two_nodes(swarm, caddy_server, instance, tmp_path):
     manager_engine = Engine(base_url=swarm.manager.socket, instance=instance)
     cluster = Swarm(swarm.manager.socket, instance, swarm.registry)
     router = CaddyRouter(caddy_server.admin_url, free_port(), instance=instance)

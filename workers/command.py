@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 
 from app import commands
 from app import shipped
-from app.actions import IN_PROGRESS, Actions, Outcome, PromotionRequest, current, latest_in
+from app.actions import Actions, Outcome, PromotionRequest, current, latest_in
 from app.commands import Command, CommandName
 from app.context import Context
 from app.exceptions import GitHubError
 from app.approvals import PROMOTION_REQUESTED
-from app.models import App, AuditEntry, Deployment, DeploymentStatus
+from app.models import IN_PROGRESS, App, AuditEntry, Deployment, DeploymentStatus
+from app.plans import Trigger
 from app.permissions import Action, check
 from workers import runtime
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: The reaction that says "seen, working on it", added before anything slow happens.
 ACKNOWLEDGED = "eyes"
-TRIGGER = "command"
+TRIGGER = Trigger.COMMAND
 
 
 def run(*, app_id: int, pr_number: int, comment_id: int, actor: str, body: str,
@@ -84,14 +85,6 @@ def parse_time(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a runner did, in words for the reply, and the deployment it queued, if any."""
-
-    text: str
-    deployment_id: int | None = None
 
 
 class CommandJob:
@@ -162,7 +155,7 @@ class CommandJob:
         parsed = commands.parse(self.body, self.ctx.config.phase_names)
         if parsed is None:
             return "no command in the comment"
-        if isinstance(parsed, commands.Reply):  # the pipeline changed since intake read it
+        if isinstance(parsed, commands.Malformed):  # the pipeline changed since intake read it
             self.reply(parsed.message)
             return "malformed"
         self.react(ACKNOWLEDGED)
@@ -180,7 +173,7 @@ class CommandJob:
             with self.ctx.db.session() as session:
                 app = session.get(App, self.app_id)
                 answer = runner.run(self, session, app, parsed, role)
-                pending = self.record_reply(session, app, answer.text, answer.deployment_id)
+                pending = self.record_reply(session, app, answer.message, answer.deployment_id)
         except GitHubError as exc:
             log.warning("command %s failed on GitHub: %s", self.comment_id, exc)
             self.reply(f"`{as_text(parsed)}` could not be carried out: {exc}. Nothing was deployed.")
@@ -192,30 +185,31 @@ class CommandJob:
 # -- runners ---------------------------------------------------------------------------------
 
 
-def _from_outcome(command: Command, outcome: Outcome) -> Answer:
+def _worded(command: Command, outcome: Outcome) -> Outcome:
+    """The outcome with its message as the reply says it."""
     if not outcome.ok:
-        return Answer(f"`{as_text(command)}`: nothing was changed: {outcome.message}.")
-    return Answer(f"`{as_text(command)}`: {outcome.message}.", outcome.deployment_id)
+        return replace(outcome, message=f"`{as_text(command)}`: nothing was changed: {outcome.message}.")
+    return replace(outcome, message=f"`{as_text(command)}`: {outcome.message}.")
 
 
-def run_deploy(job: CommandJob, session: Session, app: App, command: commands.Deploy, role: str) -> Answer:
+def run_deploy(job: CommandJob, session: Session, app: App, command: commands.DeployHead, role: str) -> Outcome:
     """Deploy the pull request's head commit (built once, like any other commit)."""
     pull = job.client().get_pull(job.pr_number)
     sha = (pull.get("head") or {}).get("sha")
     if not sha:
-        return Answer(f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
+        return Outcome(False, f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
     # The command may have waited behind other jobs: a head pushed after the comment is not what
     # the commenter saw (GitHub's branch-deploy checks the same), so it is not deployed.
     committed = parse_time(job.client().commit_date(sha))
     if job.commented_at is not None and (committed is None or committed > job.commented_at):
-        return Answer(f"`{as_text(command)}`: nothing was deployed: the head of #{job.pr_number} is now "
-                      f"{sha[:7]}, committed after your comment. Comment again to deploy it.")
+        return Outcome(False, f"`{as_text(command)}`: nothing was deployed: the head of #{job.pr_number} is now "
+                              f"{sha[:7]}, committed after your comment. Comment again to deploy it.")
     outcome = job.actions.deploy_commit(session, app, command.phase, sha=sha, actor=job.actor, role=role,
                                         trigger=TRIGGER, pr_number=job.pr_number, comment_id=job.comment_id)
-    answer = _from_outcome(command, outcome)
+    answer = _worded(command, outcome)
     if outcome.ok:
-        answer = Answer(f"{answer.text} Commit {sha}, the head of #{job.pr_number} when you commented.",
-                        answer.deployment_id)
+        answer = replace(answer, message=f"{answer.message} Commit {sha}, the head of #{job.pr_number} when you "
+                                         "commented.")
     return answer
 
 
@@ -228,17 +222,16 @@ def shipped_text(ctx: Context, session: Session, app: App, phase: str, head: str
     return shipped.markdown(commits, app.html_url, serving=label)
 
 
-def run_promote(job: CommandJob, session: Session, app: App, command: commands.Promote, role: str) -> Answer:
+def run_promote(job: CommandJob, session: Session, app: App, command: commands.Promote, role: str) -> Outcome:
     outcome = job.actions.promote(session, app, command.phase, actor=job.actor, role=role, trigger=TRIGGER,
                                   version=command.version, rename_to=command.rename_to,
                                   pr_number=job.pr_number, comment_id=job.comment_id, force=command.force)
     if outcome.promotion is None:
-        answer = _from_outcome(command, outcome)
+        answer = _worded(command, outcome)
         if outcome.deployment_id is None:
             return answer
         head = session.get(Deployment, outcome.deployment_id).sha
-        return Answer(f"{answer.text}\n\n{shipped_text(job.ctx, session, app, command.phase, head)}",
-                      answer.deployment_id)
+        return replace(answer, message=f"{answer.message}\n\n{shipped_text(job.ctx, session, app, command.phase, head)}")
     request = outcome.promotion
     changelog = shipped_text(job.ctx, session, app, request.phase, request.sha)
     number, url, reused = open_promotion(job.client(), request, requested_by=job.actor,
@@ -248,7 +241,8 @@ def run_promote(job: CommandJob, session: Session, app: App, command: commands.P
     opened = "is already open" if reused else "is open"
     forced = (f" The freeze of {request.phase} is overridden for this merge by @{job.actor}: {request.override}."
               if request.override else "")
-    return Answer(
+    return Outcome(
+        True,
         f"`{as_text(command)}`: {request.phase} deploys only through an approved promotion pull request, "
         f"so nothing was deployed yet. [#{number} {request.title}]({url}) {opened} "
         f"(branch `{request.head_branch}` at `{request.sha[:7]}`): merging it with {needed} approval(s) "
@@ -281,49 +275,49 @@ def open_promotion(client, request: PromotionRequest, *, requested_by: str, orig
     return number, url, False
 
 
-def run_rollback(job: CommandJob, session: Session, app: App, command: commands.Rollback, role: str) -> Answer:
+def run_rollback(job: CommandJob, session: Session, app: App, command: commands.Rollback, role: str) -> Outcome:
     outcome = job.actions.rollback(session, app, command.phase, actor=job.actor, role=role, trigger=TRIGGER,
                                    to_version=command.to_version, pr_number=job.pr_number,
                                    comment_id=job.comment_id)
-    return _from_outcome(command, outcome)
+    return _worded(command, outcome)
 
 
-def run_redeploy(job: CommandJob, session: Session, app: App, command: commands.Redeploy, role: str) -> Answer:
-    return _from_outcome(command, job.actions.redeploy(session, app, command.phase, actor=job.actor, role=role,
+def run_redeploy(job: CommandJob, session: Session, app: App, command: commands.Redeploy, role: str) -> Outcome:
+    return _worded(command, job.actions.redeploy(session, app, command.phase, actor=job.actor, role=role,
                                                        trigger=TRIGGER, pr_number=job.pr_number,
                                                        comment_id=job.comment_id))
 
 
-def run_retry(job: CommandJob, session: Session, app: App, command: commands.Retry, role: str) -> Answer:
-    target = latest_in(session, app.id, command.phase, (DeploymentStatus.FAILED, DeploymentStatus.CANCELLED))
-    return _from_outcome(command, job.actions.retry(session, app, target, actor=job.actor, role=role,
+def run_retry(job: CommandJob, session: Session, app: App, command: commands.Retry, role: str) -> Outcome:
+    target = latest_in(session, app.id, command.phase, (DeploymentStatus.FAILED.value, DeploymentStatus.CANCELLED.value))
+    return _worded(command, job.actions.retry(session, app, target, actor=job.actor, role=role,
                                                     pr_number=job.pr_number, comment_id=job.comment_id))
 
 
-def run_cancel(job: CommandJob, session: Session, app: App, command: commands.Cancel, role: str) -> Answer:
+def run_cancel(job: CommandJob, session: Session, app: App, command: commands.Cancel, role: str) -> Outcome:
     target = latest_in(session, app.id, command.phase, IN_PROGRESS)
     outcome = job.actions.cancel(session, app, target, actor=job.actor, role=role)
     if outcome.finished:
         job.finished_reports.extend(r.id for r in job.ctx.reports.finished(session, app, target)
                                     if r.state == "pending")
-    return Answer(_from_outcome(command, outcome).text)
+    return replace(_worded(command, outcome), deployment_id=None)  # nothing to run: the reply only tells
 
 
-def run_freeze(job: CommandJob, session: Session, app: App, command: commands.Freeze, role: str) -> Answer:
-    return _from_outcome(command, job.actions.freeze(session, app, command.phase, actor=job.actor, role=role,
+def run_freeze(job: CommandJob, session: Session, app: App, command: commands.Freeze, role: str) -> Outcome:
+    return _worded(command, job.actions.freeze(session, app, command.phase, actor=job.actor, role=role,
                                                      reason=command.reason))
 
 
-def run_unfreeze(job: CommandJob, session: Session, app: App, command: commands.Unfreeze, role: str) -> Answer:
-    return _from_outcome(command, job.actions.unfreeze(session, app, command.phase, actor=job.actor, role=role))
+def run_unfreeze(job: CommandJob, session: Session, app: App, command: commands.Unfreeze, role: str) -> Outcome:
+    return _worded(command, job.actions.unfreeze(session, app, command.phase, actor=job.actor, role=role))
 
 
-def run_status(job: CommandJob, session: Session, app: App, command: commands.Status, role: str) -> Answer:
-    return Answer(f"here is what runs where:\n\n{status_table(job.ctx, session, app)}")
+def run_status(job: CommandJob, session: Session, app: App, command: commands.Status, role: str) -> Outcome:
+    return Outcome(True, f"here is what runs where:\n\n{status_table(job.ctx, session, app)}")
 
 
-def run_help(job: CommandJob, session: Session, app: App, command: commands.Help, role: str) -> Answer:
-    return Answer(commands.HELP_TEXT)
+def run_help(job: CommandJob, session: Session, app: App, command: commands.Help, role: str) -> Outcome:
+    return Outcome(True, commands.HELP_TEXT)
 
 
 def status_table(ctx: Context, session: Session, app: App) -> str:
@@ -373,7 +367,7 @@ def _cell(text: str) -> str:
 def as_text(command: Command) -> str:
     """The command as its canonical comment text, for quoting in replies."""
     words = [f"/{command.name.value}"]
-    if isinstance(command, commands.Deploy) and command.phase:
+    if isinstance(command, commands.DeployHead) and command.phase:
         words.append(command.phase)
     elif isinstance(command, commands.Promote):
         words += [command.phase, *([command.version] if command.version else []),
@@ -392,7 +386,7 @@ def as_text(command: Command) -> str:
 # -- the table -------------------------------------------------------------------------------
 
 
-def _first_phase(command: commands.Deploy, phases: list[str]) -> str:
+def _first_phase(command: commands.DeployHead, phases: list[str]) -> str:
     return command.phase or phases[0]
 
 
@@ -410,7 +404,7 @@ class Runner:
 
     action: Action
     phase_of: Callable[[Command, list[str]], str | None]
-    run: Callable[[CommandJob, Session, App, Command, str], Answer]
+    run: Callable[[CommandJob, Session, App, Command, str], Outcome]
 
 
 RUNNERS: dict[CommandName, Runner] = {

@@ -39,7 +39,7 @@ from app.logs import log_context
 from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
 from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
-from app.pipeline import DEFAULT_STOP_TIMEOUT, RepoConfig, parse_repo_config
+from app.pipeline import DEFAULT_STOP_TIMEOUT, REPO_FILE, RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
 from app.slots import phase_slots
 from app.versions import is_release_tag
@@ -47,7 +47,6 @@ from workers import runtime
 
 log = logging.getLogger(__name__)
 
-REPO_FILE = ".release-pipeline.yml"
 #: Scratch directories in WORK_DIR; reconcile sweeps old ones a killed worker left behind.
 SCRATCH_PREFIXES = ("clone-", "services-")
 #: Deployments that put code already on the phase back (no commits to list, no release command

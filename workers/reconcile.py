@@ -22,15 +22,14 @@ from app.context import Context
 from app.deployments import schedule
 from app.jobs import DEPLOY_TIMEOUT, job_id
 from app.locks import holder
-from app.models import App, Build, Deployment, DeploymentStatus, LogLine, utcnow
-from app.plans import Deploy, Repo
+from app.models import IN_PROGRESS, TAKEN_UP, App, Build, BuildStatus, Deployment, DeploymentStatus, LogLine, utcnow
+from app.plans import Deploy, Repo, Trigger
 from app.slots import find_slots
 from workers import runtime
 from workers.deploy import SCRATCH_PREFIXES
 
 log = logging.getLogger(__name__)
 
-IN_PROGRESS = (DeploymentStatus.BUILDING.value, DeploymentStatus.DEPLOYING.value)
 
 
 @dataclass
@@ -72,7 +71,7 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
     """A deployment in progress whose lock is gone was interrupted (worker killed)."""
     pending: list[int] = []
     with ctx.db.session() as session:
-        stuck = session.scalars(select(Deployment).where(Deployment.status.in_(IN_PROGRESS))).all()
+        stuck = session.scalars(select(Deployment).where(Deployment.status.in_(TAKEN_UP))).all()
         for deployment in stuck:
             if holder(ctx.redis, deployment.app.name, deployment.phase) is not None:
                 continue  # still being deployed by a live worker
@@ -93,11 +92,11 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
 def _settle_builds(ctx: Context, findings: Findings) -> None:
     """A build left "building" while no deployment of its app is in progress was interrupted."""
     with ctx.db.session() as session:
-        busy_apps = set(session.scalars(select(Deployment.app_id).where(Deployment.status.in_(IN_PROGRESS))).all())
-        for build in session.scalars(select(Build).where(Build.status == "building")).all():
+        busy_apps = set(session.scalars(select(Deployment.app_id).where(Deployment.status.in_(TAKEN_UP))).all())
+        for build in session.scalars(select(Build).where(Build.status == BuildStatus.BUILDING.value)).all():
             if build.app_id in busy_apps:
                 continue
-            build.status, build.reason, build.finished_at = "failed", "the build was interrupted", utcnow()
+            build.status, build.reason, build.finished_at = BuildStatus.FAILED.value, "the build was interrupted", utcnow()
             findings.interrupted_builds.append(build.id)
 
 
@@ -133,7 +132,7 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
     with ctx.db.session() as session:
         # A deployment in progress may have started its container before recording it.
         in_progress = {str(i) for i in session.scalars(
-            select(Deployment.id).where(Deployment.status.in_(IN_PROGRESS))).all()}
+            select(Deployment.id).where(Deployment.status.in_(TAKEN_UP))).all()}
         expected.update(c.id for c in containers if c.labels.get(LABEL_DEPLOYMENT) in in_progress)
         for app in session.scalars(select(App).where(App.active.is_(True))).all():
             for phase in ctx.config.phase_names:
@@ -158,7 +157,7 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
         for app, serving in redeploy:
             deployment = schedule(session, app, Deploy(
                 repo=Repo(app.full_name, app.clone_url, app.default_branch), phase=serving.phase,
-                ref=serving.sha, sha=serving.sha, version=serving.version, trigger="restore",
+                ref=serving.sha, sha=serving.sha, version=serving.version, trigger=Trigger.RESTORE,
                 actor="release-pipeline"), source_id=serving.id)
             session.flush()
             findings.redeployed.append(deployment.id)
@@ -173,4 +172,4 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
 def _restore_pending(session, app_id: int, phase: str) -> bool:
     return session.scalar(select(Deployment.id).where(
         Deployment.app_id == app_id, Deployment.phase == phase,
-        Deployment.status.in_((DeploymentStatus.QUEUED.value, *IN_PROGRESS)))) is not None
+        Deployment.status.in_(IN_PROGRESS))) is not None

@@ -109,7 +109,8 @@ class ContainerInfo:
 class Engine:
     """This installation's view of a Docker engine (`base_url` None: DOCKER_HOST or the socket)."""
 
-    def __init__(self, base_url: str | None = None, instance: str = "rp", pull: str = "never"):
+    def __init__(self, base_url: str | None = None, instance: str = "rp", pull: str = "never",
+                 client: docker.DockerClient | None = None):
         if not _INSTANCE.fullmatch(instance):
             raise ValueError(f"instance {instance!r} must match {_INSTANCE.pattern}")
         if pull not in ("never", "missing"):
@@ -118,7 +119,8 @@ class Engine:
         self.instance = instance
         #: BUILD_PULL: the engine pulls a missing FROM image by itself unless we refuse first.
         self.pull = pull
-        self._client: docker.DockerClient | None = None
+        #: None: connected on first use. A test may hand in its own client.
+        self._client: docker.DockerClient | None = client
 
     @property
     def client(self) -> docker.DockerClient:

@@ -16,10 +16,13 @@ from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
 from app import shipped
-from app.actions import profile_differences, rollback_target
+from app.actions import Outcome, profile_differences, rollback_target
 from app.models import Deployment, Profile
 from app.permissions import Action, check
-from app.portal import auth, changes, csrf, live_log, queries
+from app.api import shapes
+from app.crypto import MASK
+from app.portal import auth, changes, live_log, queries
+from app.security import csrf, UNSAFE
 from app.profiles import SIZING, resolve
 
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
@@ -42,7 +45,7 @@ def authenticate():
         return
     if auth.current_user() is None:
         abort(401, description="sign in, or send Authorization: Bearer <admin token or personal API token>")
-    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+    if request.method in UNSAFE:
         csrf.protect()  # a session cookie alone must not be enough to act
 
 
@@ -114,7 +117,7 @@ def list_apps():
         out = []
         for row in queries.summaries(ctx, session, apps, index):
             out.append({
-                **queries.app_json(row.app),
+                **shapes.app_json(row.app),
                 "phases": {
                     phase: {
                         "version": serving.version if serving else None,
@@ -140,8 +143,8 @@ def app_detail(name: str):
         role = _view(app)
         index = queries.containers(ctx.engine, app.name)
         columns = queries.board(ctx, session, app, role, index)
-        return jsonify({**queries.app_json(app), "your_role": role,
-                        "phases": [queries.phase_json(app, view) for view in columns]})
+        return jsonify({**shapes.app_json(app), "your_role": role,
+                        "phases": [shapes.phase_json(app, view) for view in columns]})
 
 
 @bp.get("/apps/<name>/deployments")
@@ -157,7 +160,7 @@ def deployments(name: str):
             queries.require_phase(ctx.config, phase)
         rows = queries.history(session, app, phase, limit=limit, before=before)
         return jsonify({
-            "deployments": [queries.deployment_json(app, d) for d in rows],
+            "deployments": [shapes.deployment_json(app, d) for d in rows],
             "next_before": rows[-1].id if len(rows) == limit else None,
         })
 
@@ -172,7 +175,7 @@ def deployment_detail(name: str, deployment_id: int):
         d = queries.get_deployment(session, app, deployment_id)
         lines = queries.log_lines(session, d.id, after=after, limit=5000)
         return jsonify({
-            **queries.deployment_json(app, d),
+            **shapes.deployment_json(app, d),
             "evidence": d.evidence or {},
             "log": [{"id": line.id, "stream": line.stream, "text": line.text, "at": queries.iso(line.at)}
                     for line in lines],
@@ -222,11 +225,11 @@ def compare(name: str):
         queries.require_phase(ctx.config, target)
         c = queries.compare(ctx, session, app, source, target)
         return jsonify({
-            "from": {"phase": source, "current": queries.deployment_json(app, c.source_current)
+            "from": {"phase": source, "current": shapes.deployment_json(app, c.source_current)
                      if c.source_current else None},
-            "to": {"phase": target, "current": queries.deployment_json(app, c.target_current)
+            "to": {"phase": target, "current": shapes.deployment_json(app, c.target_current)
                    if c.target_current else None},
-            "pending": [{**queries.deployment_json(app, p.deployment), "was_in_target": p.was_in_target}
+            "pending": [{**shapes.deployment_json(app, p.deployment), "was_in_target": p.was_in_target}
                         for p in c.pending],
             "profile_differences": [{"name": p.name, "kind": p.kind, "from": p.source, "to": p.target}
                                     for p in c.profile],
@@ -266,7 +269,7 @@ def notifications():
         visible, may_test = changes.notification_access(ctx, session, admin_everywhere=user.is_admin_everywhere,
                                                         role_of=auth.role_for)
         targets = queries.notification_targets(ctx, session, visible, limit=limit)
-        return jsonify({"can_send_test": may_test, "targets": [queries.target_json(t) for t in targets]})
+        return jsonify({"can_send_test": may_test, "targets": [shapes.target_json(t) for t in targets]})
 
 
 @bp.post("/notifications/<target>/test")
@@ -294,10 +297,10 @@ def _profile_document(name: str, phase: str) -> dict:
             "phase": phase,
             "inherits_from": ctx.config.previous_phases(phase),
             "can_edit": check(role, Action.EDIT_PROFILE, phase, ctx.config.roles).allowed,
-            "effective": queries.profile_json(resolve(session, ctx.config, app.id, phase)),
+            "effective": shapes.profile_json(resolve(session, ctx.config, app.id, phase)),
             "own": {
                 "env": dict(sorted((own.env or {}).items())) if own else {},
-                "secrets": {k: queries.MASK for k in sorted(own.secrets or {})} if own else {},
+                "secrets": {k: MASK for k in sorted(own.secrets or {})} if own else {},
                 **{k: getattr(own, k) if own else None for k in SIZING},
             },
             "updated_by": own.updated_by if own else None,
@@ -339,7 +342,7 @@ def change_profile(name: str, phase: str):
 # --- actions ------------------------------------------------------------------------------------
 
 
-def _action_response(name: str, result: changes.Result):
+def _action_response(name: str, result: Outcome):
     if result.deployment_id is None:
         p = result.promotion
         return jsonify({"message": result.message, "deployment": None, "promotion": {
@@ -348,7 +351,7 @@ def _action_response(name: str, result: changes.Result):
     with _ctx().db.session() as session:
         app = queries.get_app(session, name)
         d = queries.get_deployment(session, app, result.deployment_id)
-        return jsonify({"message": result.message, "deployment": queries.deployment_json(app, d),
+        return jsonify({"message": result.message, "deployment": shapes.deployment_json(app, d),
                         "promotion": None}), 202
 
 
@@ -369,13 +372,13 @@ def promote(name: str, phase: str):
     return _action_response(name, result)
 
 
-def _deployment_response(name: str, result: changes.Result, status: int):
+def _deployment_response(name: str, result: Outcome, status: int):
     """`{"deployment": id, ...}`: the contract the CLI (#17) reads."""
     with _ctx().db.session() as session:
         app = queries.get_app(session, name)
         d = queries.get_deployment(session, app, result.deployment_id)
         return jsonify({"deployment": d.id, "message": result.message, "phase": d.phase, "version": d.version,
-                        "status": d.status, "details": queries.deployment_json(app, d)}), status
+                        "status": d.status, "details": shapes.deployment_json(app, d)}), status
 
 
 @bp.post("/apps/<name>/phases/<phase>/redeploy")
@@ -406,7 +409,7 @@ def _freeze_response(name: str, phase: str, message: str):
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         freeze = frozen(session, ctx.config, app.id, phase)
-        return jsonify({"phase": phase, "frozen": freeze is not None, "freeze": queries.freeze_json(freeze),
+        return jsonify({"phase": phase, "frozen": freeze is not None, "freeze": shapes.freeze_json(freeze),
                         "message": message})
 
 
@@ -444,8 +447,8 @@ def rollback_preview(name: str, phase: str):
         return jsonify({
             "phase": phase,
             "allowed": check(role, Action.ROLLBACK, phase, ctx.config.roles).allowed,
-            "current": queries.deployment_json(app, now),
-            "target": queries.deployment_json(app, target),
+            "current": shapes.deployment_json(app, now),
+            "target": shapes.deployment_json(app, target),
             "changes": {
                 "version": [now.version, target.version],
                 "sha": [now.sha, target.sha],

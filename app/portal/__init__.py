@@ -1,19 +1,14 @@
-"""The Apps Portal and its JSON API, wired into the Flask app in one place (`init_app`)."""
+"""The Apps Portal: its template filters and globals (`init_app`), error pages, and the HTML-or-JSON rule."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit
+from datetime import datetime, timezone
 
 from flask import Flask, render_template, request
-from flask_wtf.csrf import CSRFProtect
 
 from app.humanize import ago_words
 from app.portal.queries import aware, iso
 
-csrf = CSRFProtect()
-
-UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 STATUS_TONE = {
     "succeeded": "ok",
     "failed": "bad",
@@ -30,28 +25,10 @@ STATUS_TONE = {
 
 
 def init_app(flask_app: Flask) -> None:
-    from app.api import v1
-    from app.portal import auth, tokens, views
+    """The portal's template filters and globals (its blueprints are registered by `create_app`)."""
+    from app.portal import auth
 
     ctx = flask_app.extensions["release_pipeline"]
-    flask_app.config.update(
-        # Forms are checked by the portal's own before_request (below), so other endpoints —
-        # the webhook, token-authenticated API calls — are never affected by CSRF checks.
-        WTF_CSRF_CHECK_DEFAULT=False,
-        # The token lives as long as the session: a board left open over lunch still works.
-        WTF_CSRF_TIME_LIMIT=None,
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=urlsplit(ctx.settings.public_url).scheme == "https",
-        SESSION_COOKIE_NAME="release_pipeline_session",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
-    )
-    csrf.init_app(flask_app)
-    flask_app.register_blueprint(auth.bp)
-    flask_app.register_blueprint(views.bp)
-    flask_app.register_blueprint(tokens.bp)
-    flask_app.register_blueprint(v1.bp)
-
     flask_app.jinja_env.filters.update(ago=ago, timestamp=timestamp, iso=iso, duration=duration, tone=tone,
                                        source_label=source_label)
 
@@ -59,12 +36,6 @@ def init_app(flask_app: Flask) -> None:
     def portal_globals():
         return {"current_user": auth.current_user(), "sign_in_methods": auth.methods(),
                 "phase_names": ctx.config.phase_names}
-
-
-def protect_forms() -> None:
-    """Every form posts a CSRF token (the portal's blueprints call this before each request)."""
-    if request.method in UNSAFE:
-        csrf.protect()
 
 
 def wants_html() -> bool:

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from app import api_tokens
 from app.exceptions import GitHubError, TransientGitHubError
 from app.models import App, UserSession, utcnow
-from app.portal import protect_forms
+from app.security import protect_forms
 from app.portal.queries import aware, iso
 
 log = logging.getLogger(__name__)

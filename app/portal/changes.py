@@ -18,9 +18,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
-from app.actions import Actions, Outcome, PromotionRequest, audit
+from app.actions import Actions, Outcome, audit
 from app.exceptions import InvalidVersion
 from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
+from app.plans import Trigger
 from app.permissions import Action, check
 from app.pipeline import MAX_STOP_TIMEOUT, MEMORY
 from app.profiles import SIZING
@@ -34,16 +35,9 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 MAX_VALUE_LENGTH = 8192
 MAX_VARIABLES = 200
-TRIGGER = "portal"
+TRIGGER = Trigger.PORTAL
 
 RoleOf = Callable[[App], str]
-
-
-@dataclass(frozen=True)
-class Result:
-    message: str
-    deployment_id: int | None = None
-    promotion: PromotionRequest | None = None
 
 
 def _require(role: str, action: Action, phase: str, config) -> None:
@@ -62,7 +56,7 @@ def _version(value: str | None, field_name: str) -> str | None:
 
 
 def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, action: Action, audit_action: str,
-               run: Callable[[Any, App], Outcome]) -> Result:
+               run: Callable[[Any, App], Outcome]) -> Outcome:
     """Check, schedule and record in one transaction; enqueue only once it is committed."""
     with ctx.db.session() as session:
         app = get_app(session, app_name)
@@ -106,11 +100,11 @@ def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, acti
                 deployment.reason = "the job queue (Redis) was unavailable; nothing was deployed"
                 deployment.finished_at = utcnow()
             raise ServiceUnavailable("the job queue is unavailable; nothing was deployed, try again") from None
-    return Result(outcome.message, outcome.deployment_id, outcome.promotion)
+    return outcome
 
 
 def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, version: str | None = None,
-            rename_to: str | None = None, force: str | None = None) -> Result:
+            rename_to: str | None = None, force: str | None = None) -> Outcome:
     """Push to `phase` what the previous phase serves (or `version`), optionally renamed;
     `force` is an admin's reason to go through a freeze."""
     version, rename_to = _version(version, "version"), _version(rename_to, "rename_to")
@@ -127,7 +121,8 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
         if ctx.github is None:
             command = (f"/promote {phase}" + (f" {version}" if version else "")
                        + (f" as {rename_to}" if rename_to else ""))
-            return Result(
+            return Outcome(
+                True,
                 f"{phase.capitalize()} needs {approvals}, so {p.version} goes there through a promotion pull "
                 f"request ({p.head_branch} → {p.branch}). GitHub is not configured here: comment “{command}” "
                 f"on a pull request once it is; merging it once approved deploys {p.version}.",
@@ -139,7 +134,8 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
                                source_id=p.source_id, actor=actor, override=p.override)
         except RedisError:
             raise ServiceUnavailable("the job queue is unavailable; no pull request was opened, try again") from None
-        return Result(
+        return Outcome(
+            True,
             f"{phase.capitalize()} needs {approvals}, so a promotion pull request for {p.version} "
             f"({p.head_branch} → {p.branch}) is being opened on GitHub; its link appears in the audit log. "
             f"Merging it once approved deploys {p.version}.",
@@ -147,7 +143,7 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
     return result
 
 
-def deploy(ctx, app_name: str, phase: str, *, sha: str | None, actor: str, role_of: RoleOf) -> Result:
+def deploy(ctx, app_name: str, phase: str, *, sha: str | None, actor: str, role_of: RoleOf) -> Outcome:
     """Build (or reuse the image of) a commit and put it on `phase`, as `/deploy` does for a PR."""
     if not isinstance(sha, str) or not FULL_SHA.fullmatch(sha):
         raise BadRequest("sha: must be a full 40-character commit sha (git rev-parse <ref>)")
@@ -156,7 +152,7 @@ def deploy(ctx, app_name: str, phase: str, *, sha: str | None, actor: str, role_
                           session, app, phase, sha=sha, actor=actor, role=role_of(app), trigger=TRIGGER))
 
 
-def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_version: str | None = None) -> Result:
+def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_version: str | None = None) -> Outcome:
     to_version = _version(to_version, "to_version")
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.ROLLBACK, "rollback",
                       lambda session, app: Actions(ctx.config).rollback(
@@ -164,7 +160,7 @@ def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_
                           to_version=to_version))
 
 
-def redeploy(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Result:
+def redeploy(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Outcome:
     """Deploy what `phase` serves again with its current profile (applies an edited profile)."""
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.REDEPLOY, "redeploy",
                       lambda session, app: Actions(ctx.config).redeploy(
@@ -182,27 +178,27 @@ def _deployment_phase(ctx, app_name: str, deployment_id: int) -> str:
         return deployment.phase
 
 
-def retry(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Result:
+def retry(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Outcome:
     phase = _deployment_phase(ctx, app_name, deployment_id)
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.RETRY, "retry",
                       lambda session, app: Actions(ctx.config).retry(
                           session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
 
 
-def cancel(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Result:
+def cancel(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Outcome:
     phase = _deployment_phase(ctx, app_name, deployment_id)
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.CANCEL, "cancel",
                       lambda session, app: Actions(ctx.config).cancel(
                           session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
 
 
-def freeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, reason: str) -> Result:
+def freeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, reason: str) -> Outcome:
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.FREEZE, "freeze",
                       lambda session, app: Actions(ctx.config).freeze(
                           session, app, phase, actor=actor, role=role_of(app), reason=reason))
 
 
-def unfreeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Result:
+def unfreeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Outcome:
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.UNFREEZE, "unfreeze",
                       lambda session, app: Actions(ctx.config).unfreeze(
                           session, app, phase, actor=actor, role=role_of(app)))

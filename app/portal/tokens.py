@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from app import api_tokens
-from app.portal import protect_forms
+from app.security import protect_forms
 from app.portal.auth import Kind, current_user
 
 bp = Blueprint("tokens", __name__)

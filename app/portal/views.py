@@ -26,7 +26,8 @@ from app.actions import current, profile_differences, rollback_target
 from app.freezes import frozen
 from app.models import Deployment, DeploymentStatus, Profile
 from app.permissions import Action, check
-from app.portal import changes, live_log, protect_forms, queries
+from app.portal import changes, live_log, queries
+from app.security import protect_forms
 from app.portal.auth import current_user, role_for
 from app.profiles import SIZING, resolve
 from app.exceptions import InvalidVersion

@@ -24,7 +24,7 @@ def created(payload, config):
     repo = repo_of(payload)
     if parsed is None:
         return Ignore("no command in the comment")
-    if isinstance(parsed, commands.Reply):
+    if isinstance(parsed, commands.Malformed):
         return Reply(repo=repo, pr_number=number, comment_id=comment_id, message=parsed.message)
     return RunCommand(repo=repo, pr_number=number, comment_id=comment_id, actor=sender_of(payload), body=body,
                       commented_at=comment.get("created_at"))

@@ -1,7 +1,7 @@
 """`pull_request`: a merged promotion PR into a phase's branch deploys its head to that phase."""
 
 from app.exceptions import InvalidVersion
-from app.plans import Deploy, Ignore, SummarizePromotion
+from app.plans import Deploy, Ignore, SummarizePromotion, Trigger
 from app.versions import short_sha, validate_version, version_from_title
 from app.webhooks.common import repo_of
 from app.webhooks.router import Router
@@ -33,7 +33,7 @@ def closed(payload, config):
         sha=head_sha,
         version=promoted or version_from_title(pr.get("title") or "") or short_sha(head_sha),
         # "promotion": the version was chosen by /promote (maybe renamed); a tag must not override it.
-        trigger="promotion" if promoted else "pull_request",
+        trigger=Trigger.PROMOTION if promoted else Trigger.PULL_REQUEST,
         actor=merger,
         dedup_key=f"pr:{repo.full_name}:{number}:{phase.name}",
         pr_number=number,

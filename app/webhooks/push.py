@@ -1,6 +1,6 @@
 """`push`: a branch push deploys to the push phase; a release tag push to the tag phase."""
 
-from app.plans import Deploy, Ignore
+from app.plans import Deploy, Ignore, Trigger
 from app.versions import short_sha
 from app.webhooks.common import repo_of, sender_of
 from app.webhooks.router import Router
@@ -37,7 +37,7 @@ def push(payload, config):
                 ref=ref,
                 sha=after,
                 version=short_sha(after),
-                trigger="push",
+                trigger=Trigger.PUSH,
                 actor=actor,
             )
     return Ignore(f"push to branch {branch} deploys nothing (only {repo.default_branch} does)")

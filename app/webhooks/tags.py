@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.pipeline import PipelineConfig
-from app.plans import Deploy, Ignore, Plan, Repo
+from app.plans import Deploy, Ignore, Plan, Repo, Trigger
 from app.versions import is_release_tag
 
 
@@ -24,7 +24,7 @@ def deploy_tag(config: PipelineConfig, repo: Repo, tag: str, sha: str | None, ac
         ref=f"refs/tags/{tag}",
         sha=sha,
         version=tag,
-        trigger="tag",
+        trigger=Trigger.TAG,
         actor=actor,
         dedup_key=f"tag:{repo.full_name}:{phase}:{tag}",
     )

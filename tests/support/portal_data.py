@@ -107,8 +107,7 @@ def build(make_settings, database_url, redis_conn, engine):
     """A portal app for the given settings, on this test's database, Redis DB and engine stub."""
 
     def make(**overrides):
-        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides))
-        ctx.__dict__["engine"] = engine
+        ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, **overrides), engine=engine)
         return ctx, create_app(context=ctx)
 
     return make
