@@ -10,6 +10,15 @@ from app.exceptions import SettingsError
 MASK = "••••••••"
 
 
+def mask(text: str, hidden: list[str]) -> str:
+    """`text` with every value in `hidden` (a phase's secrets, passwords) replaced by MASK: the
+    one way output shown to people hides secrets (deployment log, runtime logs)."""
+    for value in hidden:
+        if value:
+            text = text.replace(value, MASK)
+    return text
+
+
 class SecretBox:
     def __init__(self, key: bytes):
         self._fernet = Fernet(key)

@@ -68,7 +68,7 @@ from docker.utils import parse_bytes
 from requests import RequestException
 from sqlalchemy import delete, select
 
-from app.crypto import MASK
+from app.crypto import mask
 from app.exceptions import ConfigError, DeployFailed, ReleasePipelineError
 from app.models import App, AuditEntry, Profile, ServiceInstance, ServiceStatus, utcnow
 from app.pipeline import REPO_FILE, RepoConfig, Service
@@ -119,13 +119,6 @@ def definition_hash(service: Service) -> str:
 def render(template: str, *, host: str, port: int, password: str) -> str:
     """Replace the literal placeholders {host}, {port} and {password}; other braces stay as they are."""
     return template.replace("{host}", host).replace("{port}", str(port)).replace("{password}", password)
-
-
-def _scrub(text: str, hidden: list[str]) -> str:
-    for value in hidden:
-        if value:
-            text = text.replace(value, MASK)
-    return text
 
 
 # --- provisioning -----------------------------------------------------------------------------
@@ -218,7 +211,7 @@ class _Provisioner:
         self._say = say
 
     def say(self, text: str) -> None:
-        self._say(_scrub(text, self.hidden))
+        self._say(mask(text, self.hidden))
 
     # One service ------------------------------------------------------------------------------
 
@@ -253,7 +246,7 @@ class _Provisioner:
                         (wanted_hash if previous is not None else None))
             if previous is not None:
                 self.restore(name, previous, row, volume, password, pending=wanted_hash)
-            raise type(exc)(_scrub(str(exc), self.hidden)) from None
+            raise type(exc)(mask(str(exc), self.hidden)) from None
         self.record(name, row, status=ServiceStatus.HEALTHY, pending=pending, definition=target, definition_hash=target_hash,
                     exports=wanted.exports, image_id=image_id, container_id=container_id, volume=volume)
         if previous is not None and row is not None and row.image_id and row.image_id != image_id:

@@ -348,6 +348,9 @@ def seed(ctx, engine) -> dict[str, int]:
             "Server Error", "failed: health check failed: 500 Internal Server Error on /healthz after 30s")
     for phase in ("demo", "stage", "live"):
         engine.run("shop", phase, ids[phase])
+    now = time.time()
+    engine.written[f"c{ids['demo']}"] = [(now - 60 + n, f"GET /healthz 200 in {n} ms " + "z" * (n * 9))
+                                         for n in range(12)]
     set_profile(ctx, app_id, "demo", env={"LOG_LEVEL": "debug", "FEATURE_CHECKOUT": "on"}, secrets={"API_KEY": SECRET})
     ids["app"] = app_id
     return ids
@@ -381,6 +384,7 @@ def test_every_page_fits_the_window_at_desktop_and_phone_width(served, open_page
         "10-audit": "/apps/shop/audit",
         "11-notifications": "/notifications",
         "12-tokens": "/tokens",
+        "13-runtime-logs": "/apps/shop/phases/demo/logs",
     }
     for name, path in pages.items():
         page.goto(base + path)

@@ -666,6 +666,25 @@ def test_a_queued_deployment_says_what_it_waits_behind(admin, pctx):
     assert json.loads(events[0][1])["waiting_behind"] == []
 
 
+def test_runtime_logs_say_when_nothing_runs_or_the_engine_cannot_be_asked(admin, pctx, engine):
+    app_id = add_app(pctx)
+    empty = admin.get("/apps/shop/phases/demo/logs")
+    assert empty.status_code == 200 and "Nothing runs on Demo" in empty.text
+    assert admin.get("/apps/shop/phases/nope/logs").status_code == 404
+    demo = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a")
+    engine.run("shop", "demo", demo)
+    engine.written[f"c{demo}"] = [(1_700_000_000.5, "listening on :8080")]
+    page = admin.get("/apps/shop/phases/demo/logs").text
+    assert "listening on :8080" in page and 'datetime="2023-11-14T22:13:20.500000Z"' in page
+    engine.broken = True
+    broken = admin.get("/apps/shop/phases/demo/logs")
+    assert broken.status_code == 200 and "The output cannot be read: the Docker engine cannot be asked" in broken.text
+    for path in ("/api/v1/apps/shop/phases/demo/logs", "/api/v1/apps/shop/phases/demo/logs/events",
+                 "/apps/shop/phases/demo/logs/events"):
+        answer = admin.get(path)
+        assert answer.status_code == 503 and "the Docker engine cannot be asked" in answer.get_json()["reason"], path
+
+
 # --- history, compare, errors -------------------------------------------------------------------
 
 

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
-from app.exceptions import BuildFailed, DeployFailed, InvalidVersion
+from app.exceptions import BuildFailed, DeployFailed, EngineUnavailable, InvalidVersion
 from app.versions import validate_version
 
 LABEL_INSTANCE = "release-pipeline.instance"
@@ -344,6 +345,26 @@ class Engine:
         except NotFound:
             return []
         return output.decode("utf-8", errors="replace").splitlines()
+
+    def output(self, container_id: str, *, tail: int = 100, since: float | None = None) -> list[tuple[float, str]]:
+        """What a container of this installation (an app's or a backing service's) wrote to
+        stdout and stderr: its last `tail` lines, oldest first, as (unix time, text), only
+        those after `since` when given (a live tail asks again with the last time it saw).
+        [] when the container is gone. Secrets are the caller's to mask."""
+        try:
+            raw = self._own_container(container_id).logs(tail=tail, timestamps=True, since=since)
+        except NotFound:
+            return []
+        except (DockerException, requests.ConnectionError) as exc:
+            raise EngineUnavailable(f"the Docker engine cannot be asked: {exc}") from None
+        lines = []
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            stamp, _, text = line.partition(" ")
+            moment = _log_time(stamp)
+            if moment is None or (since is not None and moment <= since):
+                continue
+            lines.append((moment, text))
+        return lines
 
     def container_status(self, container_id: str) -> str | None:
         """ "running", "restarting", "exited", … or None when the container is gone."""
@@ -769,6 +790,16 @@ class Engine:
         except NotFound:
             return []
         return output.decode("utf-8", errors="replace").splitlines()
+
+
+def _log_time(stamp: str) -> float | None:
+    """Docker's RFC 3339 log timestamp (nanoseconds, `Z`) as unix time; None if it is none."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    try:
+        moment = datetime.fromisoformat(head).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return moment.timestamp() + (float(f"0.{fraction[:9]}") if fraction.isdigit() else 0.0)
 
 
 def _dockerfile_member(members: list[tarfile.TarInfo], dockerfile: str) -> tarfile.TarInfo | None:

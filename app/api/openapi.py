@@ -23,7 +23,7 @@ def _errors(*codes: int) -> dict:
     words = {400: "Invalid input (the reason names the field)", 401: "Not signed in, or a wrong token",
              403: "Your repository role does not allow this", 404: "No such app, phase or deployment",
              409: "Not possible in the current state (nothing to promote or roll back to)",
-             503: "The job queue is unavailable; nothing was done"}
+             503: "The job queue or the Docker engine is unavailable; nothing was done"}
     return {str(code): _json(_ref("Error"), words[code]) for code in codes}
 
 
@@ -212,6 +212,26 @@ def document(server_url: str, phases: list[str]) -> dict:
             parameters=[{"name": "target", "in": "path", "required": True, "schema": {"type": "string"},
                          "description": "The target's name in pipeline.yml"}],
             errors=(401, 403, 404))},
+        "/api/v1/apps/{name}/phases/{phase}/logs": {"get": _op(
+            "The phase's own output: the last lines of its running app container and each backing service, "
+            "every phase secret masked",
+            {"200": _json({"type": "object", "properties": {
+                "lines": {"type": "integer"},
+                "sources": {"type": "array", "items": {"type": "object", "properties": {
+                    "key": {"type": "string", "description": "`app`, or the service's name"},
+                    "label": {"type": "string"}, "running": {"type": "boolean"},
+                    "lines": {"type": "array", "items": {"type": "object", "properties": {
+                        "source": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                        "text": {"type": "string"}}}}}}}}}, "Each container's last lines")},
+            parameters=[APP, PHASE, _query("lines", {"type": "integer", "minimum": 1, "maximum": 2000},
+                                           "How many lines per container (200)")],
+            errors=(400, 401, 403, 404, 503))},
+        "/api/v1/apps/{name}/phases/{phase}/logs/events": {"get": _op(
+            "A live tail of the phase's containers as server-sent events",
+            {"200": {"description": "text/event-stream: `line` (source, at, text; id = its unix time) for each new "
+                                    "line; a stream that ends is resumed with Last-Event-ID or ?since"}},
+            parameters=[APP, PHASE, _query("since", {"type": "number"}, "Only lines after this unix time (now)")],
+            errors=(401, 403, 404, 503))},
         "/api/v1/apps/{name}/phases/{phase}/profile": {
             "get": _op("A phase's profile: effective values with their source; secrets masked",
                        {"200": _json(_ref("Profile"), "The profile")}, parameters=profile_params),

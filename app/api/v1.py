@@ -17,11 +17,12 @@ from sqlalchemy import select
 
 from app import shipped
 from app.actions import Outcome, profile_differences, rollback_target
+from app.exceptions import ReleasePipelineError
 from app.models import Deployment, Profile
 from app.permissions import Action, check
 from app.api import shapes
 from app.crypto import MASK
-from app.portal import auth, changes, live_log, queries
+from app.portal import auth, changes, live_log, queries, runtime_logs
 from app.security import csrf, UNSAFE
 from app.profiles import SIZING, resolve
 
@@ -280,6 +281,33 @@ def test_notification(target: str):
         role_of=auth.role_for)
     return jsonify({"notification": notification_id,
                     "message": f"test event queued for {target}; its delivery shows in GET /api/v1/notifications"}), 202
+
+
+# --- runtime logs -------------------------------------------------------------------------------
+
+
+def _runtime_sources(name: str, phase: str) -> runtime_logs.Sources:
+    try:
+        return runtime_logs.sources_for(_ctx(), name, phase, _view)[1]
+    except ReleasePipelineError as exc:
+        abort(503, description=f"the output cannot be read: {exc}")
+
+
+@bp.get("/apps/<name>/phases/<phase>/logs")
+def phase_logs(name: str, phase: str):
+    """The last `lines` lines of the phase's app container and each backing service, masked."""
+    lines = _int_arg("lines", runtime_logs.DEFAULT_LINES, 1, runtime_logs.MAX_LINES)
+    found = _runtime_sources(name, phase)
+    try:
+        return jsonify({"app": name, "phase": phase, **runtime_logs.document(_ctx(), found, lines)})
+    except ReleasePipelineError as exc:
+        abort(503, description=f"the output cannot be read: {exc}")
+
+
+@bp.get("/apps/<name>/phases/<phase>/logs/events")
+def phase_logs_events(name: str, phase: str):
+    """Server-sent events: `line` (source, at, text) for each new line, as `logs --tail` shows."""
+    return runtime_logs.tail_response(_ctx(), _runtime_sources(name, phase))
 
 
 # --- profiles -----------------------------------------------------------------------------------

@@ -30,19 +30,19 @@ HEARTBEAT_SECONDS = 15.0
 def response(ctx, deployment_id: int) -> Response:
     """The stream of `deployment_id` (already checked visible), after Last-Event-ID or ?after."""
     after = request.headers.get("Last-Event-ID", type=queries.row_id) or request.args.get("after", type=queries.row_id) or 0
-    return _events(stream(ctx, deployment_id, max(after, 0)))
+    return events_response(stream(ctx, deployment_id, max(after, 0)))
 
 
 def watch_response(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None) -> Response:
     """A `state` event each time what a page shows of these (visible) apps changes."""
-    return _events(watch(ctx, app_ids, payload))
+    return events_response(watch(ctx, app_ids, payload))
 
 
-def _events(body) -> Response:
+def events_response(body) -> Response:
     return Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def event(kind: str, data: dict, event_id: int | None = None) -> str:
+def event(kind: str, data: dict, event_id: int | str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 

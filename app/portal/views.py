@@ -7,6 +7,7 @@ through `app.portal.changes`, the same functions the JSON API uses.
 from __future__ import annotations
 
 import re
+import time
 
 from flask import (
     Blueprint,
@@ -23,14 +24,14 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from app.actions import current, profile_differences, rollback_target
+from app.exceptions import InvalidVersion, ReleasePipelineError
 from app.freezes import frozen
 from app.models import Deployment, DeploymentStatus, Profile
 from app.permissions import Action, check
-from app.portal import changes, live_log, queries
+from app.portal import changes, live_log, queries, runtime_logs
 from app.security import protect_forms
 from app.portal.auth import current_user, role_for
 from app.profiles import SIZING, resolve
-from app.exceptions import InvalidVersion
 from app.versions import validate_version
 
 bp = Blueprint("portal", __name__)
@@ -47,7 +48,8 @@ def _ctx():
 @bp.before_request
 def require_sign_in():
     if current_user() is None:
-        if request.endpoint in ("portal.deployment_events", "portal.apps_events", "portal.board_events"):
+        if request.endpoint in ("portal.deployment_events", "portal.apps_events", "portal.board_events",
+                                "portal.phase_logs_events"):
             return {"error": "unauthorized", "reason": "sign in first"}, 401
         return redirect(url_for("auth.signin", next=request.full_path.rstrip("?")))
     return None
@@ -172,6 +174,34 @@ def deployment_events(name: str, deployment_id: int):
         _require_view(app)
         queries.get_deployment(session, app, deployment_id)
     return live_log.response(ctx, deployment_id)
+
+
+@bp.get("/apps/<name>/phases/<phase>/logs")
+def phase_logs(name: str, phase: str):
+    """The phase's own output: the last lines of its app container and services, then a live tail."""
+    ctx = _ctx()
+    lines = request.args.get("lines", runtime_logs.DEFAULT_LINES, type=int)
+    lines = min(max(lines, 1), runtime_logs.MAX_LINES)
+    since = time.time()  # the live tail goes on from here (a line may show twice, none is lost)
+    try:
+        app, found = runtime_logs.sources_for(ctx, name, phase, _require_view)
+        shown, problem = runtime_logs.document(ctx, found, lines), None
+    except ReleasePipelineError as exc:
+        with ctx.db.session() as session:
+            app = queries.get_app(session, name)
+        shown, problem = {"lines": lines, "sources": []}, f"The output cannot be read: {exc}"
+    return render_template("logs.html", app=app, phase=phase, shown=shown, problem=problem, since=since,
+                           choices=(50, 200, 1000, runtime_logs.MAX_LINES))
+
+
+@bp.get("/apps/<name>/phases/<phase>/logs/events")
+def phase_logs_events(name: str, phase: str):
+    """Server-sent events: each new line of the phase's containers, masked."""
+    try:
+        _, found = runtime_logs.sources_for(_ctx(), name, phase, _require_view)
+    except ReleasePipelineError as exc:
+        return {"error": "unavailable", "reason": f"the output cannot be read: {exc}"}, 503
+    return runtime_logs.tail_response(_ctx(), found)
 
 
 @bp.get("/apps/<name>/compare")

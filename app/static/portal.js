@@ -127,6 +127,35 @@
     log.scrollTop = log.scrollHeight;
   }
 
+  // --- runtime logs: a live tail of each container ------------------------------------------
+  var runtime = document.getElementById("runtime-logs");
+  if (runtime && window.EventSource) {
+    var tail = new EventSource(runtime.dataset.stream + "?since=" + encodeURIComponent(runtime.dataset.since));
+    tail.addEventListener("open", function () {
+      runtime.querySelectorAll("[data-tail-indicator]").forEach(function (node) { node.hidden = false; });
+    });
+    tail.addEventListener("line", function (event) {
+      var line = JSON.parse(event.data);
+      var section = runtime.querySelector('[data-source="' + CSS.escape(line.source) + '"]');
+      if (!section) return;
+      var list = section.querySelector("ol");
+      var follow = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+      var item = el("li", "s-runtime fresh");
+      var stamp = el("time", "", (line.at || "").slice(11, 19));
+      stamp.setAttribute("datetime", line.at);
+      stamp.setAttribute("data-clock", "");
+      item.appendChild(stamp);
+      item.appendChild(el("span", "stream", line.source));
+      item.appendChild(el("span", "text", line.text));
+      localTimes(item);
+      list.appendChild(item);
+      var empty = section.querySelector(".log-empty");
+      if (empty) empty.remove();
+      if (follow) list.scrollTop = list.scrollHeight;
+    });
+    runtime.querySelectorAll("ol.log").forEach(function (list) { list.scrollTop = list.scrollHeight; });
+  }
+
   // --- profile form -----------------------------------------------------------------------
   function addRow(templateId, intoId) {
     var template = document.getElementById(templateId);

@@ -23,10 +23,14 @@ CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 class StubEngine:
     """Answers `list_containers` from a list; `broken` makes it fail like an unreachable engine."""
 
+    LABEL_SERVICE = "release-pipeline.service"
+
     def __init__(self):
         self.containers: list[ContainerInfo] = []
         self.broken = False
         self.calls = 0
+        #: container id -> what it wrote, as the adapter's `output` answers: (unix time, text)
+        self.written: dict[str, list[tuple[float, str]]] = {}
 
     def run(self, app: str, phase: str, deployment_id: int, status: str = "running") -> None:
         self.containers.append(ContainerInfo(
@@ -43,6 +47,15 @@ class StubEngine:
 
     def ping(self) -> bool:
         return not self.broken
+
+    def service_containers(self, app: str, phase: str | None = None) -> list[dict]:
+        if self.broken:
+            raise ConnectionError("engine unreachable")
+        return []
+
+    def output(self, container_id: str, *, tail: int = 100, since: float | None = None) -> list[tuple[float, str]]:
+        lines = [line for line in self.written.get(container_id, []) if since is None or line[0] > since]
+        return lines[-tail:]
 
 
 def add_app(ctx, name: str = "shop", full_name: str = "acme/shop", installation_id: int | None = 77) -> int:
