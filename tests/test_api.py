@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import pytest
 from rq import Queue
 from sqlalchemy import select
 
 from app.models import AuditEntry, Deployment, Profile
+from app.portal import live_log
 from tests.support.portal_data import (
     sign_in_as,
     ADMIN_TOKEN,
@@ -157,6 +159,25 @@ def test_a_reader_cannot_push_to_live_through_the_api(reader, redis_conn):
 
 
 # --- reading ------------------------------------------------------------------------------------
+
+
+def test_the_app_document_streams_live_as_deployments_move_on(api, actx, monkeypatch):
+    monkeypatch.setattr(live_log, "WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(live_log, "STREAM_SECONDS", 1.0)
+    app_id = add_app(actx)
+    add_deployment(actx, app_id, "demo", "a1b2c3d", "a")
+    timer = threading.Timer(0.3, lambda: add_deployment(actx, app_id, "demo", "b2c3d4e", "b", status="building"))
+    timer.start()
+    response = api.get("/api/v1/apps/shop/events")
+    timer.join()
+    assert response.mimetype == "text/event-stream"
+    states = [json.loads(block.split("data: ", 1)[1]) for block in response.get_data(as_text=True).split("\n\n")
+              if "event: state" in block]
+    assert len(states) == 2 and states[0]["state"] != states[1]["state"]
+    demo = [[p for p in state["phases"] if p["name"] == "demo"][0] for state in states]
+    assert demo[0]["in_progress"] is None and demo[1]["in_progress"]["version"] == "b2c3d4e"
+    assert demo[1]["current"]["version"] == "a1b2c3d"
+    assert error_of(api.get("/api/v1/apps/nope/events"))[0] == 404
 
 
 def test_apps_and_app_detail(api, actx, engine):

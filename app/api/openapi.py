@@ -171,6 +171,12 @@ def document(server_url: str, phases: list[str]) -> dict:
                 "The deployment")},
             parameters=[APP, DEPLOYMENT, _query("after", {"type": "integer"}, "Only log lines after this id")],
             errors=(400, 401, 403, 404))},
+        "/api/v1/apps/{name}/events": {"get": _op(
+            "The app's pipeline, live, as server-sent events",
+            {"200": {"description": "text/event-stream: `state` at once and on every change (a deployment queued, "
+                                    "moving on or ending, a freeze, a profile edit), its data the app's document "
+                                    "(as GET /api/v1/apps/{name}) plus `state`, an opaque token of that state"}},
+            parameters=[APP])},
         "/api/v1/apps/{name}/deployments/{deployment_id}/events": {"get": _op(
             "The deployment's live log as server-sent events, until it finishes",
             {"200": {"description": "text/event-stream: `line` (id = log line id), `status` on each change, "

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from app import shipped
 from app.actions import Outcome, profile_differences, rollback_target
 from app.exceptions import ReleasePipelineError
-from app.models import Deployment, Profile
+from app.models import App, Deployment, Profile
 from app.permissions import Action, check
 from app.api import shapes
 from app.crypto import MASK
@@ -136,16 +136,30 @@ def list_apps():
     return jsonify({"apps": out, "phases": ctx.config.phase_names})
 
 
+def _app_document(ctx, session, app, role: str) -> dict:
+    index = queries.containers(ctx.engine, app.name)
+    columns = queries.board(ctx, session, app, role, index)
+    return {**shapes.app_json(app), "your_role": role, "phases": [shapes.phase_json(app, view) for view in columns]}
+
+
 @bp.get("/apps/<name>")
 def app_detail(name: str):
     ctx = _ctx()
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
-        role = _view(app)
-        index = queries.containers(ctx.engine, app.name)
-        columns = queries.board(ctx, session, app, role, index)
-        return jsonify({**shapes.app_json(app), "your_role": role,
-                        "phases": [shapes.phase_json(app, view) for view in columns]})
+        return jsonify(_app_document(ctx, session, app, _view(app)))
+
+
+@bp.get("/apps/<name>/events")
+def app_events(name: str):
+    """Server-sent events: `state` with the app's document (as GET /apps/<name>) at once and
+    whenever a deployment of it is queued, moves on or ends, or a freeze or profile changes."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role, app_id = _view(app), app.id  # the role as it is now: the stream outlives the request
+    return live_log.watch_response(ctx, [app_id], lambda session: _app_document(ctx, session, session.get(App, app_id),
+                                                                                role))
 
 
 @bp.get("/apps/<name>/deployments")
