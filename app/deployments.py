@@ -25,7 +25,13 @@ def schedule(session: Session, app: App, plan: Deploy, *, source_id: int | None 
         required_approvals=plan.required_approvals,
         source_id=source_id,
         status=DeploymentStatus.QUEUED.value,
+        commit_title=plan.commit_title,
+        commit_author=plan.commit_author,
     )
+    if plan.commit_title is None and source_id is not None:  # a promotion or rollback: the same commit
+        source = session.get(Deployment, source_id)
+        if source is not None and source.sha == plan.sha:
+            deployment.commit_title, deployment.commit_author = source.commit_title, source.commit_author
     try:
         with session.begin_nested():
             session.add(deployment)

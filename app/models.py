@@ -190,6 +190,9 @@ class Deployment(Base):
     url: Mapped[str | None] = mapped_column(String(500))
     #: Why a deploy failed: last container log lines and health responses.
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The commit's title and author: from the push that planned it, else from its source deployment.
+    commit_title: Mapped[str | None] = mapped_column(String(200))
+    commit_author: Mapped[str | None] = mapped_column(String(100))
     #: What a promotion ships: the commits between what the phase served and this one
     #: (sha, title, author, url), newest first.
     commits: Mapped[list[Any]] = mapped_column(default=list)
@@ -206,6 +209,14 @@ class Deployment(Base):
     @property
     def short_sha(self) -> str:
         return (self.sha or "")[:7]
+
+    @property
+    def headline(self) -> tuple[str | None, str | None]:
+        """(title, author) of its commit: as recorded, else from the commits it shipped."""
+        if self.commit_title:
+            return self.commit_title, self.commit_author
+        shipped = next((c for c in self.commits or [] if isinstance(c, dict) and c.get("sha") == self.sha), None)
+        return (shipped.get("title"), shipped.get("author")) if shipped else (None, None)
 
 
 class PhaseSlots(Base):

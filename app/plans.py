@@ -89,6 +89,9 @@ class Deploy:
     pr_author: str | None = None
     required_approvals: int = 0
     prefer_tag: bool = False
+    #: The commit's title (its message's first line) and author, when the event carries them (a push).
+    commit_title: str | None = None
+    commit_author: str | None = None
 
     def __post_init__(self) -> None:
         _text(self.phase, "phase", limit=40)
@@ -101,6 +104,8 @@ class Deploy:
         _number(self.pr_number, "pull request number", optional=True, maximum=2**31 - 1)
         _text(self.pr_author, "pull request author", limit=100, optional=True)
         _number(self.required_approvals, "required approvals", maximum=1000)
+        _text(self.commit_title, "commit title", limit=200, optional=True)
+        _text(self.commit_author, "commit author", limit=100, optional=True)
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,27 @@ def test_push_to_a_phase_is_confirmed_on_a_page_that_shows_what_changes(admin, p
     assert deployments(pctx, phase="stage")[-1].version == "v1.3.0" and deploy_jobs(redis_conn) == []
 
 
+def test_commit_titles_and_authors_show_on_deployments_history_and_the_board_and_travel_with_a_push(
+        admin, pctx, redis_conn):
+    app_id = add_app(pctx)
+    demo = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a", commit_title="Fix the <checkout> total",
+                          commit_author="ada")
+    for path in (f"/apps/shop/deployments/{demo}", "/apps/shop/phases/demo", "/apps/shop"):
+        page = admin.get(path).text
+        assert '<span class="commit-title" title="Fix the &lt;checkout&gt; total">Fix the &lt;checkout&gt; total</span>' \
+            in page and '<span class="muted small commit-author">ada</span>' in page, path
+    response = admin.post("/apps/shop/phases/stage/promote", data={"csrf_token": token_of(admin, "/apps/shop")})
+    assert response.status_code == 303
+    [to_stage] = deployments(pctx, phase="stage")
+    assert (to_stage.commit_title, to_stage.commit_author) == ("Fix the <checkout> total", "ada")
+    body = admin.get(f"/api/v1/deployments/{to_stage.id}").get_json()
+    assert (body["commit_title"], body["commit_author"]) == ("Fix the <checkout> total", "ada")
+    # Without a recorded title, the commit it shipped (read from git by the worker) gives it.
+    other = add_deployment(pctx, app_id, "live", "v1.0.0", "b",
+                           commits=[{"sha": "b" * 40, "title": "Add search", "author": "bo"}])
+    assert "Add search" in admin.get(f"/apps/shop/deployments/{other}").text
+
+
 def test_push_with_an_invalid_name_or_nothing_to_push_is_explained(admin, pctx, redis_conn):
     app_id = add_app(pctx)
     token = token_of(admin, "/apps/shop")

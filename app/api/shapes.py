@@ -35,6 +35,8 @@ def deployment_json(app: App, d: Deployment) -> dict[str, Any]:
         "phase": d.phase,
         "version": d.version,
         "sha": d.sha,
+        "commit_title": d.headline[0],
+        "commit_author": d.headline[1],
         "ref": d.ref,
         "status": d.status,
         "reason": d.reason,

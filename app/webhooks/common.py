@@ -19,6 +19,22 @@ def repo_of(payload: dict[str, Any]) -> Repo:
     )
 
 
+def commit_of(head: Any) -> dict[str, str | None]:
+    """A push's `head_commit` as the plan keeps it: its title (the message's first line) and
+    author. A commit message is the pusher's free text: anything odd in it is cut or replaced,
+    never a reason to refuse the push."""
+    head = head if isinstance(head, dict) else {}
+    message, author = head.get("message"), head.get("author") if isinstance(head.get("author"), dict) else {}
+    who = author.get("username") or author.get("name")
+    return {"commit_title": _printable(message.strip().split("\n", 1)[0], 200) if isinstance(message, str) else None,
+            "commit_author": _printable(who, 100) if isinstance(who, str) else None}
+
+
+def _printable(text: str, limit: int) -> str | None:
+    cleaned = text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8").strip()[:limit]
+    return cleaned or None
+
+
 def sender_of(payload: dict[str, Any]) -> str:
     return _text((payload.get("sender") or {}).get("login") or "")
 

@@ -2,7 +2,7 @@
 
 from app.plans import Deploy, Ignore, Trigger
 from app.versions import short_sha
-from app.webhooks.common import repo_of, sender_of
+from app.webhooks.common import commit_of, repo_of, sender_of
 from app.webhooks.router import Router
 from app.webhooks.tags import deploy_tag
 
@@ -25,7 +25,8 @@ def push(payload, config):
     if ref.startswith("refs/tags/"):
         head = payload.get("head_commit") or {}
         # For an annotated tag `after` is the tag object; head_commit names the commit.
-        return deploy_tag(config, repo, ref.removeprefix("refs/tags/"), head.get("id") or after, actor, "push")
+        return deploy_tag(config, repo, ref.removeprefix("refs/tags/"), head.get("id") or after, actor, "push",
+                          commit=commit_of(head))
     if not ref.startswith("refs/heads/"):
         return Ignore(f"push to {ref} deploys nothing")
     branch = ref.removeprefix("refs/heads/")
@@ -39,5 +40,6 @@ def push(payload, config):
                 version=short_sha(after),
                 trigger=Trigger.PUSH,
                 actor=actor,
+                **commit_of(payload.get("head_commit")),
             )
     return Ignore(f"push to branch {branch} deploys nothing (only {repo.default_branch} does)")

@@ -14,7 +14,8 @@ def tag_phase(config: PipelineConfig, tag: str) -> str | None:
     return None
 
 
-def deploy_tag(config: PipelineConfig, repo: Repo, tag: str, sha: str | None, actor: str, via: str) -> Plan:
+def deploy_tag(config: PipelineConfig, repo: Repo, tag: str, sha: str | None, actor: str, via: str,
+               commit: dict[str, str | None] | None = None) -> Plan:
     phase = tag_phase(config, tag)
     if phase is None:
         return Ignore(f"tag {tag} ({via}) is not a release tag of any phase")
@@ -27,4 +28,5 @@ def deploy_tag(config: PipelineConfig, repo: Repo, tag: str, sha: str | None, ac
         trigger=Trigger.TAG,
         actor=actor,
         dedup_key=f"tag:{repo.full_name}:{phase}:{tag}",
+        **(commit or {}),
     )
