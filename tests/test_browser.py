@@ -396,6 +396,14 @@ def test_every_page_fits_the_window_at_desktop_and_phone_width(served, open_page
     log = page.locator("#log")
     assert (log.get_attribute("role"), log.get_attribute("aria-live")) == ("log", "polite")
     assert page.locator("#log time").first.get_attribute("title").endswith(" UTC")
+    # A refused profile field is explained next to it by the server, not by the browser's pattern.
+    page.goto(f"{base}/apps/shop/phases/stage/profile")
+    page.fill("#f-memory", "lots")
+    page.click("text=Save Stage profile")
+    page.wait_for_selector("#error-sizing-memory")
+    assert page.locator("#f-memory").input_value() == "lots"
+    assert page.locator("#error-sizing-memory").inner_text().startswith("Must be a number with a unit")
+    check_layout(page, "14-profile-field-error")
     # "Why it failed" keeps its health evidence.
     page.goto(f"{base}/apps/shop/deployments/{ids['failed']}")
     assert "500 Internal Server Error" in page.locator(".evidence").inner_text()

@@ -562,8 +562,30 @@ def test_invalid_profile_input_is_refused_with_the_field_named(admin, pctx):
     for data, message in cases:
         response = admin.post("/apps/shop/phases/stage/profile", data={"csrf_token": token, **data},
                               follow_redirects=True)
-        assert response.status_code == 200 and message in response.text, message
+        assert response.status_code == 422 and message in response.text, message
     assert audit_entries(pctx) == []
+
+
+def test_a_refused_profile_field_is_explained_next_to_it_and_what_was_typed_is_kept(admin, pctx):
+    add_app(pctx)
+    token = token_of(admin, "/apps/shop/phases/stage/profile")
+    page = admin.post("/apps/shop/phases/stage/profile", data={
+        "csrf_token": token, "memory": "lots", "replicas": "3", "env_name": ["GREETING"], "env_value": ["hi"],
+        "secret_name": ["TOKEN"], "secret_value": ["s3cr3t-typed-value"]})
+    assert page.status_code == 422
+    html = page.text
+    field = re.search(r'<input class="input" id="f-memory" name="memory" value="([^"]*)"[^>]*>', html)
+    assert field and field.group(1) == "lots"
+    assert 'aria-invalid="true" aria-describedby="error-sizing-memory"' in field.group(0)
+    note = re.search(r'<p class="field-error" id="error-sizing-memory">([^<]*)</p>', html)
+    assert note and note.group(1).startswith("Must be a number with a unit")
+    assert 'id="f-replicas" name="replicas" value="3"' in html
+    assert 'data-typed-env="GREETING"' in html and 'value="hi"' in html and 'data-typed-secret="TOKEN"' in html
+    assert "s3cr3t-typed-value" not in html  # a secret value is never sent back
+    assert 'pattern="' not in html  # the browser's "Please match the requested format" gives way to these
+    missing = admin.post("/apps/shop/phases/stage/profile", data={
+        "csrf_token": token, "secret_name": ["TOKEN"], "secret_value": [""]}).text
+    assert re.search(r'<p class="field-error" id="error-secrets-TOKEN">Needs a value</p>', missing)
 
 
 # --- deployment page and the live log -----------------------------------------------------------

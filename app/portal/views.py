@@ -444,6 +444,8 @@ def profile(name: str, phase: str):
         except HTTPException as exc:
             if exc.code == 404:
                 raise
+            if exc.code == 400:  # about a field: said next to it, with what was typed kept
+                return _profile_page(name, phase, error=exc.description or "invalid input", submitted=request.form)
             return _form_failure(exc, here)
         if changed:
             flash(f"Saved the {phase} profile: " + "; ".join(changed) + ". "
@@ -451,6 +453,13 @@ def profile(name: str, phase: str):
         else:
             flash("Nothing changed.", "info")
         return redirect(here, code=303)
+    return _profile_page(name, phase)
+
+
+def _profile_page(name: str, phase: str, *, error: str | None = None, submitted=None):
+    """The profile editor; after a refused save, the server's message next to the field it
+    names (`sizing/memory: …`, `env/NAME: …`) and the typed values (never secret values) kept."""
+    ctx = _ctx()
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         role = _require_view(app)
@@ -460,12 +469,25 @@ def profile(name: str, phase: str):
         audit = queries.audit_log(session, app, phase, limit=10)
     decision = check(role, Action.EDIT_PROFILE, phase, ctx.config.roles)
     inherited_sizing = _inherited_sizing(ctx, name, phase)
+    own_sizing = {k: getattr(own, k) for k in SIZING} if own else {}
+    new_env: list[tuple[str, str]] = []
+    new_secrets: list[str] = []
+    field, message = None, None
+    if error is not None:
+        field, _, message = error.partition(": ") if re.match(r"(sizing|env|secrets)/[^:]*: ", error) else \
+            (None, "", error)
+        own_sizing.update({k: submitted.get(k, "") for k in SIZING})
+        known = set(resolved.env)
+        new_env = [(n.strip(), v) for n, v in zip(submitted.getlist("env_name"), submitted.getlist("env_value"),
+                                                  strict=False) if (n.strip() or v) and n.strip() not in known]
+        new_secrets = [n.strip() for n in submitted.getlist("secret_name") if n.strip()]
     return render_template(
         "profile.html", app=app, phase=phase, resolved=resolved, decision=decision, audit=audit,
         own_env=dict(sorted((own.env or {}).items())) if own else {},
         own_secrets=sorted((own.secrets or {}).keys()) if own else [],
-        own_sizing={k: getattr(own, k) for k in SIZING} if own else {},
-        inherited_sizing=inherited_sizing, previous=ctx.config.previous_phases(phase))
+        own_sizing=own_sizing, inherited_sizing=inherited_sizing, previous=ctx.config.previous_phases(phase),
+        error=error, error_field=field, error_message=message, new_env=new_env, new_secrets=new_secrets,
+    ), 422 if error else 200
 
 
 def _inherited_sizing(ctx, name: str, phase: str) -> dict:
