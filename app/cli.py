@@ -1,5 +1,5 @@
-"""The `release-pipeline` command: operator commands (up, migrate, serve, worker, scheduler,
-router, doctor, simulate) and client commands (app.cli_client). Every process checks what it
+"""The `release-pipeline` command: operator commands (up, migrate, serve, intake, worker,
+scheduler, router, doctor, simulate) and client commands (app.cli_client). Every process checks what it
 needs before it starts (app.startup)."""
 
 from __future__ import annotations
@@ -154,6 +154,25 @@ def worker(burst: bool, queue_names: str) -> None:
 
 
 @main.command()
+def intake() -> None:
+    """Drain the deliveries the webhook endpoint accepted: plan, record and queue each, in order."""
+    import threading
+
+    from app import startup
+    from workers import intake as drainer
+
+    _metrics_dir()
+    ctx = _context(schema=True)
+    _prepare_metrics_dir()
+    _logging(ctx)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    startup.wait_until(ctx.jobs.ping, "Redis at REDIS_URL")
+    drainer.run(ctx, stopping=stop.is_set, sleep=stop.wait)
+
+
+@main.command()
 def scheduler() -> None:
     """Enqueue the periodic jobs: reconcile, report and notification catch-up, redelivery of missed webhooks."""
     from app import startup
@@ -192,7 +211,7 @@ def router() -> None:
 @click.option("--host", default=None, help="Address of the web server and router.  [default: $BIND or 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="Port of the web server.  [default: $PORT or 8000]")
 def up(host: str | None, port: int | None) -> None:
-    """Everything on one machine: migrations, router, web, worker and scheduler, until Ctrl-C."""
+    """Everything on one machine: migrations, router, web, intake, worker and scheduler, until Ctrl-C."""
     from app import local
     from app.supervisor import Child, Supervisor
 
@@ -209,7 +228,8 @@ def up(host: str | None, port: int | None) -> None:
     exe = [sys.executable, "-m", "app.cli"]
     # One metrics directory for all the processes below, emptied now that none of them runs.
     shutil.rmtree(_metrics_dir(), ignore_errors=True)
-    children = [Child("serve", [*exe, "serve"]), Child("worker", [*exe, "worker", "--queues", WORK_QUEUES]),
+    children = [Child("serve", [*exe, "serve"]), Child("intake", [*exe, "intake"]),
+                Child("worker", [*exe, "worker", "--queues", WORK_QUEUES]),
                 # Notifications have a worker of their own: a slow target never holds up a deploy.
                 Child("notifier", [*exe, "worker", "--queues", "notifications"]),
                 Child("scheduler", [*exe, "scheduler"])]
@@ -355,6 +375,8 @@ def _simulated(ctx, delivery) -> None:
 
     try:
         answer = sim.send(ctx.settings.public_url, ctx.settings.webhook_secret or "", delivery)
+        if answer.get("delivery"):  # accepted: the intake drainer plans and records it
+            answer.update(sim.recorded(ctx.db, answer["delivery"]))
     except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
         raise click.ClickException(f"{ctx.settings.public_url}: {exc} (is `release-pipeline up` running?)") from None
     click.echo(answer.get("reason", ""))

@@ -12,6 +12,7 @@ from typing import Any
 from redis import Redis
 
 from app.db import Database
+from app.inbox import Inbox
 from app.jobs import Jobs
 from app.notifications import Notifier
 from app.pipeline import PipelineConfig, load_pipeline
@@ -49,6 +50,11 @@ class Context:
     def redis(self) -> Redis:
         return self._part("redis", lambda: Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
                                                           socket_timeout=5))
+
+    @property
+    def inbox(self) -> Inbox:
+        """Deliveries accepted by the webhook endpoint, waiting for the intake drainer."""
+        return self._part("inbox", lambda: Inbox(self.redis, self.settings.pipeline_instance))
 
     @property
     def jobs(self) -> Jobs:

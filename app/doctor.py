@@ -80,11 +80,26 @@ def _processes(ctx: Context) -> list[Check]:
     detail = (f"{len(workers)} worker(s) serving {', '.join(QUEUES)}" if not unserved
               else f"no worker serves {', '.join(unserved)} ({len(workers)} worker(s) running)")
     return [
+        _intake(ctx),
         Check("worker", not unserved, detail,
               "start one: release-pipeline worker (up and the Procfile start one)"),
         Check("scheduler", bool(schedulers), "running" if schedulers else "not running",
               "start one: release-pipeline scheduler (up and the Procfile start one)"),
     ]
+
+
+def _intake(ctx: Context) -> Check:
+    """The drainer that records what the webhook endpoint accepted (it holds the inbox's lease)."""
+    inbox = ctx.inbox
+    holder, waiting, aside = inbox.drainer(), inbox.waiting(), inbox.set_aside_count()
+    if aside:
+        return Check("intake", False, f"{aside} deliveries set aside: they could not be recorded",
+                     "see the intake drainer's log for the error of each (redis-cli XRANGE "
+                     f"{inbox.failed} - + shows them)")
+    if holder is None:
+        return Check("intake", False, f"no drainer running: {waiting} accepted deliveries wait unrecorded",
+                     "start one: release-pipeline intake (up and the Procfile start one)")
+    return Check("intake", True, f"drainer {holder}, {waiting} deliveries waiting")
 
 
 def _sign_in(ctx: Context, redis_ok: bool) -> Check:

@@ -1,7 +1,9 @@
 """Carrying out a plan at intake: record the delivery, record what it asks for, enqueue.
 
-Only fast, local work happens here (database and Redis); everything that talks to GitHub,
-git or Docker runs in workers. A redelivered id is recognised by the delivery table.
+The intake drainer (workers/intake.py) calls this for each delivery the webhook endpoint
+appended to the inbox. Only fast, local work happens here (database and Redis); everything
+that talks to GitHub, git or Docker runs in workers. A redelivered id is recognised by the
+delivery table, so an inbox entry read twice is recorded once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from app.context import Context
 from app.deployments import schedule
 from app.models import Deployment, Delivery, DeliveryOutcome
-from app.plans import Deploy, Ignore, Invalid, Plan, Pong, Reply, RunCommand, SummarizePromotion, SyncInstallation
+from app.plans import Deploy, Ignore, Invalid, Plan, Reply, RunCommand, SummarizePromotion, SyncInstallation
 from app.registry import ensure_app, sync_installation
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Receipt:
-    """The HTTP answer to a delivery, and the jobs to enqueue once it is recorded."""
+    """The answer to a delivery (its reason, the deployment it planned) and the jobs to enqueue
+    once it is recorded; 503 while the database or the queue is down."""
 
     status: int
     body: dict
@@ -32,11 +35,7 @@ class Receipt:
 
 
 def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Receipt:
-    """Record and enqueue; the caller gets the HTTP answer."""
-    if isinstance(plan, Invalid):
-        return Receipt(400, {"error": "malformed delivery", "reason": plan.reason})
-    if isinstance(plan, Pong):
-        return Receipt(200, {"ok": True, "reason": "pong"})
+    """Record and enqueue; 503 (nothing recorded) when the database or the queue is down."""
     # Events that deploy nothing are recorded without their handler reading the payload: any
     # field may have any type here.
     repository = payload.get("repository")
@@ -62,7 +61,9 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
             created_deployments = [job[1] for job in receipt.enqueue if job[0] == "deploy"]
             created_reports = [job[1] for job in receipt.enqueue if job[0] == "report"]
             delivery.reason = _column_text(receipt.body.get("reason", ""), 300) or ""
-            if receipt.enqueue:
+            if receipt.status == 400:
+                delivery.outcome = DeliveryOutcome.MALFORMED.value
+            elif receipt.enqueue:
                 delivery.job_id = ",".join(str(j[1]) for j in receipt.enqueue)[:100]
             else:
                 delivery.outcome = DeliveryOutcome.IGNORED.value
@@ -79,6 +80,13 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
     return receipt
 
 
+def planned_deployment(delivery: Delivery) -> int | None:
+    """The deployment a recorded delivery planned: its job ids list the deploy first."""
+    if delivery.outcome != DeliveryOutcome.ACCEPTED.value or not delivery.reason.startswith("deploying"):
+        return None
+    return int(delivery.job_id.split(",")[0])
+
+
 def _column_text(value, limit: int) -> str | None:
     """Payload text as a column can hold it: cut to size, lone surrogates and NUL (which
     PostgreSQL refuses in text) replaced; non-text is None."""
@@ -88,6 +96,8 @@ def _column_text(value, limit: int) -> str | None:
 
 
 def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt:
+    if isinstance(plan, Invalid):
+        return Receipt(400, {"error": "malformed delivery", "reason": plan.reason})
     if isinstance(plan, Ignore):
         return Receipt(202, {"ok": True, "reason": plan.reason})
     if isinstance(plan, SyncInstallation):

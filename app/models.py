@@ -48,6 +48,8 @@ class Base(DeclarativeBase):
 class DeliveryOutcome(str, enum.Enum):
     ACCEPTED = "accepted"
     IGNORED = "ignored"
+    #: Signed and valid JSON, but not a delivery the planner can read (kept with its reason).
+    MALFORMED = "malformed"
 
 
 class DeploymentStatus(str, enum.Enum):

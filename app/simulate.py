@@ -94,6 +94,25 @@ def send(url: str, secret: str, delivery: Delivery) -> dict:
     return answer
 
 
+def recorded(db, delivery_id: str, pause: float = 0.01, timeout: float = 60) -> dict:
+    """What the intake drainer recorded for an accepted delivery: its reason and the
+    deployment it planned ("deployment", when it planned one). Raises once `timeout` passed."""
+    from app.intake import planned_deployment
+    from app.models import Delivery as Recorded
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session() as session:
+            row = session.get(Recorded, delivery_id)
+        if row is not None:
+            deployment = planned_deployment(row)
+            return {"reason": row.reason, **({"deployment": deployment} if deployment else {})}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"delivery {delivery_id} was accepted but not recorded within {timeout:g} s: "
+                               "is the intake drainer (release-pipeline intake) running?")
+        time.sleep(pause)
+
+
 def wait(db, deployment_id: int, pause: float = 0.5, timeout: float = WAIT_SECONDS) -> Deployment:
     """The deployment once it finished (succeeded, failed, refused, superseded)."""
     deadline = time.monotonic() + timeout

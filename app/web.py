@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
 
     flask_app.url_map.converters["id"] = RowIdConverter
     security.init_app(flask_app, ctx.settings.public_url)
-    for blueprint in (receiver.bp, healthz.bp, scrape.bp, github_setup.bp, auth.bp, views.bp, tokens.bp, v1.bp):
+    for blueprint in (healthz.bp, scrape.bp, github_setup.bp, auth.bp, views.bp, tokens.bp, v1.bp):
         flask_app.register_blueprint(blueprint)
     portal.init_app(flask_app)
 
@@ -59,4 +59,6 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
             return portal.error_page(500, "Something went wrong", "The error was logged.")
         return jsonify({"error": "internal error", "reason": "the error was logged"}), 500
 
+    # Deliveries skip Flask altogether (app.receiver): the intake's cost is its own work.
+    flask_app.wsgi_app = receiver.Receiver(ctx, flask_app.wsgi_app)
     return flask_app

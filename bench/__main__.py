@@ -54,6 +54,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--postgres", metavar="ADMIN_URL",
                         help="use a fresh PostgreSQL database created via this URL (e.g. "
                              "postgresql://postgres@127.0.0.1:5432/postgres) instead of SQLite")
+    parser.add_argument("--intake-databases", default="sqlite,postgresql",
+                        help="databases the intake part (and its burst) runs on, in turn (default: both)")
+    parser.add_argument("--postgres-admin", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="where the intake part creates its PostgreSQL database (default: %(default)s)")
+    parser.add_argument("--burst", type=int, help="deliveries in the intake burst (default 1000; quick 200)")
     parser.add_argument("--profile", action="store_true",
                         help="record each part's processes with py-spy into bench/results/profile-*.txt")
     parser.add_argument("--ports", metavar="LOW-HIGH",
@@ -69,6 +74,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.notify_runs = args.notify_runs or (2 if quick else 5)
     args.wrk_seconds = args.wrk_seconds or (3 if quick else 10)
     args.wrk_rounds = args.wrk_rounds or (1 if quick else 2)
+    args.burst = args.burst if args.burst is not None else (200 if quick else 1000)
+    args.intake_databases = [d.strip() for d in args.intake_databases.split(",") if d.strip()]
+    if not set(args.intake_databases) <= {"sqlite", "postgresql"}:
+        parser.error("--intake-databases: sqlite and/or postgresql")
     if args.ports:
         from bench import env as bench_env
 
@@ -126,27 +135,29 @@ def main(argv: list[str] | None = None) -> int:
     table = report.Table()
     failures = 0
     started = time.monotonic()
-    load = os.getloadavg()[0]
-    database = "SQLite (WAL)" if not args.postgres else "PostgreSQL"
+    load = os.getloadavg()
+    database = (f"intake on {' and '.join(args.intake_databases)}; the other parts on "
+                f"{'SQLite (WAL)' if not args.postgres else 'PostgreSQL'}")
     wrk_settings = (f"wrk -t{args.threads} -c{args.connections}, {args.wrk_rounds}×{args.wrk_seconds} s per side, "
                     "alternating")
 
     try:
-        with Env(redis_url=args.redis_url, database=args.postgres or "sqlite", keep=args.keep) as env:
+        with Env(redis_url=args.redis_url, database=args.postgres or "sqlite", keep=args.keep,
+                 postgres_admin=args.postgres_admin) as env:
             log(f"bench: instance {env.instance}, files in {env.home}")
-            if "intake" in args.parts:
-                log("== 1. intake")
+            for database in args.intake_databases if "intake" in args.parts else []:
+                log(f"== 1. intake on {database}")
                 from bench import intake
 
                 try:
                     result = intake.run(env, seconds=args.wrk_seconds, connections=args.connections,
-                                        threads=args.threads, rounds=args.wrk_rounds, profile_dir=profile_dir,
-                                        log=log)
+                                        threads=args.threads, rounds=args.wrk_rounds, database=database,
+                                        burst=args.burst, profile_dir=profile_dir, log=log)
                     report.intake_rows(table, result, wrk_settings)
                 except BenchError as exc:
                     failures += 1
-                    log(f"bench: intake failed: {exc}")
-                    report.error_row(table, "1", "intake", str(exc))
+                    log(f"bench: intake on {database} failed: {exc}")
+                    report.error_row(table, "1", f"intake ({database})", str(exc))
             if args.parts & {"deploy", "scale", "notify"}:
                 failures += _pipeline_parts(env, args, table, profile_dir)
     except BenchError as exc:
@@ -158,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (f"Release Pipeline bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
               f"`.venv/bin/python -m bench{' --quick' if args.quick else ''}`, commit {_git_revision()}; "
-              f"{os.cpu_count()} CPUs, load average {load:.1f} at start; {database}; {_versions()}; "
+              f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at the end (a shared machine); {database}; {_versions()}; "
               f"took {(time.monotonic() - started) / 60:.1f} min.")
     text = header + "\n\n" + table.render() + "\n"
     print(text)
@@ -182,10 +194,11 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
     ctx.db.migrate()
     ctx.router.ensure_server()
     web = env.start_web(settings, web_port)
+    env.start_intake(settings)
     workers = [env.start_worker(settings, "worker-1")]
     # As the Procfile: notifications have a worker of their own.
     env.start_worker(settings, "notifier", queues="notifications")
-    sender = Sender(f"http://127.0.0.1:{web_port}/api/github/webhooks", env.webhook_secret)
+    sender = Sender(f"http://127.0.0.1:{web_port}/api/github/webhooks", env.webhook_secret, ctx)
 
     if "deploy" in args.parts:
         log(f"== 2–4. push → URL ({args.runs} runs each, interleaved), dropped requests, promote → URL")

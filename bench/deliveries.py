@@ -84,23 +84,35 @@ class Repo:
 
 
 class Sender:
-    """POSTs signed deliveries to the webhook endpoint (one new connection each, as GitHub does)."""
+    """POSTs signed deliveries to the webhook endpoint (one new connection each, as GitHub does)
+    and, with the service's `ctx`, waits until the intake drainer recorded each."""
 
-    def __init__(self, url: str, secret: str):
+    def __init__(self, url: str, secret: str, ctx=None):
         self.url = url
         self.secret = secret
+        self.ctx = ctx
 
     def deliver(self, event: str, payload: dict) -> dict:
+        """The answer, with what the drainer recorded: its reason and "deployment" (if it planned one)."""
         body = json.dumps(payload).encode()
+        delivery = "bench-" + secrets.token_hex(12)
         response = requests.post(self.url, data=body, timeout=10, headers={
             "X-GitHub-Event": event,
-            "X-GitHub-Delivery": "bench-" + secrets.token_hex(12),
+            "X-GitHub-Delivery": delivery,
             "X-Hub-Signature-256": sign(body, self.secret),
             "Content-Type": "application/json",
         })
         if response.status_code not in (200, 202):
             raise RuntimeError(f"delivery refused: {response.status_code} {response.text[:300]}")
-        return response.json()
+        answer = response.json()
+        if response.status_code == 202 and self.ctx is not None:
+            answer.update(self.recorded(delivery))
+        return answer
+
+    def recorded(self, delivery_id: str) -> dict:
+        from app.simulate import recorded
+
+        return recorded(self.ctx.db, delivery_id, pause=0.005)
 
 
 def git(path: Path, *args: str) -> str:

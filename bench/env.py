@@ -154,6 +154,7 @@ class Env:
 
     redis_url: str = "redis://127.0.0.1:6379/7"
     database: str = "sqlite"  # or a PostgreSQL admin URL: a fresh database is created there
+    postgres_admin: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # for parts run on both
     keep: bool = False
     instance: str = field(default_factory=lambda: "bench" + secrets.token_hex(3))
     processes: list[Proc] = field(default_factory=list)
@@ -244,30 +245,37 @@ class Env:
 
     # -- settings --
 
-    def database_url(self, name: str) -> str:
-        if self.database == "sqlite":
+    def database_url(self, name: str, database: str | None = None) -> str:
+        """A fresh database: SQLite, or PostgreSQL via `postgres_admin` ("postgresql"); the
+        bench's default (`database`) when not given."""
+        kind = database or ("sqlite" if self.database == "sqlite" else "postgresql")
+        if kind == "sqlite":
             return f"sqlite:///{self.home / (name + '.db')}"
         return self._create_pg(f"{self.instance}_{name}")
 
     def _create_pg(self, name: str) -> str:
         from sqlalchemy import create_engine, text
 
-        admin = create_engine(self.database.replace("postgresql://", "postgresql+psycopg://", 1),
+        admin = create_engine(self._pg_url.replace("postgresql://", "postgresql+psycopg://", 1),
                               isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
         except Exception as exc:  # noqa: BLE001
-            raise BenchError(f"cannot create PostgreSQL database {name} via {self.database}: {exc}") from None
+            raise BenchError(f"cannot create PostgreSQL database {name} via {self._pg_url}: {exc}") from None
         finally:
             admin.dispose()
         self._pg_databases.append(name)
-        return f"{self.database.rsplit('/', 1)[0]}/{name}"
+        return f"{self._pg_url.rsplit('/', 1)[0]}/{name}"
+
+    @property
+    def _pg_url(self) -> str:
+        return self.postgres_admin if self.database == "sqlite" else self.database
 
     def _drop_pg(self, name: str) -> None:
         from sqlalchemy import create_engine, text
 
-        admin = create_engine(self.database.replace("postgresql://", "postgresql+psycopg://", 1),
+        admin = create_engine(self._pg_url.replace("postgresql://", "postgresql+psycopg://", 1),
                               isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
@@ -357,6 +365,16 @@ class Env:
                    timeout=60, interval=0.2, process=proc)
         # the master answers through its workers: wait until every worker is up
         wait_until("gunicorn's workers", lambda: len(children_of(proc.pid)) >= 2, timeout=30, process=proc)
+        return proc
+
+    def start_intake(self, env: dict[str, str], name: str = "intake") -> Proc:
+        """`release-pipeline intake` (the Procfile's intake: line), once it holds the inbox."""
+        from app.inbox import Inbox
+
+        inbox = Inbox(self.redis, env["PIPELINE_INSTANCE"])
+        proc = self.start(name, self.release_pipeline("intake"), env=env)
+        wait_until("the intake drainer holding the inbox", lambda: inbox.drainer() is not None,
+                   timeout=60, interval=0.2, process=proc)
         return proc
 
     def start_worker(self, env: dict[str, str], name: str = "worker",

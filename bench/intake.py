@@ -179,9 +179,11 @@ def combine(rounds: list[WrkResult]) -> WrkResult:
     )
 
 
-def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, profile_dir: Path | None = None,
-        log=print) -> dict:
-    """Rounds alternate peer, ours, ours, peer, … so drifting load on the machine hits both alike."""
+def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, database: str = "sqlite",
+        burst: int = 1000, profile_dir: Path | None = None, log=print) -> dict:
+    """Rounds alternate peer, ours, ours, peer, … so drifting load on the machine hits both alike.
+    Ours runs as the Procfile runs it: gunicorn and the intake drainer side by side (no RQ
+    worker, so the deploy jobs pile up)."""
     body = intake_push()
     body_file = env.home / "intake-push.json"
     body_file.write_bytes(body)
@@ -195,18 +197,19 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
     if probe.status_code != 200:
         raise BenchError(f"adnanh/webhook refused the signed delivery: {probe.status_code} {probe.text[:200]}")
 
-    # Ours, served the way the Procfile serves it; no worker, so the deploy jobs pile up.
     web_port = free_port()
-    settings = env.settings_env(env.database_url("intake"), web_port)
+    settings = env.settings_env(env.database_url(f"intake_{database}", database), web_port)
     ctx = env.context(settings)
     ctx.db.migrate()
-    web = env.start_web(settings, web_port, name="web-intake")
+    web = env.start_web(settings, web_port, name=f"web-intake-{database}")
+    drainer = env.start_intake(settings, name=f"intake-{database}")
     url = f"http://127.0.0.1:{web_port}/api/github/webhooks"
     probe = requests.post(url, data=body, timeout=5, headers={
         "X-Hub-Signature-256": signature, "Content-Type": "application/json", "X-GitHub-Event": "push",
         "X-GitHub-Delivery": "bench-probe-" + secrets.token_hex(4)})
-    if probe.status_code != 202 or "deploying" not in probe.text:
+    if probe.status_code != 202 or "accepted" not in probe.text:
         raise BenchError(f"our endpoint did not accept the signed push: {probe.status_code} {probe.text[:200]}")
+    wait_until("the probe delivery recorded", lambda: ctx.inbox.waiting() == 0, timeout=30, process=drainer)
 
     counts_before = _counts(env, ctx)
     ours_rounds, peer_rounds = [], []
@@ -215,7 +218,8 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
     if profile_dir is not None:
         from bench.profiling import Recording
 
-        recording = Recording(web.pid, profile_dir / "profile-intake.txt")
+        recording = Recording(web.pid, profile_dir / f"profile-intake-{database}.txt")
+    drainer_cpu = process_cpu(drainer.pid)
     for index in range(rounds):
         for side in order[index % 2]:
             if side == "ours":
@@ -226,17 +230,114 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
                 peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
                                            connections=connections, seconds=seconds, tag=f"peer{index}",
                                            server_pid=peer.pid))
-        log(f"  intake round {index + 1}/{rounds}: ours {ours_rounds[-1].rps:,.0f} req/s "
+        log(f"  intake round {index + 1}/{rounds} ({database}): ours {ours_rounds[-1].rps:,.0f} req/s "
             f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
             f"p99 {peer_rounds[-1].p99_ms:.0f} ms")
     if recording is not None:
         recording.stop()
-    time.sleep(1)  # requests wrk gave up on at the end of a round finish on the server
+    ours = combine(ours_rounds)
+    drained = _drained(ctx, drainer, counts_before["deliveries"] + ours.expected, timeout=300 + ours.expected / 20)
+    drainer_cpu = process_cpu(drainer.pid) - drainer_cpu
     counts = {k: v - counts_before[k] for k, v in _counts(env, ctx).items()}
-    env.stop(web)
     env.stop(peer)
+    burst_result = run_burst(ctx, url, body, signature, drainer, burst) if burst else None
+    env.stop(drainer)
+    env.stop(web)
     env.flush_redis()
-    return {"ours": combine(ours_rounds), "peer": combine(peer_rounds), "counts": counts, "web_log": web.log}
+    return {"ours": ours, "peer": combine(peer_rounds), "counts": counts, "web_log": web.log,
+            "database": database, "drain_seconds": drained, "drainer_cpu_ms": 1000 * drainer_cpu / max(1, ours.expected),
+            "burst": burst_result}
+
+
+def _drained(ctx, drainer, deliveries: int, timeout: float) -> float:
+    """Seconds after the last answer until the drainer had recorded `deliveries` in all."""
+    from app.models import Delivery
+
+    started = time.monotonic()
+
+    def recorded() -> bool:
+        with ctx.db.session() as session:
+            return session.scalar(select(func.count()).select_from(Delivery)) >= deliveries
+
+    wait_until(f"{deliveries} deliveries recorded by the intake drainer", recorded, timeout=timeout,
+               interval=0.2, process=drainer)
+    return time.monotonic() - started
+
+
+@dataclass
+class BurstResult:
+    deliveries: int
+    answered_202: int
+    slowest_ms: float
+    p99_ms: float
+    seconds: float
+    recorded: int
+    recorded_after_s: float
+
+    @property
+    def met(self) -> bool:
+        return self.answered_202 == self.deliveries == self.recorded and self.slowest_ms < 1000
+
+
+def run_burst(ctx, url: str, body: bytes, signature: str, drainer, deliveries: int, clients: int = 64) -> BurstResult:
+    """`deliveries` distinct deliveries at once from `clients` connections (each a keep-alive
+    session); every answer timed, then the wait until the drainer recorded them all."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    from app.models import Delivery
+
+    with ctx.db.session() as session:
+        before = session.scalar(select(func.count()).select_from(Delivery))
+    parts = urlsplit(url)
+    prefix = "burst-" + secrets.token_hex(4)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    ids = iter(range(deliveries))
+    gate = threading.Barrier(clients)
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        gate.wait()
+        while True:
+            with lock:
+                number = next(ids, None)
+            if number is None:
+                break
+            headers = {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                       "X-GitHub-Delivery": f"{prefix}-{number}", "X-Hub-Signature-256": signature}
+            sent = time.monotonic()
+            try:
+                connection.request("POST", parts.path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                status = 0
+                connection.close()
+                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+            with lock:
+                latencies.append(time.monotonic() - sent)
+                statuses.append(status)
+        connection.close()
+
+    workers = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    seconds = time.monotonic() - started
+    recorded_after = _drained(ctx, drainer, before + deliveries, timeout=300)
+    with ctx.db.session() as session:
+        recorded = session.scalar(select(func.count()).select_from(Delivery)
+                                  .where(Delivery.id.like(f"{prefix}-%")))
+    ordered = sorted(latencies)
+    return BurstResult(deliveries=deliveries, answered_202=statuses.count(202), slowest_ms=1000 * ordered[-1],
+                       p99_ms=1000 * ordered[int(0.99 * (len(ordered) - 1))], seconds=seconds,
+                       recorded=recorded, recorded_after_s=recorded_after)
 
 
 def _counts(env: Env, ctx) -> dict:
@@ -250,4 +351,4 @@ def _counts(env: Env, ctx) -> dict:
         deployments = session.scalar(select(func.count()).select_from(Deployment)
                                      .where(Deployment.status == "queued"))
     return {"deliveries": deliveries, "deployments": deployments,
-            "jobs": Queue(DEPLOYS, connection=env.redis).count}
+            "jobs": Queue(DEPLOYS, connection=env.redis).count, "set_aside": ctx.inbox.set_aside_count()}

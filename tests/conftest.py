@@ -174,14 +174,30 @@ def client(ctx):
     return create_app(context=ctx).test_client()
 
 
+def drain_inbox(ctx: Context) -> list:
+    """What `release-pipeline intake` does, in this process: record every delivery the endpoint
+    accepted, in order, until the inbox is empty; the intake outcomes (raises Unavailable while
+    the database or the queue is down)."""
+    from workers.intake import drain
+
+    ctx.inbox.ensure_group()
+    outcomes = []
+    while ctx.inbox.waiting():
+        outcomes += drain(ctx)
+    return outcomes
+
+
 @pytest.fixture
-def post_delivery(client):
-    """POST a payload as GitHub would, signed with the test secret."""
+def post_delivery(client, ctx):
+    """POST a payload as GitHub would, signed with the test secret; the intake drainer then
+    records it, as it does at once in a running installation."""
 
     def post(event: str, payload, *, delivery: str | None = None, secret: str = WEBHOOK_SECRET, headers=None):
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         sent = delivery_headers(event, body, delivery=delivery, secret=secret)
         sent.update(headers or {})
-        return client.post("/api/github/webhooks", data=body, headers=sent)
+        response = client.post("/api/github/webhooks", data=body, headers=sent)
+        drain_inbox(ctx)
+        return response
 
     return post

@@ -31,7 +31,7 @@ from app.models import App, Build, Deployment, DeploymentStatus, LogLine, PhaseS
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.web import create_app
-from tests.conftest import delivery_headers, load_payload
+from tests.conftest import delivery_headers, drain_inbox, load_payload
 from tests.support.dockerkit import (
     RequestLoop,
     wait_until,
@@ -503,6 +503,7 @@ def _push(client, rig: Rig, sha: str) -> None:
     body = json.dumps(payload).encode()
     response = client.post("/api/github/webhooks", data=body, headers=delivery_headers("push", body))
     assert response.status_code in (200, 202), response.get_json()
+    drain_inbox(rig.ctx)
 
 
 @pytest.fixture

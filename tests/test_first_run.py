@@ -149,7 +149,7 @@ def phase_serves(router_port: int, host: str) -> str | None:
 @pytest.mark.slow
 def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
         new_database_url, redis_url, instance, github, tmp_path, processes):
-    assert set(procfile()) == {"release", "web", "worker", "notifier", "scheduler", "router"}
+    assert set(procfile()) == {"release", "web", "intake", "worker", "notifier", "scheduler", "router"}
     web_port = free_port()
     settings = readme_settings(tmp_path, instance, new_database_url, redis_url)
     env = clean_environ(**settings, **github.environ, PORT=str(web_port),
@@ -161,7 +161,7 @@ def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
     assert release.returncode == 0, release.stdout + release.stderr
     assert "database is at the latest schema" in release.stdout
 
-    honcho_process = processes.start([*honcho, "start", "web", "worker", "notifier", "scheduler", "router"], env,
+    honcho_process = processes.start([*honcho, "start", "web", "intake", "worker", "notifier", "scheduler", "router"], env,
                                      tmp_path / "honcho.log")
     web = f"http://127.0.0.1:{web_port}"
 
@@ -180,7 +180,7 @@ def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
         "X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()),
         "X-Hub-Signature-256": sign(body, WEBHOOK_SECRET), "Content-Type": "application/json"})
     assert response.status_code == 202, response.text
-    assert response.json()["reason"].startswith("deploying ")
+    assert response.json()["reason"].startswith("accepted")
 
     router_port = int(settings["ROUTER_PORT"])
 
@@ -330,7 +330,7 @@ def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
 
     result = wait_for(lambda: (r := doctor()).returncode == 0 and r, 60, "doctor to pass",
                       details=lambda: doctor().stdout + up_log.read_text())
-    for check in ("schema", "worker", "scheduler", "sign-in", "web", "router"):
+    for check in ("schema", "intake", "worker", "scheduler", "sign-in", "web", "router"):
         assert re.search(rf"^\[ok \] {check}: ", result.stdout, re.M), result.stdout
 
     # The link signs in once, as admin.

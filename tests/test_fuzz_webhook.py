@@ -1,11 +1,14 @@
 """Hostile input at the webhook (issue 8, item 1): property-based tests over headers and bodies.
 
-Every example goes through the real Flask app (test client), the real signature check, planner,
-intake, SQLite database and Redis queue. The properties, for every request:
+Every example goes through the real app (test client), the real signature check, the inbox,
+then the intake drainer (planner, intake), SQLite database and Redis queue. The properties,
+for every request:
 
 - never a 5xx (the database and Redis are up, so 503 is as wrong as 500);
 - anything not validly signed gets 401, and then nothing is enqueued and no Delivery is recorded;
-- a validly signed but malformed delivery gets 400 and enqueues nothing;
+- a validly signed but malformed delivery gets 400 (bad JSON, headers) or is recorded as
+  malformed by the drainer (a body the planner cannot read), and enqueues nothing;
+- the drainer records every accepted delivery and never sets one aside (a crash in planning);
 - every 4xx (and every 2xx) answer is JSON with a non-empty "reason".
 
 The budget is fixed (derandomized, `max_examples` per target) so CI runs the same ≥ 10,000 cases
@@ -34,7 +37,7 @@ from app.jobs import QUEUES
 from app.models import Delivery
 from app.settings import load_settings
 from app.web import create_app
-from tests.conftest import FIXTURES, REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, _fresh_database, load_payload
+from tests.conftest import FIXTURES, REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, _fresh_database, drain_inbox, load_payload
 
 ENDPOINT = "/api/github/webhooks"
 #: Examples run per target, and requests actually sent; the final test asserts the total.
@@ -172,10 +175,17 @@ def assert_refused_unsigned(svc: Service, response) -> None:
 
 
 def assert_answered_signed(svc: Service, response, queued_before: int, target: str) -> None:
-    """Never a 5xx; 4xx with a reason and no new work; 2xx with a reason."""
+    """Never a 5xx; 4xx with a reason and no new work; 2xx with a reason; what was accepted is
+    recorded by the drainer (a malformed one with its reason, and no new work)."""
     status = response.status_code
     assert status in (200, 202, 400, 413), (status, response.get_data()[:500])
-    OUTCOMES[(target, status, " ".join(reason_of(response).split()[:1]))] += 1
+    reason = reason_of(response)
+    if status == 202 and reason.startswith("accepted"):
+        [outcome] = drain_inbox(svc.ctx)
+        status, reason = outcome.status, outcome.body["reason"]
+        assert status in (202, 400) and reason.strip(), outcome.body
+        assert svc.ctx.inbox.set_aside_count() == 0
+    OUTCOMES[(target, status, " ".join(reason.split()[:1]))] += 1
     if status >= 400:
         assert svc.queued() == queued_before
 

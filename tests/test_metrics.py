@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import prepare_directory
 from app.settings import PROJECT_ROOT
-from tests.conftest import delivery_headers
+from tests.conftest import delivery_headers, drain_inbox
 from tests.support.dockerkit import free_port
 from tests.support.faults import WorkerProcess, wait_for
 
@@ -97,6 +97,7 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
             answer = requests.post(f"{web.url}/api/github/webhooks", data=body,
                                    headers=delivery_headers("push", body), timeout=10)
             assert answer.status_code == 202, answer.text
+            drain_inbox(pipeline.ctx)  # what `release-pipeline intake` does
             wait_for(lambda: [d for d in pipeline.deployments() if d.sha == sha and d.status == "succeeded"],
                      120, f"deployment {n} to succeed",
                      details=lambda: f"{[(d.id, d.status, d.reason) for d in pipeline.deployments()]}\n"

@@ -22,7 +22,7 @@ from sqlalchemy import select, text
 from app.context import Context
 from app.models import Base, Profile, Report, ReportState
 from app.web import create_app
-from tests.conftest import SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
+from tests.conftest import SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
 from tests.support.portal_data import ADMIN_TOKEN, StubEngine, sign_in_as
 
 PROFILE_SECRET = "pr0file-secret-VALUE-5f2e9a"
@@ -98,7 +98,9 @@ def service(github, make_settings, database_url, redis_conn):
 
 def _deliver(seen: Seen, event: str, payload: dict, secret: str = WEBHOOK_SECRET):
     body = json.dumps(payload).encode()
-    return seen.open("/api/github/webhooks", "POST", data=body, headers=delivery_headers(event, body, secret=secret))
+    response = seen.open("/api/github/webhooks", "POST", data=body, headers=delivery_headers(event, body, secret=secret))
+    drain_inbox(seen.client.application.extensions["release_pipeline"])
+    return response
 
 
 def _send_pending_reports(ctx) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from app.context import Context
 from app.models import App, Deployment, Delivery, Report
 from app.web import create_app
-from tests.conftest import FIXTURES, delivery_headers, load_payload
+from tests.conftest import FIXTURES, delivery_headers, drain_inbox, load_payload
 
 ALL_PAYLOADS = sorted(p.relative_to(FIXTURES).as_posix() for p in FIXTURES.rglob("*.json"))
 CLONE_URL = "https://github.com/Codertocat/Hello-World.git"
@@ -52,19 +52,28 @@ def test_every_recorded_payload_signed_unsigned_and_wrongly_signed(name, client,
         assert signed.status_code == 200
 
 
-def test_push_to_default_branch_records_and_enqueues_one_deploy(post_delivery, redis_conn, ctx):
-    response = post_delivery("push", main_push(), delivery="delivery-1")
-    assert response.status_code == 202
-    body = response.get_json()
-    assert body["reason"] == "deploying aaaaaaa to demo"
-    assert queued_jobs(redis_conn)[0] == f"deploy-{body['deployment']}"
+def recorded(ctx: Context, delivery_id: str) -> Delivery:
     with ctx.db.session() as session:
-        deployment = session.get(Deployment, body["deployment"])
+        return session.get(Delivery, delivery_id)
+
+
+def test_push_to_default_branch_records_and_enqueues_one_deploy(client, redis_conn, ctx):
+    body = json.dumps(main_push()).encode()
+    response = client.post("/api/github/webhooks", data=body, headers=delivery_headers("push", body, delivery="delivery-1"))
+    assert response.status_code == 202
+    # The request only appended it to the inbox: the drainer plans and records it.
+    assert count(ctx, Delivery) == 0 and queued_jobs(redis_conn) == []
+    [outcome] = drain_inbox(ctx)
+    assert outcome.body["reason"] == "deploying aaaaaaa to demo"
+    assert queued_jobs(redis_conn)[0] == f"deploy-{outcome.body['deployment']}"
+    with ctx.db.session() as session:
+        deployment = session.get(Deployment, outcome.body["deployment"])
         assert (deployment.phase, deployment.sha, deployment.status, deployment.trigger) == ("demo", "a" * 40, "queued", "push")
         app = session.get(App, deployment.app_id)
         assert (app.full_name, app.name, app.clone_url) == ("Codertocat/Hello-World", "hello-world", CLONE_URL)
-        delivery = session.get(Delivery, "delivery-1")
-        assert (delivery.event, delivery.outcome, delivery.repository) == ("push", "accepted", "Codertocat/Hello-World")
+    delivery = recorded(ctx, "delivery-1")
+    assert (delivery.event, delivery.outcome, delivery.repository, delivery.reason) == (
+        "push", "accepted", "Codertocat/Hello-World", "deploying aaaaaaa to demo")
 
 
 def test_redelivery_never_enqueues_twice(post_delivery, redis_conn, ctx):
@@ -72,7 +81,11 @@ def test_redelivery_never_enqueues_twice(post_delivery, redis_conn, ctx):
     again = post_delivery("push", main_push(), delivery="same-id")
     assert first.status_code == again.status_code == 202
     assert "already received" in again.get_json()["reason"]
-    assert count(ctx, Deployment) == 1
+    # Redis forgets a delivery id after days; the delivery table still knows it.
+    redis_conn.delete(*redis_conn.keys("rp:*:inbox:seen:*"))
+    late = post_delivery("push", main_push(), delivery="same-id")
+    assert late.status_code == 202 and late.get_json()["reason"].startswith("accepted")
+    assert count(ctx, Deployment) == 1 and count(ctx, Delivery) == 1
     assert len([j for j in queued_jobs(redis_conn) if j.startswith("deploy-")]) == 1
 
 
@@ -83,9 +96,11 @@ def test_one_tag_reported_as_push_create_and_release_deploys_once(post_delivery,
     create.update(ref="v1.2.3", ref_type="tag")
     release = load_payload("release/created")
     release["release"]["tag_name"] = "v1.2.3"
-    answers = [post_delivery(e, p).get_json() for e, p in (("push", push), ("create", create), ("release", release))]
-    assert answers[0]["reason"] == "deploying v1.2.3 to stage"
-    assert all("already planned" in a["reason"] for a in answers[1:])
+    for event, payload in (("push", push), ("create", create), ("release", release)):
+        assert post_delivery(event, payload, delivery=f"tag-{event}").status_code == 202
+    assert recorded(ctx, "tag-push").reason == "deploying v1.2.3 to stage"
+    assert "already planned" in recorded(ctx, "tag-create").reason
+    assert "already planned" in recorded(ctx, "tag-release").reason
     assert count(ctx, Deployment) == 1
     assert len([j for j in queued_jobs(redis_conn) if j.startswith("deploy-")]) == 1
 
@@ -95,7 +110,6 @@ def test_one_tag_reported_as_push_create_and_release_deploys_once(post_delivery,
     [
         (b"{not json", {}, "not valid JSON"),
         (b"\xff\xfe", {}, "not valid JSON"),
-        (json.dumps({"ref": "refs/heads/master"}).encode(), {}, "malformed"),
         (b"{}", {"X-GitHub-Event": ""}, "X-GitHub-Event"),
         (b"{}", {"X-GitHub-Delivery": "../../etc"}, "X-GitHub-Delivery"),
     ],
@@ -106,7 +120,17 @@ def test_malformed_signed_deliveries_get_400_with_a_reason(client, redis_conn, c
     response = client.post("/api/github/webhooks", data=body, headers=sent)
     assert response.status_code == 400
     assert reason in response.get_json()["reason"]
-    assert queued_jobs(redis_conn) == []
+    assert queued_jobs(redis_conn) == [] and ctx.inbox.waiting() == 0
+
+
+def test_a_signed_delivery_the_planner_cannot_read_is_recorded_as_malformed(post_delivery, redis_conn, ctx):
+    """Valid JSON, but not a push: accepted (the request does not plan), then recorded with
+    the planner's reason, and nothing queued."""
+    response = post_delivery("push", {"ref": "refs/heads/master"}, delivery="odd-1")
+    assert response.status_code == 202
+    delivery = recorded(ctx, "odd-1")
+    assert (delivery.outcome, "malformed" in delivery.reason) == ("malformed", True)
+    assert queued_jobs(redis_conn) == [] and count(ctx, Deployment) == 0 and ctx.inbox.waiting() == 0
 
 
 def test_body_size_is_capped(make_settings, database_url, redis_conn):
@@ -129,7 +153,9 @@ def test_queue_unavailable_answers_503_and_forgets_the_delivery(make_settings, d
     ctx_ok = Context.from_settings(make_settings(DATABASE_URL=database_url))
     again = create_app(context=ctx_ok).test_client().post(
         "/api/github/webhooks", data=body, headers=delivery_headers("push", body, delivery="d-1"))
-    assert again.status_code == 202 and count(ctx_ok, Deployment) == 1
+    assert again.status_code == 202
+    drain_inbox(ctx_ok)
+    assert count(ctx_ok, Deployment) == 1
 
 
 def test_installation_events_keep_the_registry_current(post_delivery, ctx):

@@ -16,7 +16,9 @@ Why this is safe, measured on Caddy 2.6.2 (see README, "Zero downtime"):
 - Caddy's health checks are passive only: nothing probes an idle phase, so the router costs
   nothing at rest however many phases there are. A request whose connection to the preferred
   slot cannot be made (a crashed container) is tried on the other one for `try_duration`,
-  whatever its method, and that slot counts as down for `fail_duration`.
+  whatever its method, and that slot counts as down for `fail_duration`; one whose connection
+  broke before any answer is tried again too when its method is idempotent. An answer the slot
+  had begun to send when it died cannot be repaired by any proxy (the client sees it cut).
 
 `DirectRouter` is the no-proxy fallback: the phase URL is the serving slot's own port, so it
 changes with every deployment and is not zero-downtime.
@@ -38,6 +40,8 @@ from app.exceptions import RouterError
 _ADMIN_ATTEMPTS = 4
 _ADMIN_RETRY_PAUSE = 0.05
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: Requests Caddy may send again after the slot broke the connection before answering (RFC 9110 §9.2.2).
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 #: The kernel setting that lets a Caddy reload keep the connections it is accepting.
 MIGRATE_SETTING = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
@@ -233,6 +237,10 @@ class CaddyRouter:
                 "selection_policy": {"policy": policy},
                 "try_duration": _duration(self.try_duration),
                 "try_interval": "50ms",
+                # A connection that was made but broke before any answer (the slot stopping at
+                # that instant) is retried for the idempotent methods too, not only GET (Caddy's
+                # default); a connection that could not be made is retried for every method.
+                "retry_match": [{"method": list(IDEMPOTENT_METHODS)}],
             },
             # Passive only: no request is ever made to check an idle phase.
             "health_checks": {"passive": {"fail_duration": _duration(self.fail_duration), "max_fails": 1}},

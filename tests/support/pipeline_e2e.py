@@ -31,7 +31,7 @@ from app.jobs import QUEUES
 from app.models import Build, Deployment, Report, ReportState
 from app.settings import PROJECT_ROOT, Settings, load_settings
 from app.web import create_app
-from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
+from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
 from tests.support.dockerkit import make_sample_repo, require_engine
 from workers import runtime
 
@@ -86,11 +86,13 @@ class Pipeline:
     # -- GitHub deliveries -------------------------------------------------------------------
 
     def deliver(self, event: str, payload: dict) -> dict:
+        """The delivery's outcome once the intake drainer (run here) recorded it."""
         body = json.dumps(payload).encode()
         response = self.client.post("/api/github/webhooks", data=body,
                                     headers=delivery_headers(event, body, secret=WEBHOOK_SECRET))
         assert response.status_code in (200, 202), response.get_json()
-        return response.get_json()
+        outcomes = drain_inbox(self.ctx)
+        return outcomes[-1].body if outcomes else response.get_json()
 
     def _repository(self, payload: dict) -> dict:
         payload["repository"].update(full_name=REPO, name=APP, clone_url=self.clone_url, default_branch="main",
