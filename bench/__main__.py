@@ -42,7 +42,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="push → URL runs per side (default 10; quick 3)")
     parser.add_argument("--promote-runs", type=int, help="promote → URL runs (default 5; quick 2)")
     parser.add_argument("--notify-runs", type=int, help="notify runs per side (default 5; quick 2)")
-    parser.add_argument("--apps", type=int, help="apps for the scale part (default 50; quick 5)")
+    parser.add_argument("--apps", type=int, help="apps for the scale part (default 200; quick 5)")
     parser.add_argument("--workers", type=int, default=4,
                         help="RQ workers during the scale part (default 4; push → URL uses 1, as the Procfile)")
     parser.add_argument("--wrk-seconds", type=int, help="seconds per wrk round (default 10; quick 3)")
@@ -70,7 +70,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     quick = args.quick
     args.runs = args.runs or (3 if quick else 10)
     args.promote_runs = args.promote_runs if args.promote_runs is not None else (2 if quick else 5)
-    args.apps = args.apps or (5 if quick else 50)
+    args.apps = args.apps or (5 if quick else 200)
     args.notify_runs = args.notify_runs or (2 if quick else 5)
     args.wrk_seconds = args.wrk_seconds or (3 if quick else 10)
     args.wrk_rounds = args.wrk_rounds or (1 if quick else 2)
@@ -145,19 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         with Env(redis_url=args.redis_url, database=args.postgres or "sqlite", keep=args.keep,
                  postgres_admin=args.postgres_admin) as env:
             log(f"bench: instance {env.instance}, files in {env.home}")
-            for database in args.intake_databases if "intake" in args.parts else []:
-                log(f"== 1. intake on {database}")
+            for intake_db in args.intake_databases if "intake" in args.parts else []:
+                log(f"== 1. intake on {intake_db}")
                 from bench import intake
 
                 try:
                     result = intake.run(env, seconds=args.wrk_seconds, connections=args.connections,
-                                        threads=args.threads, rounds=args.wrk_rounds, database=database,
+                                        threads=args.threads, rounds=args.wrk_rounds, database=intake_db,
                                         burst=args.burst, profile_dir=profile_dir, log=log)
                     report.intake_rows(table, result, wrk_settings)
                 except BenchError as exc:
                     failures += 1
-                    log(f"bench: intake on {database} failed: {exc}")
-                    report.error_row(table, "1", f"intake ({database})", str(exc))
+                    log(f"bench: intake on {intake_db} failed: {exc}")
+                    report.error_row(table, "1", f"intake ({intake_db})", str(exc))
             if args.parts & {"deploy", "scale", "notify"}:
                 failures += _pipeline_parts(env, args, table, profile_dir)
     except BenchError as exc:

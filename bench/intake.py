@@ -249,18 +249,20 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
             "burst": burst_result}
 
 
-def _drained(ctx, drainer, deliveries: int, timeout: float) -> float:
-    """Seconds after the last answer until the drainer had recorded `deliveries` in all."""
+def _drained(ctx, drainer, deliveries: int, timeout: float, prefix: str = "") -> float:
+    """Seconds after the last answer until the drainer had recorded `deliveries` (those whose
+    id starts with `prefix`)."""
     from app.models import Delivery
 
     started = time.monotonic()
 
     def recorded() -> bool:
         with ctx.db.session() as session:
-            return session.scalar(select(func.count()).select_from(Delivery)) >= deliveries
+            return session.scalar(select(func.count()).select_from(Delivery)
+                                  .where(Delivery.id.like(f"{prefix}%"))) >= deliveries
 
     wait_until(f"{deliveries} deliveries recorded by the intake drainer", recorded, timeout=timeout,
-               interval=0.2, process=drainer)
+               interval=0.1, process=drainer)
     return time.monotonic() - started
 
 
@@ -288,8 +290,6 @@ def run_burst(ctx, url: str, body: bytes, signature: str, drainer, deliveries: i
 
     from app.models import Delivery
 
-    with ctx.db.session() as session:
-        before = session.scalar(select(func.count()).select_from(Delivery))
     parts = urlsplit(url)
     prefix = "burst-" + secrets.token_hex(4)
     latencies: list[float] = []
@@ -330,7 +330,7 @@ def run_burst(ctx, url: str, body: bytes, signature: str, drainer, deliveries: i
     for worker in workers:
         worker.join()
     seconds = time.monotonic() - started
-    recorded_after = _drained(ctx, drainer, before + deliveries, timeout=300)
+    recorded_after = _drained(ctx, drainer, deliveries, timeout=300, prefix=f"{prefix}-")
     with ctx.db.session() as session:
         recorded = session.scalar(select(func.count()).select_from(Delivery)
                                   .where(Delivery.id.like(f"{prefix}-%")))

@@ -187,6 +187,14 @@ def drain_inbox(ctx: Context) -> list:
     return outcomes
 
 
+def recorded(ctx: Context, response):
+    """The Delivery row the drainer recorded for an accepted delivery (its outcome and reason)."""
+    from app.models import Delivery
+
+    with ctx.db.session() as session:
+        return session.get(Delivery, response.get_json()["delivery"])
+
+
 @pytest.fixture
 def post_delivery(client, ctx):
     """POST a payload as GitHub would, signed with the test secret; the intake drainer then

@@ -140,3 +140,21 @@ def test_a_drainer_killed_between_append_and_record_loses_nothing(tmp_path, make
         if second.poll() is None:
             second.kill()
     assert ctx.inbox.drainer() is None  # a stopped drainer gives the inbox up at once
+
+
+def test_doctor_says_whether_a_drainer_holds_the_inbox_and_what_waits(ctx, client):
+    from app.doctor import _intake
+    from app.inbox import Entry
+
+    body = push()
+    client.post("/api/github/webhooks", data=body, headers=delivery_headers("push", body, delivery="w-1"))
+    idle = _intake(ctx)
+    assert (idle.ok, idle.detail) == (False, "no drainer running: 1 accepted deliveries wait unrecorded")
+    assert "release-pipeline intake" in idle.fix
+    assert ctx.inbox.take_lease()
+    held = _intake(ctx)
+    assert held.ok and held.detail == f"drainer {ctx.inbox.holder}, 1 deliveries waiting"
+    ctx.inbox.ensure_group()
+    ctx.inbox.set_aside(Entry(ctx.inbox.read()[0].entry_id, "w-1", "push", body), "TypeError: a bug")
+    aside = _intake(ctx)
+    assert (aside.ok, aside.detail) == (False, "1 deliveries set aside: they could not be recorded")

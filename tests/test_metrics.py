@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import prepare_directory
 from app.settings import PROJECT_ROOT
-from tests.conftest import delivery_headers, drain_inbox
+from tests.conftest import delivery_headers
 from tests.support.dockerkit import free_port
 from tests.support.faults import WorkerProcess, wait_for
 
@@ -90,6 +90,7 @@ def json_lines(path: Path) -> list[dict]:
 def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metrics_port):
     web = Serve(tmp_path / "web.log")
     worker = WorkerProcess(dict(os.environ), tmp_path / "worker.log")
+    drainer = WorkerProcess(dict(os.environ), tmp_path / "intake.log", command="intake")
     try:
         for n, text in enumerate(("1.0.0", "1.0.1"), start=1):
             sha = pipeline.commit(text)
@@ -97,7 +98,6 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
             answer = requests.post(f"{web.url}/api/github/webhooks", data=body,
                                    headers=delivery_headers("push", body), timeout=10)
             assert answer.status_code == 202, answer.text
-            drain_inbox(pipeline.ctx)  # what `release-pipeline intake` does
             wait_for(lambda: [d for d in pipeline.deployments() if d.sha == sha and d.status == "succeeded"],
                      120, f"deployment {n} to succeed",
                      details=lambda: f"{[(d.id, d.status, d.reason) for d in pipeline.deployments()]}\n"
@@ -107,6 +107,7 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
         scraped = samples(requests.get(f"{web.url}/metrics", headers=web.auth, timeout=10).text)
         loopback = samples(requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text)
     finally:
+        drainer.stop()
         worker.stop()
         web.stop()
 
@@ -130,12 +131,13 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
     horse_files = sorted(p.name for p in (tmp_path / "metrics").glob(f"*_{worker.pid}h.db"))
     assert horse_files and all(name.startswith(("counter_", "histogram_")) for name in horse_files)
 
-    # LOG_FORMAT=json: every line of both processes is one JSON object, naming its ids.
+    # LOG_FORMAT=json: every line of the three processes is one JSON object, naming its ids.
     worker_lines = json_lines(tmp_path / "worker.log")
     deployment_ids = {d.id for d in pipeline.deployments()}
     assert {line.get("deployment_id") for line in worker_lines} >= deployment_ids
+    intake_lines = json_lines(tmp_path / "intake.log")  # the drainer records the deliveries
+    assert {line.get("deployment_id") for line in intake_lines if line.get("delivery_id")} >= deployment_ids
     web_lines = json_lines(tmp_path / "web.log")
-    assert any(line.get("delivery_id") and line.get("deployment_id") in deployment_ids for line in web_lines)
     assert any(line["logger"] == "gunicorn.access" for line in web_lines)
 
 

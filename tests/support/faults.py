@@ -94,16 +94,18 @@ def kill_tree(root: int) -> list[int]:
 
 
 class WorkerProcess:
-    """`python -m app.cli worker` (reconciles on start, then serves every queue)."""
+    """`python -m app.cli worker` (reconciles on start, then serves every queue), or with
+    command="intake" the intake drainer."""
 
-    def __init__(self, environ: dict[str, str], log_path: Path, *, burst: bool = False, queues: str | None = None):
+    def __init__(self, environ: dict[str, str], log_path: Path, *, burst: bool = False, queues: str | None = None,
+                 command: str = "worker"):
         # Only the test's settings: nothing from the shell's environment may redirect the worker.
         env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
         env.update(environ, PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", *(["--burst"] if burst else []),
+            [sys.executable, "-m", "app.cli", command, *(["--burst"] if burst else []),
              *(["--queues", queues] if queues else [])],
             cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
