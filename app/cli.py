@@ -162,10 +162,10 @@ def intake() -> None:
     """Drain the deliveries the webhook endpoint accepted: plan, record and queue each, in order."""
     import threading
 
+    _metrics_dir()  # before anything imports prometheus_client
     from app import startup
     from workers import intake as drainer
 
-    _metrics_dir()
     ctx = _context(schema=True)
     _prepare_metrics_dir()
     _logging(ctx)

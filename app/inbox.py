@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from app.metrics import process_alive
+
 #: How long Redis remembers a delivery id; later redeliveries meet the database's record.
 SEEN_TTL = 3 * 24 * 3600
 #: A drainer holds the inbox (one at a time, for order) while it renews this lease.
@@ -80,7 +82,7 @@ class Inbox:
             self.redis.expire(self.lease_key, LEASE_SECONDS)
             return True
         host, _, pid = holder.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
             self.redis.delete(self.lease_key)
             return bool(self.redis.set(self.lease_key, self.holder, nx=True, ex=LEASE_SECONDS))
         return False
@@ -143,12 +145,3 @@ class Inbox:
         holder = self.redis.get(self.lease_key)
         return holder.decode() if holder else None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -86,13 +86,13 @@ def prepare_directory(path: Path) -> int:
     removed = 0
     for file in glob.glob(str(path / "*.db")):
         owner = Path(file).stem.rsplit("_", 1)[-1].rstrip("h")
-        if not owner.isdigit() or not _alive(int(owner)):
+        if not owner.isdigit() or not process_alive(int(owner)):
             os.remove(file)
             removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
