@@ -695,6 +695,24 @@ def test_live_pages_get_a_new_state_when_what_they_show_changes(admin, pctx, mon
     assert admin.get("/apps/nope/events").status_code == 404
 
 
+def test_with_every_held_stream_taken_a_live_page_gets_one_answer_and_comes_back(admin, pctx, engine, monkeypatch):
+    """Open streams hold server threads: beyond HELD_STREAMS, the answer is immediate, so the
+    webhook and other pages always find a free thread."""
+    monkeypatch.setattr(live_log, "_held", threading.BoundedSemaphore(1))
+    live_log._held.acquire()  # the one place is taken
+    app_id = add_app(pctx)
+    demo = add_deployment(pctx, app_id, "demo", "a1b2c3d", "a")
+    body = admin.get("/apps/shop/events").get_data(as_text=True)
+    assert body.startswith(f"retry: {live_log.SHORT_RETRY_MS}") and [k for k, _ in _events(body)] == ["state"]
+    engine.run("shop", "demo", demo)
+    engine.written[f"c{demo}"] = [(100.0, "old line"), (200.0, "new line")]
+    tail = admin.get("/apps/shop/phases/demo/logs/events?since=150").get_data(as_text=True)
+    assert [json.loads(data)["text"] for kind, data in _events(tail) if kind == "line"] == ["new line"]
+    again = admin.get("/apps/shop/phases/demo/logs/events", headers={"Last-Event-ID": "200.0"}).get_data(as_text=True)
+    assert _events(again) == [] and "id: 200.0" in again  # nothing new; the next answer goes on from there
+    live_log._held.release()
+
+
 def test_a_queued_deployment_says_what_it_waits_behind(admin, pctx):
     app_id = add_app(pctx)
     other = add_app(pctx, name="other", full_name="acme/other")

@@ -10,6 +10,7 @@ resume after the last id (or state) they saw.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,6 +24,10 @@ from app.portal import queries
 POLL_SECONDS = 0.5
 #: How often a watched page's state is looked at (one small query).
 WATCH_SECONDS = 1.0
+#: Open watch streams per process (see `paced`), and when the others come back.
+HELD_STREAMS = 2
+SHORT_RETRY_MS = 3000
+_held = threading.BoundedSemaphore(HELD_STREAMS)
 STREAM_SECONDS = 55.0
 HEARTBEAT_SECONDS = 15.0
 
@@ -88,19 +93,42 @@ def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = N
     """`state` at once and on every change of `queries.fingerprint`: `{"state": ...}` plus, for
     API clients, `payload` (the document the page's JSON endpoint returns)."""
     last = None
-    started = quiet_since = time.monotonic()
-    yield "retry: 2000\n\n"
-    while True:
+
+    def tick(held: bool) -> list[str]:
+        nonlocal last
         with ctx.db.session() as session:
             now = queries.fingerprint(session, app_ids)
-            data = ({"state": now, **(payload(session) if payload else {})}) if now != last else None
-        if data is not None:
-            last, quiet_since = now, time.monotonic()
-            yield event("state", data)
-        moment = time.monotonic()
-        if moment - started > STREAM_SECONDS:
-            return
-        if moment - quiet_since > HEARTBEAT_SECONDS:
-            quiet_since = moment
-            yield ": still here\n\n"
-        time.sleep(WATCH_SECONDS)
+            if now == last:
+                return []
+            last = now
+            return [event("state", {"state": now, **(payload(session) if payload else {})})]
+
+    return paced(tick)
+
+
+def paced(tick: Callable[[bool], list[str]]):
+    """Send what `tick` finds new every WATCH_SECONDS, for up to STREAM_SECONDS, while one of
+    HELD_STREAMS places is free; without a free place, answer once and have the client come
+    back after SHORT_RETRY_MS. An open stream holds a server thread (gunicorn has a few per
+    process): the webhook and the pages must always find one free."""
+    held = _held.acquire(blocking=False)
+    try:
+        yield f"retry: {2000 if held else SHORT_RETRY_MS}\n\n"
+        started = quiet_since = time.monotonic()
+        while True:
+            fresh = tick(held)
+            yield from fresh
+            if not held:
+                return
+            now = time.monotonic()
+            if fresh:
+                quiet_since = now
+            if now - started > STREAM_SECONDS:
+                return
+            if now - quiet_since > HEARTBEAT_SECONDS:
+                quiet_since = now
+                yield ": still here\n\n"
+            time.sleep(WATCH_SECONDS)
+    finally:
+        if held:
+            _held.release()

@@ -108,20 +108,16 @@ def tail_response(ctx, found: Sources) -> Response:
 
 
 def _tail(ctx, found: Sources, since: float):
-    started = quiet_since = time.monotonic()
-    yield "retry: 2000\n\n"
-    while True:
+    def tick(held: bool) -> list[str]:
+        nonlocal since
         fresh = sorted((pair for source in found.items
                         for pair in lines_of(ctx, found, source, tail=MAX_LINES, since=since)), key=lambda pair: pair[0])
+        out = []
         for moment, line in fresh:
             since = max(since, moment)
-            yield live_log.event("line", line, repr(moment))
-        now = time.monotonic()
-        if fresh:
-            quiet_since = now
-        if now - started > live_log.STREAM_SECONDS:
-            return
-        if now - quiet_since > live_log.HEARTBEAT_SECONDS:
-            quiet_since = now
-            yield ": still here\n\n"
-        time.sleep(live_log.WATCH_SECONDS)
+            out.append(live_log.event("line", line, repr(moment)))
+        if not held and not out:
+            out.append(f"id: {since!r}\n\n")  # a short answer: the next one goes on from here
+        return out
+
+    return live_log.paced(tick)
