@@ -27,6 +27,10 @@ class HealthResult:
     reason: str
 
 
+#: The first pause between health attempts (then doubling up to the interval).
+FIRST_PAUSE = 0.02
+
+
 def wait_healthy(
     url: str,
     *,
@@ -39,6 +43,9 @@ def wait_healthy(
 ) -> HealthResult:
     """GET `url` until it answers 2xx/3xx (redirects are not followed) or `timeout` s pass.
 
+    The pause between attempts starts at FIRST_PAUSE and doubles up to `interval`: most apps
+    answer within a few tens of milliseconds of their start, and a promotion waits on this.
+
     `is_alive`, when given, is asked after each failed attempt; once it says False the wait
     ends at once instead of running out the clock on a container that has exited.
     `progress`, when given, is told every `progress_every` s of a wait that has not passed yet
@@ -49,7 +56,7 @@ def wait_healthy(
     next_progress = begun + progress_every
     path = urlsplit(url).path or "/"
     responses: deque[str] = deque(maxlen=_KEPT_RESPONSES)
-    attempts = 0
+    attempts, pause = 0, min(FIRST_PAUSE, interval)
     with requests.Session() as session:
         session.trust_env = False  # the probe goes straight to the container, never via a proxy
         while True:
@@ -71,7 +78,8 @@ def wait_healthy(
             if progress is not None and now >= next_progress:
                 next_progress = now + progress_every
                 progress(waiting_line(path, now - begun, timeout, description))
-            time.sleep(min(interval, remaining))
+            time.sleep(min(pause, remaining))
+            pause = min(interval, pause * 2)
 
 
 def waiting_line(path: str, waited: float, timeout: float, last: str) -> str:
