@@ -20,16 +20,15 @@ from app.reporting import Reports
 from app.settings import Settings, load_settings
 
 
-
 class Context:
     def __init__(self, settings: Settings, config: PipelineConfig, *, db: Database | None = None,
                  redis: Redis | None = None, jobs: Jobs | None = None, notifier: Notifier | None = None,
                  reports: Reports | None = None, github: Any = None, box: Any = None, engine: Any = None,
-                 router: Any = None):
+                 router: Any = None, runtime: Any = None):
         self.settings = settings
         self.config = config
         given = dict(db=db, redis=redis, jobs=jobs, notifier=notifier, reports=reports, github=github, box=box,
-                     engine=engine, router=router)
+                     engine=engine, router=router, runtime=runtime)
         self._parts: dict[str, Any] = {name: part for name, part in given.items() if part is not None}
 
     @classmethod
@@ -115,3 +114,14 @@ class Context:
             return CaddyRouter(s.caddy_admin_url, s.router_port, self.config.defaults.url, instance=s.pipeline_instance,
                                bind=s.bind)
         return DirectRouter()
+
+    @property
+    def runtime(self):
+        """What runs the apps (RUNTIME): the deploy job and reconcile talk only to this."""
+        return self._part("runtime", self._build_runtime)
+
+    def _build_runtime(self):
+        from app.docker_runtime import DockerRuntime
+
+        s = self.settings
+        return DockerRuntime(self.engine, self.router, self.db, s.slot_range, spreads=s.router == "caddy")

@@ -141,6 +141,8 @@ class Started:
     #: Instances of `Observed.others` that still serve nothing and should be retired with the
     #: serving ones after the switch.
     to_retire: tuple[Instance, ...] = ()
+    #: Where they run, in the deployment log's words ("slot port 20001").
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Retired:
 
     name: str
     killed: bool
+    seconds: float = 0.0
 
 
 @runtime_checkable
@@ -174,8 +177,8 @@ class Runtime(Protocol):
     def wait_healthy(self, spec: PhaseSpec, started: Started,
                      progress: Callable[[str], None] | None = None) -> HealthResult:
         """Our health gate: ok only once every started instance answered `spec.health.path`
-        with 2xx/3xx within `spec.health.timeout`; ends early when one exits. `progress` gets
-        a line now and then while it waits."""
+        with 2xx/3xx within `spec.health.timeout` (each); ends at the first that fails or exits.
+        `progress` is told where a wait stands every few seconds (app.health.wait_healthy)."""
 
     def discard(self, started: Started) -> list[str]:
         """A failed start: remove the new instances (the old ones serve on, the route is not

@@ -27,7 +27,7 @@ A `build:` service is built once per definition hash (shared by the app's phases
 of files under its directory alone is not noticed; change the definition to rebuild it.
 An `image:` service must already be on the engine: this module never pulls.
 
-How the deploy job calls it (just before `engine.run_container(spec)` in `roll_out`)::
+How the deploy job calls it (before the runtime starts the new version, in `deploy`)::
 
     from app import services
 
@@ -63,13 +63,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker.errors import DockerException
-from docker.utils import parse_bytes
-from requests import RequestException
 from sqlalchemy import delete, select
 
+from app.adapters.docker import ServiceState, parse_size
 from app.crypto import mask
-from app.exceptions import ConfigError, DeployFailed, ReleasePipelineError
+from app.exceptions import ConfigError, DeployFailed, EngineUnavailable, ReleasePipelineError
 from app.models import App, AuditEntry, Profile, ServiceInstance, ServiceStatus, utcnow
 from app.pipeline import REPO_FILE, RepoConfig, Service
 
@@ -144,10 +142,9 @@ def provision(
     try:
         return _provision(ctx, app_name, app_id, phase, repo_config, checkout_archive, say, snapshot or {},
                           apply_pending)
-    except (DockerException, RequestException) as exc:
+    except EngineUnavailable as exc:
         # Engine trouble (unreachable, API error) is a failed deployment with a reason, not a crash.
-        raise DeployFailed(f"backing services of {phase}: the Docker engine failed "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise DeployFailed(f"backing services of {phase}: the Docker engine failed ({exc})") from None
 
 
 def _provision(ctx, app_name: str, app_id: int, phase: str, repo_config: RepoConfig,
@@ -309,27 +306,28 @@ class _Provisioner:
                   password: str, row: ServiceInstance | None) -> str:
         engine = self.engine
         found = [c for c in engine.service_containers(self.app_name, self.phase)
-                 if c["labels"].get(engine.LABEL_SERVICE) == name]
-        current = next((c for c in found if c["labels"].get(engine.LABEL_SERVICE_DEFINITION) == definition), None)
+                 if c.labels.get(engine.LABEL_SERVICE) == name]
+        current = next((c for c in found if c.labels.get(engine.LABEL_SERVICE_DEFINITION) == definition), None)
         memory, cpus = self.snapshot.get("memory"), self.snapshot.get("cpus")
         if current is not None:
             for stale in found:
                 if stale is not current:
-                    engine.remove_service_container(stale["id"])
-            state = engine.service_state(current["id"]) or {}
-            restarts = state.get("restarts", 0)
-            if state.get("status") in ("created", "exited"):
+                    engine.remove_service_container(stale.id)
+            state = engine.service_state(current.id)  # None: gone meanwhile, wait_healthy says so
+            restarts = state.restarts if state is not None else 0
+            if state is not None and state.status in ("created", "exited"):
                 self.say(f"service {name}: starting its stopped container again")
-                engine.start_service_container(current["id"])
+                engine.start_service_container(current.id)
                 restarts = None
-            self.resize(name, current["id"], state, memory, cpus)
-            self.wait_healthy(name, service, current["id"], restarts_before=restarts)
-            engine.keep_running(current["id"])
+            if state is not None:
+                self.resize(name, current.id, state, memory, cpus)
+            self.wait_healthy(name, service, current.id, restarts_before=restarts)
+            engine.keep_running(current.id)
             self.say(f"service {name}: reusing its running instance (healthy, definition {definition[:12]})")
-            return current["id"]
+            return current.id
         for stale in found:
             self.say(f"service {name}: replacing its container (the data volume is kept)")
-            engine.remove_service_container(stale["id"])
+            engine.remove_service_container(stale.id)
         env = {key: render(value, host=name, port=service.port, password=password)
                for key, value in service.environment.items()}
         self.say(f"service {name}: starting {service.image or service.build} on {self.network}"
@@ -348,10 +346,11 @@ class _Provisioner:
         self.say(f"service {name}: healthy after {time.monotonic() - started:.1f}s")
         return container_id
 
-    def resize(self, name: str, container_id: str, state: dict, memory: str | None, cpus: float | None) -> None:
-        wanted_memory = parse_bytes(memory) if memory else None
-        changed = (wanted_memory is not None and state.get("memory") != wanted_memory) or (
-            cpus is not None and abs((state.get("cpus") or 0) - float(cpus)) > 1e-6)
+    def resize(self, name: str, container_id: str, state: ServiceState, memory: str | None,
+               cpus: float | None) -> None:
+        wanted_memory = parse_size(memory) if memory else None
+        changed = (wanted_memory is not None and state.memory != wanted_memory) or (
+            cpus is not None and abs((state.cpus or 0) - float(cpus)) > 1e-6)
         if not changed:
             return
         try:
@@ -370,12 +369,12 @@ class _Provisioner:
             if state is None:
                 raise ServiceUnhealthy(f"service {name}: its container disappeared while starting")
             if restarts_before is None:
-                restarts_before = state["restarts"]
-            crashed = state["status"] in ("exited", "dead") or state["restarts"] > restarts_before
+                restarts_before = state.restarts
+            crashed = state.status in ("exited", "dead") or state.restarts > restarts_before
             if crashed:
-                self.fail(name, container_id, f"service {name} exited with code {state['exit_code']} while "
+                self.fail(name, container_id, f"service {name} exited with code {state.exit_code} while "
                                               f"starting")
-            if state["status"] == "running":
+            if state.status == "running":
                 if service.healthcheck:
                     remaining = max(0.5, deadline - time.monotonic())
                     code = engine.exec_check(container_id, service.healthcheck, timeout=min(5.0, remaining))
@@ -383,10 +382,10 @@ class _Provisioner:
                         return
                     last = ("its health check did not finish in time" if code is None
                             else f"its health check exited with {code}")
-                elif state["has_image_healthcheck"]:
-                    if state["health"] == "healthy":
+                elif state.has_image_healthcheck:
+                    if state.health == "healthy":
                         return
-                    last = f"the image's health check says {state['health'] or 'nothing yet'}"
+                    last = f"the image's health check says {state.health or 'nothing yet'}"
                 elif time.monotonic() - started >= SETTLE_SECONDS:
                     return
             if time.monotonic() >= deadline:
@@ -464,8 +463,8 @@ def remove(ctx, app_name: str, app_id: int, phase: str) -> list[str]:
         names = set(session.scalars(select(ServiceInstance.name).where(
             ServiceInstance.app_id == app_id, ServiceInstance.phase == phase)).all())
     for container in engine.service_containers(app_name, phase):
-        names.add(container["labels"].get(engine.LABEL_SERVICE, ""))
-        engine.remove_service_container(container["id"], timeout=1)
+        names.add(container.labels.get(engine.LABEL_SERVICE, ""))
+        engine.remove_service_container(container.id, timeout=1)
     for volume in engine.service_volumes(app_name, phase):
         engine.remove_volume(volume)
     for network in engine.service_networks(app_name, phase):
@@ -499,7 +498,7 @@ def describe_app(ctx, app_id: int, phases: list[str] | None = None) -> dict[str,
         return {}
     engine = ctx.engine
     try:
-        containers = {(c["labels"].get(engine.LABEL_SERVICE_PHASE), c["labels"].get(engine.LABEL_SERVICE)): c
+        containers = {(c.labels.get(engine.LABEL_SERVICE_PHASE), c.labels.get(engine.LABEL_SERVICE)): c
                       for c in engine.service_containers(app.name)}
     except Exception as exc:  # the engine being unreachable only makes health unknown
         log.warning("cannot list service containers: %s", exc)
@@ -542,11 +541,11 @@ def _health(containers: dict | None, row: ServiceInstance) -> str:
     container = containers.get((row.phase, row.name))
     if container is None:
         return "missing"
-    if container["state"] == "running":
-        if container["health"] == "starting" and row.status == ServiceStatus.HEALTHY:
+    if container.state == "running":
+        if container.health == "starting" and row.status == ServiceStatus.HEALTHY:
             return "healthy"  # passed the pipeline's check; the engine's first check is still to come
-        return container["health"] or "running"
-    return container["state"] or "unknown"
+        return container.health or "running"
+    return container.state or "unknown"
 
 
 def _human(size: int) -> str:

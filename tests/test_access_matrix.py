@@ -255,7 +255,7 @@ def test_a_merged_promotion_into_live_always_carries_the_pipeline_s_approvals(co
     ([("bob", "CHANGES_REQUESTED"), ("bob", "APPROVED"), ("bob", "COMMENTED")], True),
 ])
 def test_a_merged_promotion_deploys_only_with_enough_approvals(command_ctx, github, config, reviews, enough):
-    from workers.deploy import Refused, Rollout
+    from workers.deploy import Refused, Rollout, load_snapshot
 
     ctx = command_ctx
     app_id = add_app(ctx)
@@ -270,7 +270,7 @@ def test_a_merged_promotion_deploys_only_with_enough_approvals(command_ctx, gith
                                    actor="maya", pr_number=decided.pr_number,
                                    required_approvals=decided.required_approvals)
     with ctx.db.session() as session:
-        deployment = session.get(Deployment, deployment_id)
+        deployment = load_snapshot(session, deployment_id)
     rollout = Rollout(ctx, deployment_id)
     if enough:
         rollout.check_approvals(77, "acme/shop", deployment)
@@ -496,7 +496,7 @@ GIT_PATHS = {("push", "demo"): "none", ("tag", "stage"): "maintain", ("pull_requ
 
 @pytest.mark.parametrize("trigger, phase", sorted(GIT_PATHS), ids=[f"{t}-{p}" for t, p in sorted(GIT_PATHS)])
 def test_git_triggered_deploys_check_the_sender_s_role(command_ctx, github, trigger, phase):
-    from workers.deploy import Refused, Rollout
+    from workers.deploy import Refused, Rollout, load_snapshot
 
     ctx = command_ctx
     app_id = add_app(ctx)
@@ -507,7 +507,7 @@ def test_git_triggered_deploys_check_the_sender_s_role(command_ctx, github, trig
         deployment_id = add_deployment(ctx, app_id, phase, "v9.9.9", "e", status="queued", trigger=trigger,
                                        actor=login)
         with ctx.db.session() as session:
-            deployment = session.get(Deployment, deployment_id)
+            deployment = load_snapshot(session, deployment_id)
         try:
             Rollout(ctx, deployment_id).check_actor(77, "acme/shop", deployment)
             refused = None

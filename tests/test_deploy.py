@@ -340,6 +340,47 @@ def test_a_rollback_fails_no_post_and_no_get(rig):
     assert back.image_id == first.image_id and rig.lines(back.id, "build") == []
 
 
+def test_three_replicas_answer_from_three_containers_and_roll_out_failing_no_request(rig):
+    """Profile `replicas: 3` on the docker runtime: three containers behind the phase URL, each
+    answering; a rollout moves all three at once (no POST or GET fails); a version whose
+    health check fails on its first replica never gets a request."""
+    rig.commit("1.0.0")
+    with rig.ctx.db.session() as session:
+        app = ensure_app(session, Repo(REPO, rig.clone_url, "main"))
+        session.add(Profile(app_id=app.id, phase="demo", replicas=3))
+    first = rig.deploy("1.0.0")
+    assert first.status == "succeeded", first.reason
+    containers = rig.containers()
+    assert len(containers) == 3 and {c.labels["release-pipeline.deployment"] for c in containers} == {str(first.id)}
+    with requests.Session() as client:
+        client.headers["Connection"] = "close"  # a new connection each: Caddy picks the next replica
+        hostnames = {dict(line.split("=", 1) for line in rig.get("/cgi-bin/info", session=client).text.splitlines()
+                          if "=" in line)["HOSTNAME"] for _ in range(12)}
+    assert hostnames == {c.id[:12] for c in containers}
+    assert len(rig.ctx.router.routes()[(APP, "demo")]) == 3
+
+    rig.commit("2.0.0")
+    with Traffic(rig) as traffic:
+        second = rig.deploy("2.0.0")
+        assert second.status == "succeeded", second.reason
+        assert rig.get("/cgi-bin/slow").text.strip() == "2.0.0"
+    assert traffic.failed == {"GET": [], "POST": []}
+    assert traffic.answered["POST"] >= {"2.0.0"}
+    replaced = rig.containers()
+    assert len(replaced) == 3 and {c.labels["release-pipeline.deployment"] for c in replaced} == {str(second.id)}
+    lines = rig.lines(second.id)
+    assert any(line.startswith("starting 2.0.0 (") and line.endswith("and 2 more ports") for line in lines), lines
+    assert sum(line.startswith("stopped the previous container") for line in lines) == 3
+
+    rig.commit("3.0.0", healthy=False)
+    with RequestLoop(lambda session: rig.get(session=session)) as loop:
+        failed = rig.deploy("3.0.0")
+    assert failed.status == "failed"
+    assert failed.reason == "replica 1 of 3: health check failed: 404 Not Found on /healthz after 3s"
+    assert rig.containers() == replaced
+    assert loop.failures == [] and set(loop.answers) == {"2.0.0"}
+
+
 def test_an_app_that_ignores_sigterm_is_killed_after_the_profiles_stop_timeout(rig):
     rig.commit("1.0.0", ignores_term=True)
     with rig.ctx.db.session() as session:

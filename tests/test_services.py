@@ -292,8 +292,8 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
         assert row.status == "healthy" and row.pending_hash is None and row.network == demo.network
         assert row.volume == f"{engine.instance}-shop.demo.store.data"
         state = engine.service_state(row.container_id)
-        assert state["status"] == "running" and state["memory"] == 64 * 2**20 and state["cpus"] == 0.5
-        labels = state["labels"]
+        assert state.status == "running" and state.memory == 64 * 2**20 and state.cpus == 0.5
+        labels = state.labels
         assert labels[engine.LABEL_SERVICE] == "store" and labels[engine.LABEL_SERVICE_PHASE] == "demo"
         assert labels[engine.LABEL_SERVICE_APP] == "shop" and "release-pipeline.app" not in labels
         assert engine.list_containers(app="shop", phase="demo") == []  # never taken for an app container
@@ -372,7 +372,7 @@ def test_each_phase_gets_its_own_service_whose_data_survives_redeploys(sctx, rep
         apps.stop("demo")
         assert services.remove(sctx, "shop", app_id, "demo") == []
         assert engine.service_networks("shop", "demo") == []
-        assert [c["labels"][engine.LABEL_SERVICE_PHASE] for c in engine.service_containers("shop")] == ["stage"]
+        assert [c.labels[engine.LABEL_SERVICE_PHASE] for c in engine.service_containers("shop")] == ["stage"]
         assert engine.service_volumes("shop", "stage") == [stage_row.volume]
         assert ask(stage_port, "k=greeting") == "hello-stage"
     finally:
@@ -387,7 +387,7 @@ def test_reconcile_leaves_backing_services_alone(sctx, repo):
     container_id = row_of(sctx, app_id, "demo").container_id
     try:
         reconcile(sctx)
-        assert (sctx.engine.service_state(container_id) or {}).get("status") == "running"
+        assert sctx.engine.service_state(container_id).status == "running"
     finally:
         services.remove(sctx, "shop", app_id, "demo")
 
@@ -435,7 +435,7 @@ def test_a_broken_changed_definition_restores_the_running_one(sctx, repo):
         provision(sctx, app_id, "live", broken, checkout, log)
     after = row_of(sctx, app_id, "live")
     assert after.definition_hash == before.definition_hash and after.pending_hash is not None
-    assert sctx.engine.service_state(after.container_id)["status"] == "running"
+    assert sctx.engine.service_state(after.container_id).status == "running"
     assert any("starting its previous definition" in line for line in log)
     services.remove(sctx, "shop", app_id, "live")
 
@@ -475,7 +475,7 @@ def test_an_image_service_runs_a_local_image_and_is_reused(sctx, repo):
                                      repo_config=parse_repo_config(text), checkout_archive=None, say=log)
     assert provisioned.network == f"{engine.instance}-cafe-demo" != built.network
     [container] = engine.service_containers("cafe", "demo")
-    assert container["image_id"] == engine.local_image(tag)
+    assert container.image_id == engine.local_image(tag)
     assert services.describe(sctx, cafe_id, "demo")[0]["image"] == tag
     services.remove(sctx, "cafe", cafe_id, "demo")
     assert engine.local_image(tag) is not None  # removing services never removes a shared image

@@ -17,31 +17,27 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import requests
-from docker.errors import DockerException
 from sqlalchemy import select
 
 from app import gates, metrics, services, shipped
 from app.actions import current
 from app.adapters import git
-from app.adapters.docker import ContainerInfo, ContainerSpec
-from app.adapters.router import Slots
 from app.approvals import PROMOTION_REQUESTED, count_approvals
 from app.context import Context
 from app.deployments import version_taken, version_taken_reason
-from app.exceptions import GitHubError, ReleasePipelineError, RouterError
+from app.exceptions import EngineUnavailable, GitHubError, ReleasePipelineError, RouterError
 from app.freezes import frozen
-from app.health import wait_healthy
 from app.locks import deploy_lock, holder
 from app.logs import log_context
 from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
-from app.models import App, AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
+from app.models import AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
 from app.pipeline import DEFAULT_STOP_TIMEOUT, REPO_FILE, RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
-from app.slots import phase_slots
+from app.runtime import HealthGate, Instance, Limits, PhaseRef, PhaseSpec, Started
 from app.versions import is_release_tag
 from workers import runtime
 
@@ -52,6 +48,17 @@ SCRATCH_PREFIXES = ("clone-", "services-")
 #: Deployments that put code already on the phase back (no commits to list, no release command
 #: for the first two).
 SAME_CODE_TRIGGERS = ("rollback", "restore", "redeploy")
+
+
+def newer_queued(session, snap: Snapshot) -> int | None:
+    """A deployment of the same phase queued after this one: it supersedes this one."""
+    return session.scalar(
+        select(Deployment.id)
+        .where(Deployment.app_id == snap.app_id, Deployment.phase == snap.phase, Deployment.id > snap.id,
+               Deployment.status == DeploymentStatus.QUEUED.value)
+        .order_by(Deployment.id.desc())
+        .limit(1)
+    )
 
 
 def check_version_free(session, deployment: Deployment) -> None:
@@ -119,6 +126,19 @@ class BatchedLog:
         self.flush()
 
 
+def phase_spec(target: PhaseRef, deployment_id: int, *, version: str, sha: str, image: str,
+               repo_config: RepoConfig, snapshot: dict, env: dict[str, str], network: str | None,
+               health_timeout: float) -> PhaseSpec:
+    """What the deployment asks the runtime to run: the image, the repository's port and health
+    path, the profile snapshot's sizing and stop timeout, the environment with its secrets."""
+    return PhaseSpec(
+        target=target, deployment_id=deployment_id, version=version, sha=sha, image=image,
+        port=repo_config.port, env=env, replicas=snapshot.get("replicas") or 1,
+        limits=Limits(memory=snapshot.get("memory"), cpus=snapshot.get("cpus")),
+        health=HealthGate(path=repo_config.healthcheck, timeout=health_timeout),
+        stop_timeout=snapshot.get("stop_timeout") or DEFAULT_STOP_TIMEOUT, network=network)
+
+
 class Refused(ReleasePipelineError):
     """The deployment is not allowed (approvals, a freeze, a taken version); nothing was touched."""
 
@@ -133,16 +153,74 @@ def run(*, deployment_id: int) -> str:
         return Rollout(runtime.context(), deployment_id).run()
 
 
-class Rollout:
+@dataclass(frozen=True)
+class Source:
+    """The deployment a promotion, rollback or restore puts on the phase again."""
+
+    id: int
+    sha: str | None
+    short_sha: str
+    tree_sha: str | None
+    image_id: str | None
+    build_id: int | None
+    version: str
+    profile_snapshot: dict | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The deployment as the job found it once it held the phase's lock, read in one
+    transaction: plain values, so nothing is read from a row after its session closed."""
+
+    id: int
+    status: DeploymentStatus
+    app_id: int
+    app_name: str
+    full_name: str
+    clone_url: str | None
+    installation_id: int | None
+    phase: str
+    trigger: str
+    ref: str
+    sha: str | None
+    version: str
+    actor: str | None
+    pr_number: int | None
+    required_approvals: int
+    override: str | None
+    source: Source | None
+    #: What the phase served when the job started (None: nothing yet).
+    serving_id: int | None
+    serving_sha: str | None
+
+
+def load_snapshot(session, deployment_id: int) -> Snapshot | None:
+    """None when the deployment does not exist (deleted meanwhile): nothing to do."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        return None
+    app, source = deployment.app, session.get(Deployment, deployment.source_id) if deployment.source_id else None
+    serving = current(session, deployment.app_id, deployment.phase)
+    return Snapshot(
+        id=deployment.id, status=DeploymentStatus(deployment.status), app_id=app.id, app_name=app.name,
+        full_name=app.full_name, clone_url=app.clone_url, installation_id=app.installation_id,
+        phase=deployment.phase, trigger=deployment.trigger, ref=deployment.ref, sha=deployment.sha,
+        version=deployment.version, actor=deployment.actor, pr_number=deployment.pr_number,
+        required_approvals=deployment.required_approvals or 0, override=deployment.override,
+        source=None if source is None else Source(
+            id=source.id, sha=source.sha, short_sha=source.short_sha, tree_sha=source.tree_sha,
+            image_id=source.image_id, build_id=source.build_id, version=source.version,
+            profile_snapshot=source.profile_snapshot),
+        serving_id=serving.id if serving is not None else None,
+        serving_sha=serving.sha if serving is not None else None)
+
+
+class Journal:
+    """Everything a rollout writes about its deployment (fields, log lines, the reports to
+    GitHub), each in a short transaction of its own, so the portal shows it as it happens."""
+
     def __init__(self, ctx: Context, deployment_id: int):
-        self.ctx = ctx
-        self.deployment_id = deployment_id
-
-    # -- bookkeeping -------------------------------------------------------------------------
-
-    def load(self, session) -> tuple[App, Deployment]:
-        deployment = session.get(Deployment, self.deployment_id)
-        return deployment.app, deployment
+        self.ctx, self.deployment_id = ctx, deployment_id
 
     def update(self, **fields) -> None:
         with self.ctx.db.session() as session:
@@ -151,9 +229,8 @@ class Rollout:
                 setattr(deployment, key, value)
 
     def say(self, text: str, stream: str = "deploy") -> None:
-        """A line in the deployment log, visible in the portal as it happens."""
-        with self.ctx.db.session() as session:
-            session.add(LogLine(deployment_id=self.deployment_id, stream=stream, text=text[:2000]))
+        """A line in the deployment log."""
+        self.say_all([text], stream)
 
     def say_all(self, lines: list[str], stream: str) -> None:
         """Several lines in the deployment log, in one transaction."""
@@ -162,55 +239,13 @@ class Rollout:
                              for text in lines])
 
     def report(self, which: str) -> None:
-        """Write the outbox entries for this moment and queue their sending."""
+        """Write the outbox entries for this moment (`started`, `finished`) and queue their sending."""
         with self.ctx.db.session() as session:
-            app, deployment = self.load(session)
-            reports = getattr(self.ctx.reports, which)(session, app, deployment)
+            deployment = session.get(Deployment, self.deployment_id)
+            reports = getattr(self.ctx.reports, which)(session, deployment.app, deployment)
             pending = [r.id for r in reports if r.state == "pending"]
         for report_id in pending:
             self.ctx.jobs.report(report_id)
-
-    # -- the job -----------------------------------------------------------------------------
-
-    def run(self) -> str:
-        with self.ctx.db.session() as session:
-            app, deployment = self.load(session)
-            if deployment is None or DeploymentStatus(deployment.status).finished:
-                return "nothing to do"
-            app_name, phase = app.name, deployment.phase
-        ahead = holder(self.ctx.redis, app_name, phase)
-        if ahead is not None:
-            self.say(f"waiting behind {ahead}, which is deploying {app_name}/{phase}")
-        with deploy_lock(self.ctx.redis, app_name, phase, owner=f"deployment {self.deployment_id}",
-                         expires=self.ctx.settings.deploy_lock_seconds):
-            with self.ctx.db.session() as session:  # settled while we waited (e.g. its app was deleted)
-                if DeploymentStatus(session.get(Deployment, self.deployment_id).status).finished:
-                    return "nothing to do"
-            newer = self.newer_queued()
-            if newer is not None:
-                self.update(status=DeploymentStatus.SUPERSEDED.value, reason=f"superseded by deployment {newer}",
-                            finished_at=utcnow())
-                self.say(f"superseded by deployment {newer} before it started")
-                self.report("finished")
-                return "superseded"
-            self.update(status=DeploymentStatus.BUILDING.value, started_at=utcnow())
-            try:
-                self.deploy()
-            except Cancelled as exc:
-                return self.finish(DeploymentStatus.CANCELLED, str(exc))
-            except Refused as exc:
-                return self.finish(DeploymentStatus.REFUSED, str(exc))
-            except ReleasePipelineError as exc:
-                return self.finish(DeploymentStatus.FAILED, str(exc))
-            except (DockerException, requests.ConnectionError) as exc:  # e.g. the engine is restarting
-                log.warning("deployment %s: Docker engine: %s", self.deployment_id, exc)
-                return self.finish(DeploymentStatus.FAILED, f"the Docker engine failed or is unreachable: {exc}")
-            except Exception as exc:
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # e.g. a scratch directory
-                    return self.finish(DeploymentStatus.FAILED, git.NO_SPACE)
-                log.exception("deployment %s failed unexpectedly", self.deployment_id)
-                return self.finish(DeploymentStatus.FAILED, f"internal error: {type(exc).__name__}")
-            return self.finish(DeploymentStatus.SUCCEEDED, "")
 
     def finish(self, status: DeploymentStatus, reason: str) -> str:
         log.info("deployment %s %s%s", self.deployment_id, status.value, f": {reason}" if reason else "")
@@ -219,80 +254,114 @@ class Rollout:
         self.report("finished")
         return status.value
 
-    def newer_queued(self) -> int | None:
-        with self.ctx.db.session() as session:
-            _, deployment = self.load(session)
-            return session.scalar(
-                select(Deployment.id)
-                .where(Deployment.app_id == deployment.app_id, Deployment.phase == deployment.phase,
-                       Deployment.id > deployment.id, Deployment.status == DeploymentStatus.QUEUED.value)
-                .order_by(Deployment.id.desc())
-                .limit(1)
-            )
 
-    def deploy(self) -> None:
+class Rollout:
+    def __init__(self, ctx: Context, deployment_id: int):
+        self.ctx = ctx
+        self.deployment_id = deployment_id
+        self.journal = Journal(ctx, deployment_id)
+        self.say, self.say_all, self.update = self.journal.say, self.journal.say_all, self.journal.update
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def run(self) -> str:
         with self.ctx.db.session() as session:
-            app, deployment = self.load(session)
-            source = session.get(Deployment, deployment.source_id) if deployment.source_id else None
-            app_name, full_name, clone_url = app.name, app.full_name, app.clone_url
-            installation_id = app.installation_id
-            serving = current(session, app.id, deployment.phase)
-            serving_sha = serving.sha if serving is not None else None
-            self.check_not_frozen(session, deployment)
+            found = load_snapshot(session, self.deployment_id)
+        if found is None or found.status.finished:
+            return "nothing to do"
+        ahead = holder(self.ctx.redis, found.app_name, found.phase)
+        if ahead is not None:
+            self.say(f"waiting behind {ahead}, which is deploying {found.app_name}/{found.phase}")
+        with deploy_lock(self.ctx.redis, found.app_name, found.phase, owner=f"deployment {self.deployment_id}",
+                         expires=self.ctx.settings.deploy_lock_seconds):
+            with self.ctx.db.session() as session:  # as it is now that no other deploy of the phase runs
+                snap = load_snapshot(session, self.deployment_id)
+                newer = None if snap is None else newer_queued(session, snap)
+            if snap is None or snap.status.finished:  # settled while we waited (e.g. its app was deleted)
+                return "nothing to do"
+            if newer is not None:
+                self.update(status=DeploymentStatus.SUPERSEDED.value, reason=f"superseded by deployment {newer}",
+                            finished_at=utcnow())
+                self.say(f"superseded by deployment {newer} before it started")
+                self.journal.report("finished")
+                return "superseded"
+            self.update(status=DeploymentStatus.BUILDING.value, started_at=utcnow())
+            finish = self.journal.finish
+            try:
+                self.deploy(snap)
+            except Cancelled as exc:
+                return finish(DeploymentStatus.CANCELLED, str(exc))
+            except Refused as exc:
+                return finish(DeploymentStatus.REFUSED, str(exc))
+            except EngineUnavailable as exc:  # e.g. the engine is restarting
+                log.warning("deployment %s: Docker engine: %s", self.deployment_id, exc)
+                return finish(DeploymentStatus.FAILED, f"the Docker engine failed or is unreachable: {exc}")
+            except ReleasePipelineError as exc:
+                return finish(DeploymentStatus.FAILED, str(exc))
+            except Exception as exc:
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # e.g. a scratch directory
+                    return finish(DeploymentStatus.FAILED, git.NO_SPACE)
+                log.exception("deployment %s failed unexpectedly", self.deployment_id)
+                return finish(DeploymentStatus.FAILED, f"internal error: {type(exc).__name__}")
+            return finish(DeploymentStatus.SUCCEEDED, "")
+
+    def deploy(self, snap: Snapshot) -> None:
+        """Checks, image, backing services, release command, then the rollout itself."""
+        with self.ctx.db.session() as session:
+            self.check_not_frozen(session, snap)
         self.check_cancelled()
-        self.check_actor(installation_id, full_name, deployment)
-        self.check_approvals(installation_id, full_name, deployment)
-        token = self.clone_token(installation_id)
-        sha = (source.sha if source is not None else deployment.sha) or self.resolve_sha(
-            clone_url, deployment.ref, token)
+        self.check_actor(snap.installation_id, snap.full_name, snap)
+        self.check_approvals(snap.installation_id, snap.full_name, snap)
+        token = self.clone_token(snap.installation_id)
+        source = snap.source
+        sha = (source.sha if source is not None else snap.sha) or self.resolve_sha(snap.clone_url, snap.ref, token)
         self.update(sha=sha)
-        self.check_previous_phase(deployment, sha)
-        if source is not None and source.tree_sha and self.ctx.engine.find_image(app_name, source.tree_sha):
+        self.check_previous_phase(snap, sha)
+        if source is not None and source.tree_sha and self.ctx.engine.find_image(snap.app_name, source.tree_sha):
             tree, image_id, build_id = source.tree_sha, source.image_id, source.build_id
             self.say(f"reusing the image of deployment {source.id} ({source.version}, {source.short_sha})")
         else:
             # No source, or its image was pruned: the same commit is built (once) again.
-            build_id, tree, image_id = self.image_for(app_name, clone_url, sha, token)
+            build_id, tree, image_id = self.image_for(snap.app_id, snap.app_name, snap.clone_url, sha, token)
+        version = snap.version
+        if snap.trigger == "pull_request":
+            version = self.tag_version(snap.clone_url, sha, token) or version
         with self.ctx.db.session() as session:
             deployment = session.get(Deployment, self.deployment_id)
-            if deployment.trigger == "pull_request":
-                deployment.version = self.tag_version(clone_url, sha, token) or deployment.version
-            deployment.sha, deployment.tree_sha, deployment.image_id, deployment.build_id = sha, tree, image_id, build_id
+            deployment.version, deployment.sha, deployment.tree_sha = version, sha, tree
+            deployment.image_id, deployment.build_id = image_id, build_id
             check_version_free(session, deployment)
             build = session.get(Build, build_id) if build_id else None
             repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
-            app_id, phase, trigger = deployment.app_id, deployment.phase, deployment.trigger
-        restoring = source is not None and trigger in ("rollback", "restore")
+        app_id, phase = snap.app_id, snap.phase
+        restoring = source is not None and snap.trigger in ("rollback", "restore")
         if repo_config.services and not restoring:
             # Before the snapshot, so a phase's first snapshot holds its own service passwords.
             services.ensure_passwords(self.ctx, app_id=app_id, phase=phase, repo_config=repo_config, say=self.say)
         with self.ctx.db.session() as session:
-            deployment = session.get(Deployment, self.deployment_id)
-            if restoring:
-                snapshot = source.profile_snapshot  # a rollback restores the profile it ran with
-            else:
-                snapshot = resolve(session, self.ctx.config, app_id, phase).snapshot()
-            deployment.profile_snapshot = snapshot
-            deployment.status = DeploymentStatus.DEPLOYING.value
-            version = deployment.version
-        self.report("started")
+            # A rollback restores the profile it ran with.
+            profile = source.profile_snapshot if restoring else resolve(
+                session, self.ctx.config, app_id, phase).snapshot()
+        self.update(profile_snapshot=profile, status=DeploymentStatus.DEPLOYING.value)
+        self.journal.report("started")
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIXES[1], dir=self._work_dir()) as scratch:
             # Backing services come first (created and healthy before the app container starts);
             # a `build:` service needs the repository, fetched only if it is really built.
             provisioned = services.provision(
-                self.ctx, app_name=app_name, app_id=app_id, phase=phase, repo_config=repo_config,
-                checkout_archive=self.lazy_archive(clone_url, sha, token, scratch), say=self.say,
-                snapshot=snapshot, apply_pending=not restoring)
-        env = {**container_env(snapshot, self.ctx.box), **provisioned.env}
+                self.ctx, app_name=snap.app_name, app_id=app_id, phase=phase, repo_config=repo_config,
+                checkout_archive=self.lazy_archive(snap.clone_url, sha, token, scratch), say=self.say,
+                snapshot=profile, apply_pending=not restoring)
+        spec = phase_spec(PhaseRef(app_id, snap.app_name, phase), self.deployment_id, version=version, sha=sha,
+                          image=image_id, repo_config=repo_config, snapshot=profile,
+                          env={**container_env(profile, self.ctx.box), **provisioned.env},
+                          network=provisioned.network, health_timeout=self.ctx.config.health_timeout(phase))
         if repo_config.release and not restoring:
-            self.release(ContainerSpec(
-                app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
-                image=image_id, env=env, port=repo_config.port, network=provisioned.network,
-                memory=snapshot.get("memory"), cpus=snapshot.get("cpus")), repo_config)
+            self.release(spec, repo_config)
         self.check_cancelled()
-        self.roll_out(app_name, phase, version, sha, image_id, repo_config, snapshot, provisioned, env)
-        if trigger not in SAME_CODE_TRIGGERS and phase != self.ctx.config.phase_names[0]:
-            self.record_commits(clone_url, installation_id, serving_sha, sha)
+        self.roll_out(spec, snap.serving_id)
+        self.prune(snap.app_name)
+        if snap.trigger not in SAME_CODE_TRIGGERS and phase != self.ctx.config.phase_names[0]:
+            self.record_commits(snap.clone_url, snap.installation_id, snap.serving_sha, sha)
 
     def lazy_archive(self, clone_url: str, sha: str, token: str | None, scratch: str):
         """A tar of a directory at the deployed commit, cloning on first use only."""
@@ -307,7 +376,7 @@ class Rollout:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def check_actor(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
+    def check_actor(self, installation_id: int | None, full_name: str, deployment: Snapshot) -> None:
         """Who pushed, tagged or merged needs the phase's role, as a command would (gates)."""
         action = gates.actor_action(deployment.trigger)
         if action is None:
@@ -329,7 +398,7 @@ class Rollout:
             what = "merged" if action is Action.MERGE_PROMOTION else "pushed"
             raise Refused(f"not deployed: {what} by @{actor or 'unknown'}, but {decision.reason}")
 
-    def check_previous_phase(self, deployment: Deployment, sha: str) -> None:
+    def check_previous_phase(self, deployment: Snapshot, sha: str) -> None:
         config = self.ctx.config
         previous = gates.previous_phase(config.phase_names, deployment.phase, deployment.trigger,
                                         required=config.require_previous_phase)
@@ -343,7 +412,7 @@ class Rollout:
             raise Refused(gates.previous_phase_refusal(deployment.phase, previous, sha[:7]))
         self.say(f"{sha[:7]} ran on {previous} (deployment {ran})")
 
-    def check_not_frozen(self, session, deployment: Deployment) -> None:
+    def check_not_frozen(self, session, deployment: Snapshot) -> None:
         """The authority on freezes: also catches a deployment queued before the freeze began."""
         freeze = frozen(session, self.ctx.config, deployment.app_id, deployment.phase)
         if freeze is None:
@@ -352,8 +421,7 @@ class Rollout:
             override = promotion_override(session, deployment.app_id, deployment.pr_number)
             if override is not None:  # an admin's /promote --force opened this PR
                 actor, reason = override
-                deployment = session.get(Deployment, self.deployment_id)
-                deployment.override = reason
+                session.get(Deployment, self.deployment_id).override = reason
                 session.add(AuditEntry(actor=actor, app_id=deployment.app_id, phase=deployment.phase,
                                        action="freeze.override",
                                        detail={"deployment": deployment.id, "reason": reason,
@@ -372,14 +440,14 @@ class Rollout:
         if who:
             raise Cancelled(f"cancelled by @{who}; nothing was switched")
 
-    def release(self, spec: ContainerSpec, repo_config: RepoConfig) -> None:
+    def release(self, spec: PhaseSpec, repo_config: RepoConfig) -> None:
         """The release command (migrations), once, in a one-off container of the new image,
         before the new version serves; failing or running too long fails the deployment."""
         argv = repo_config.release
         self.say(f"release command: {' '.join(argv)} (timeout {repo_config.release_timeout} s)", "release")
         with BatchedLog(lambda lines: self.say_all(lines, "release")) as release_log:
-            code = self.ctx.engine.run_release(spec, argv, timeout=repo_config.release_timeout,
-                                               on_line=release_log.add)
+            code = self.ctx.runtime.run_once(spec, argv, timeout=repo_config.release_timeout,
+                                             on_line=release_log.add)
         if code is None:
             raise ReleasePipelineError(f"release command timed out after {repo_config.release_timeout} s")
         if code != 0:
@@ -391,7 +459,7 @@ class Rollout:
                                           base=base, head=head)
         self.update(commits=commits)
 
-    def check_approvals(self, installation_id: int | None, full_name: str, deployment: Deployment) -> None:
+    def check_approvals(self, installation_id: int | None, full_name: str, deployment: Snapshot) -> None:
         needed = deployment.required_approvals
         if not needed:
             return
@@ -435,11 +503,11 @@ class Rollout:
         tags = [t for t in git.tags_at(clone_url, sha, token=token, **self.git_options()) if is_release_tag(t)]
         return sorted(tags)[-1] if tags else None
 
-    def image_for(self, app_name: str, clone_url: str, sha: str, token: str | None) -> tuple[int, str, str]:
+    def image_for(self, app_id: int, app_name: str, clone_url: str, sha: str,
+                  token: str | None) -> tuple[int, str, str]:
         """Build once, promote the artifact: reuse by commit, then by tree; build otherwise."""
         engine = self.ctx.engine
         with self.ctx.db.session() as session:
-            app_id = session.get(Deployment, self.deployment_id).app_id
             known = session.scalars(
                 select(Build).where(Build.app_id == app_id, Build.commit_sha == sha, Build.status == "succeeded")
                 .order_by(Build.id.desc())
@@ -492,60 +560,44 @@ class Rollout:
         self.ctx.settings.work_dir.mkdir(parents=True, exist_ok=True)
         return str(self.ctx.settings.work_dir)
 
-    def roll_out(self, app_name: str, phase: str, version: str, sha: str, image_id: str,
-                 repo_config: RepoConfig, snapshot: dict, provisioned: services.Provisioned,
-                 env: dict[str, str]) -> None:
-        """The new container starts on the phase's free slot and must pass our health gate; the
-        router then prefers its slot, and only then is the old container drained and stopped.
-        Anything failing before the switch removes the new container; the old one serves on."""
-        engine, router = self.ctx.engine, self.ctx.router
-        slots = self.slots(phase)
-        existing = engine.list_containers(app=app_name, phase=phase)
-        serving = self.serving_container(existing, slots)
-        port = slots.other(serving.host_port if serving else None)
-        for leftover in existing:  # e.g. from a deploy whose worker died: not serving, in the way
-            if leftover is not serving and (leftover.status != "running" or leftover.host_port == port):
-                engine.stop_and_remove(leftover.id, timeout=2)
-                self.say(f"removed the leftover container {leftover.name}")
-        previous = [c for c in existing if c is serving or (c.status == "running" and c.host_port != port)]
-        spec = ContainerSpec(
-            app=app_name, phase=phase, version=version, sha=sha, deployment_id=self.deployment_id,
-            image=image_id, env=env, port=repo_config.port, network=provisioned.network,
-            memory=snapshot.get("memory"), cpus=snapshot.get("cpus"), host_port=port,
-        )
-        self.say(f"starting {version} ({image_id[:19]}) on slot port {port}")
-        started = time.monotonic()
-        container = engine.run_container(spec)
-        self.update(container_id=container.id, container_name=container.name, host_port=container.host_port)
+    def roll_out(self, spec: PhaseSpec, serving_id: int | None) -> None:
+        """Kamal's boot: the new instances start beside the serving ones (those of deployment
+        `serving_id`) and must all pass our health gate; the router then sends them every new
+        request, and only then are the old ones drained and stopped. Anything failing before
+        the switch removes the new instances; the old ones serve on, the route untouched."""
+        runtime = self.ctx.runtime
+        runtime.check(spec)
+        observed = runtime.observe(spec.target, serving_id)
+        began = time.monotonic()
+        started = runtime.start(spec, observed)
+        for name in started.removed:  # e.g. from a deploy whose worker died: not serving, in the way
+            self.say(f"removed the leftover container {name}")
+        first = started.instances[0]
+        self.say(f"starting {spec.version} ({spec.image[:19]}) on {started.where}")
+        self.update(container_id=first.id, container_name=first.name, host_port=first.port)
         try:
-            health_url = f"http://127.0.0.1:{container.host_port}{repo_config.healthcheck}"
             with metrics.step(Step.HEALTH):
-                result = wait_healthy(
-                    health_url, timeout=self.ctx.config.health_timeout(phase),
-                    is_alive=lambda: not engine.has_crashed(container.id), progress=self.say,
-                )
+                result = runtime.wait_healthy(spec, started, progress=self.say)
             if not result.ok:
-                self.give_up(container.id, result.reason, result.responses)
-            self.say(f"{result.reason} ({time.monotonic() - started:.1f}s)")
+                self.give_up(started, result.reason, result.responses)
+            self.say(f"{result.reason} ({time.monotonic() - began:.1f}s)")
             switching = time.monotonic()
             try:
-                router.ensure_route(app_name, phase, slots, serving=container.host_port)
+                url = runtime.take_over(spec, started)
             except RouterError as exc:
-                self.give_up(container.id, str(exc), result.responses)
+                self.give_up(started, str(exc), result.responses)
         except BaseException:
-            with suppress(Exception):  # whatever went wrong, the new container must not serve
-                engine.stop_and_remove(container.id, timeout=2)
+            with suppress(Exception):  # whatever went wrong, the new instances must not serve
+                runtime.discard(started)
             raise
-        url = router.url_for(app_name, phase, container.host_port)
         self.update(url=url)
-        self.say(f"{url} now serves {version} (slot port {port})")
-        self.retire(previous, snapshot.get("stop_timeout") or DEFAULT_STOP_TIMEOUT)
-        # From a healthy container to the phase URL serving it with the old one gone (drain included).
+        self.say(f"{url} now serves {spec.version} ({started.where})")
+        self.retire([*observed.serving, *started.to_retire], spec.stop_timeout)
+        # From healthy instances to the phase URL serving them with the old ones gone (drain included).
         metrics.DEPLOY_STEP.labels(step=Step.SWITCH.value).observe(time.monotonic() - switching)
-        self.prune(app_name)
 
-    def retire(self, previous: list[ContainerInfo], stop_timeout: int) -> None:
-        """Stop the containers the phase URL no longer sends requests to, once those in flight
+    def retire(self, previous: list[Instance], stop_timeout: int) -> None:
+        """Stop the instances the phase URL no longer sends requests to, once those in flight
         had DRAIN_SECONDS to finish; say so when one had to be killed."""
         if not previous:
             return
@@ -554,59 +606,32 @@ class Rollout:
         time.sleep(drain)
         for old in previous:
             self.say(f"stopping the previous container {old.name}: SIGTERM, SIGKILL after {stop_timeout} s")
-            stopping = time.monotonic()
-            stopped = self.ctx.engine.stop_and_remove(old.id, timeout=stop_timeout)
-            if stopped is not None and stopped.killed:
-                self.say(f"the previous container ignored SIGTERM; stopped after {stop_timeout} s "
-                         f"(SIGKILL, {old.name}; the profile's stop_timeout sets the wait)")
-            else:
-                self.say(f"stopped the previous container {old.name} after {time.monotonic() - stopping:.1f} s")
+            for stopped in self.ctx.runtime.retire([old], stop_timeout):
+                if stopped.killed:
+                    self.say(f"the previous container ignored SIGTERM; stopped after {stop_timeout} s "
+                             f"(SIGKILL, {old.name}; the profile's stop_timeout sets the wait)")
+                else:
+                    self.say(f"stopped the previous container {old.name} after {stopped.seconds:.1f} s")
 
-    def give_up(self, container_id: str, reason: str, health: list[str]) -> None:
-        """Keep the evidence (health answers, the container's last lines), remove it, fail."""
-        engine = self.ctx.engine
-        evidence = {"health": health, "logs": engine.container_logs(container_id, tail=50), "reason": reason}
-        engine.stop_and_remove(container_id, timeout=2)
+    def give_up(self, started: Started, reason: str, health: list[str]) -> None:
+        """Keep the evidence (health answers, the new instances' last lines), remove them, fail."""
+        evidence = {"health": health, "logs": self.ctx.runtime.discard(started), "reason": reason}
         self.update(evidence=evidence, container_id=None)
         for line in evidence["logs"][-20:]:
             self.say(f"container: {line}")
         raise ReleasePipelineError(reason)
 
-    def slots(self, phase: str) -> Slots:
-        with self.ctx.db.session() as session:
-            app_id = session.get(Deployment, self.deployment_id).app_id
-            return phase_slots(session, app_id, phase, self.ctx.settings.slot_range)
-
-    def serving_container(self, existing: list[ContainerInfo], slots: Slots) -> ContainerInfo | None:
-        """The running container the phase URL serves now: the current deployment's, else the
-        one on the slot the router prefers."""
-        running = [c for c in existing if c.status == "running"]
+    def prune(self, app_name: str) -> None:
+        """Keep what each phase can roll back to (its last two good images), what this
+        deployment runs, plus the newest N."""
         with self.ctx.db.session() as session:
             deployment = session.get(Deployment, self.deployment_id)
-            now = current(session, deployment.app_id, deployment.phase)
-            current_id = now.container_id if now is not None else None
-        for container in running:
-            if container.id == current_id:
-                return container
-        on_slots = sorted((c for c in running if c.host_port in slots.ports), key=lambda c: c.host_port != slots.a)
-        return on_slots[0] if on_slots else (running[0] if running else None)
-
-    def prune(self, app_name: str) -> None:
-        """Keep what each phase can roll back to (its last two good images) plus the newest N."""
-        with self.ctx.db.session() as session:
-            app_id = session.get(Deployment, self.deployment_id).app_id
-            keep: set[str] = set()
+            keep: set[str] = {deployment.image_id}
             for phase in self.ctx.config.phase_names:
                 keep.update(session.scalars(
                     select(Deployment.image_id).where(
-                        Deployment.app_id == app_id, Deployment.phase == phase,
+                        Deployment.app_id == deployment.app_id, Deployment.phase == phase,
                         Deployment.status == DeploymentStatus.SUCCEEDED.value, Deployment.image_id.is_not(None))
                     .order_by(Deployment.id.desc()).limit(2)
                 ).all())
-        keep.add(self.current_image())
         self.ctx.engine.prune_images(app_name, keep_ids=keep, keep_last=self.ctx.config.images.keep_last)
-
-    def current_image(self) -> str:
-        with self.ctx.db.session() as session:
-            return session.get(Deployment, self.deployment_id).image_id
-

@@ -17,14 +17,13 @@ from rq.job import Job
 from sqlalchemy import select
 
 from app.actions import current
-from app.adapters.docker import LABEL_DEPLOYMENT
 from app.context import Context
 from app.deployments import schedule
 from app.jobs import DEPLOY_TIMEOUT, job_id
 from app.locks import holder
 from app.models import IN_PROGRESS, TAKEN_UP, App, Build, BuildStatus, Deployment, DeploymentStatus, LogLine, utcnow
 from app.plans import Deploy, Repo, Trigger
-from app.slots import find_slots
+from app.runtime import PhaseRef
 from workers import runtime
 from workers.deploy import SCRATCH_PREFIXES
 
@@ -72,6 +71,7 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
     pending: list[int] = []
     with ctx.db.session() as session:
         stuck = session.scalars(select(Deployment).where(Deployment.status.in_(TAKEN_UP))).all()
+        instances = ctx.runtime.instances() if stuck else []
         for deployment in stuck:
             if holder(ctx.redis, deployment.app.name, deployment.phase) is not None:
                 continue  # still being deployed by a live worker
@@ -79,9 +79,10 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
             deployment.reason = "the worker stopped during the deploy; the previous version kept serving"
             deployment.finished_at = utcnow()
             session.add(LogLine(deployment_id=deployment.id, stream="deploy", text=f"failed: {deployment.reason}"))
-            if deployment.container_id:
-                ctx.engine.stop_and_remove(deployment.container_id, timeout=1)
-                deployment.container_id = None
+            for instance in instances:  # started, never switched to: the previous version serves on
+                if instance.deployment_id == deployment.id:
+                    ctx.runtime.remove(instance)
+            deployment.container_id = None
             reports = ctx.reports.finished(session, deployment.app, deployment)
             findings.failed.append(deployment.id)
             pending += [r.id for r in reports if r.state == "pending"]
@@ -124,36 +125,36 @@ def _requeue_lost(ctx: Context, findings: Findings) -> None:
 
 
 def _converge_containers(ctx: Context, findings: Findings) -> None:
-    engine, router = ctx.engine, ctx.router
-    containers = engine.list_containers()
-    by_id = {c.id: c for c in containers}
+    runtime = ctx.runtime
+    instances = runtime.instances()
     expected: set[str] = set()
     redeploy: list[tuple[App, Deployment]] = []
     with ctx.db.session() as session:
-        # A deployment in progress may have started its container before recording it.
-        in_progress = {str(i) for i in session.scalars(
-            select(Deployment.id).where(Deployment.status.in_(TAKEN_UP))).all()}
-        expected.update(c.id for c in containers if c.labels.get(LABEL_DEPLOYMENT) in in_progress)
+        # A deployment in progress may have started its instances before recording them.
+        taken_up = set(session.scalars(select(Deployment.id).where(Deployment.status.in_(TAKEN_UP))).all())
+        expected.update(i.id for i in instances if i.deployment_id in taken_up)
         for app in session.scalars(select(App).where(App.active.is_(True))).all():
             for phase in ctx.config.phase_names:
                 serving = current(session, app.id, phase)
                 if serving is None:
                     continue
-                container = by_id.get(serving.container_id or "")
-                if container is None:
+                mine = [i for i in instances if i.app == app.name and i.phase == phase
+                        and (i.id == serving.container_id or i.deployment_id == serving.id)]
+                first = next((i for i in mine if i.id == serving.container_id), None)
+                if first is None:
                     if _restore_pending(session, app.id, phase):
                         continue
                     redeploy.append((app, serving))
                     continue
-                expected.add(container.id)
-                if container.host_port and container.host_port != serving.host_port:
-                    serving.host_port = container.host_port  # the engine re-published it on restart
-                slots = find_slots(session, app.id, phase)
-                if slots is not None and container.host_port in slots.ports:
-                    # A no-op unless the router lost the route (e.g. Caddy restarted) or prefers
-                    # the other slot (a worker died between its switch and its record).
-                    if router.ensure_route(app.name, phase, slots, serving=container.host_port):
-                        findings.restored_routes.append(f"{app.name}/{phase}")
+                expected.update(i.id for i in mine)
+                if first.port and first.port != serving.host_port:
+                    serving.host_port = first.port  # the engine re-published it on restart
+                # A no-op unless the router lost the route (e.g. Caddy restarted), prefers the
+                # other slot (a worker died between its switch and its record), or a replica was
+                # re-published on another port.
+                ordered = [first, *(i for i in mine if i is not first and i.running)]
+                if runtime.restore_route(PhaseRef(app.id, app.name, phase), ordered):
+                    findings.restored_routes.append(f"{app.name}/{phase}")
         for app, serving in redeploy:
             deployment = schedule(session, app, Deploy(
                 repo=Repo(app.full_name, app.clone_url, app.default_branch), phase=serving.phase,
@@ -161,10 +162,10 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
                 actor="release-pipeline"), source_id=serving.id)
             session.flush()
             findings.redeployed.append(deployment.id)
-    for container in containers:
-        if container.id not in expected:
-            engine.stop_and_remove(container.id, timeout=2)
-            findings.removed_containers.append(container.name)
+    for instance in instances:
+        if instance.id not in expected:
+            runtime.remove(instance)
+            findings.removed_containers.append(instance.name)
     for deployment_id in findings.redeployed:
         ctx.jobs.deploy(deployment_id)
 

@@ -3,7 +3,9 @@
 Everything created here carries `release-pipeline.instance=<instance>`, and everything listed
 or removed is filtered by it, so two installations (or test runs) can share an engine.
 The client is created on first use: RQ forks a work horse per job, and a client opened
-before the fork would share its connection pool across processes.
+before the fork would share its connection pool across processes. Engine trouble the methods
+do not handle themselves leaves them as `EngineUnavailable`, so no caller sees docker's or
+requests' exceptions.
 """
 
 from __future__ import annotations
@@ -18,21 +20,18 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import wraps
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
 from app.exceptions import BuildFailed, DeployFailed, EngineUnavailable, InvalidVersion
+from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION  # noqa: F401 (re-exported)
 from app.versions import validate_version
 
 LABEL_INSTANCE = "release-pipeline.instance"
-LABEL_APP = "release-pipeline.app"
-LABEL_PHASE = "release-pipeline.phase"
-LABEL_VERSION = "release-pipeline.version"
-LABEL_SHA = "release-pipeline.sha"
 LABEL_TREE = "release-pipeline.tree"
-LABEL_DEPLOYMENT = "release-pipeline.deployment"
 #: On one-off release-command containers, instead of LABEL_APP: they are never app containers.
 LABEL_RELEASE_OF = "release-pipeline.release-of"
 
@@ -81,6 +80,8 @@ class ContainerSpec:
     command: list[str] | None = None
     #: The fixed 127.0.0.1 port to publish on (the phase's free slot); None: any free port.
     host_port: int | None = None
+    #: Which of the deployment's replicas (0 for the first): part of the container's name.
+    replica: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,37 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class ServiceContainer:
+    """One backing-service container as the engine lists it."""
+
+    id: str
+    name: str
+    labels: dict[str, str] = field(hash=False)
+    #: "running", "exited", … (the engine's State).
+    state: str | None
+    #: "healthy", "unhealthy", "starting", or None without a health check.
+    health: str | None
+    image_id: str | None
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One backing-service container as the engine inspects it."""
+
+    status: str | None
+    exit_code: int | None
+    #: Bytes, or None: unlimited.
+    memory: int | None
+    cpus: float | None
+    restarts: int
+    health: str | None
+    image_id: str | None
+    labels: dict[str, str] = field(hash=False)
+    #: Whether the image itself declares a HEALTHCHECK.
+    has_image_healthcheck: bool
+
+
+@dataclass(frozen=True)
 class ContainerInfo:
     id: str
     name: str
@@ -107,6 +139,67 @@ class ContainerInfo:
     host_port: int | None
 
 
+def _environment(spec: ContainerSpec) -> dict[str, str]:
+    return {**spec.env, "PORT": str(spec.port), "APP_PHASE": spec.phase, "APP_VERSION": spec.version}
+
+
+def _sizing(spec: ContainerSpec) -> dict:
+    return {"mem_limit": spec.memory, "nano_cpus": round(spec.cpus * 1e9) if spec.cpus else None}
+
+
+def app_container_args(instance: str, spec: ContainerSpec) -> dict:
+    """The engine's create arguments for an app container of `spec`: decided here, so they
+    can be checked as a value, and passed as they are by `Engine.run_container`."""
+    name = f"{instance}-{spec.app}-{spec.phase}-{spec.deployment_id}"
+    if spec.replica:  # a dot never occurs in a slug: no other app's or phase's name
+        name += f".{spec.replica + 1}"
+    labels = {LABEL_INSTANCE: instance, LABEL_APP: spec.app, LABEL_PHASE: spec.phase, LABEL_VERSION: spec.version,
+              LABEL_SHA: spec.sha, LABEL_DEPLOYMENT: str(spec.deployment_id)}
+    return {"image": spec.image, "command": spec.command, "name": name, "labels": labels,
+            "environment": _environment(spec), **_sizing(spec), "restart_policy": {"Name": "unless-stopped"},
+            "ports": {f"{spec.port}/tcp": ("127.0.0.1", spec.host_port)}, "network": spec.network}
+
+
+def release_container_args(instance: str, spec: ContainerSpec, argv: list[str]) -> dict:
+    """The create arguments for the one-off container running the release command `argv`:
+    no restart policy, nothing published, not labelled as an app container."""
+    labels = {LABEL_INSTANCE: instance, LABEL_RELEASE_OF: spec.app, LABEL_PHASE: spec.phase,
+              LABEL_DEPLOYMENT: str(spec.deployment_id)}
+    return {"image": spec.image, "entrypoint": argv[:1], "command": argv[1:],
+            "name": f"{instance}-{spec.app}-{spec.phase}-{spec.deployment_id}-release", "labels": labels,
+            "environment": _environment(spec), **_sizing(spec), "network": spec.network}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size like "512m" or "1g", as the engine reads memory limits."""
+    return docker.utils.parse_bytes(text)
+
+
+def _translated(method):
+    """Engine trouble a method does not handle itself becomes EngineUnavailable, with the
+    engine's own words (a DockerException or a failed request to the engine's socket)."""
+
+    @wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except APIError as exc:
+            raise EngineUnavailable(f"{type(exc).__name__}: {_first_line(_explanation(exc))[:300]}") from None
+        except (DockerException, requests.RequestException) as exc:
+            raise EngineUnavailable(f"{type(exc).__name__}: {_first_line(str(exc))[:300]}") from None
+
+    return call
+
+
+def _translate_errors(cls):
+    """Wrap every public method of `cls` in `_translated`."""
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_"):
+            setattr(cls, name, _translated(value))
+    return cls
+
+
+@_translate_errors
 class Engine:
     """This installation's view of a Docker engine (`base_url` None: DOCKER_HOST or the socket)."""
 
@@ -230,36 +323,11 @@ class Engine:
                 not isinstance(spec.host_port, int) or isinstance(spec.host_port, bool)
                 or not 0 < spec.host_port < 65536):
             raise DeployFailed(f"container refused: host port {spec.host_port!r} is not a TCP port")
-        name = f"{self.instance}-{spec.app}-{spec.phase}-{spec.deployment_id}"
-        environment = {
-            **spec.env,
-            "PORT": str(spec.port),
-            "APP_PHASE": spec.phase,
-            "APP_VERSION": spec.version,
-        }
-        labels = self._labels(
-            **{
-                LABEL_APP: spec.app,
-                LABEL_PHASE: spec.phase,
-                LABEL_VERSION: spec.version,
-                LABEL_SHA: spec.sha,
-                LABEL_DEPLOYMENT: str(spec.deployment_id),
-            }
-        )
+        args = app_container_args(self.instance, spec)
+        name = args["name"]
         try:
             # create + start rather than run(): run() pulls a missing image, we never pull.
-            container = self.client.containers.create(
-                spec.image,
-                command=spec.command,
-                name=name,
-                labels=labels,
-                environment=environment,
-                mem_limit=spec.memory,
-                nano_cpus=round(spec.cpus * 1e9) if spec.cpus else None,
-                restart_policy={"Name": "unless-stopped"},
-                ports={f"{spec.port}/tcp": ("127.0.0.1", spec.host_port)},
-                network=spec.network,
-            )
+            container = self.client.containers.create(**args)
         except APIError as exc:
             raise DeployFailed(f"cannot create container {name}: {_explanation(exc)}") from None
         try:
@@ -289,19 +357,11 @@ class Engine:
         problem = _unsafe(app=spec.app, phase=spec.phase, version=spec.version, sha=spec.sha, env=spec.env)
         if problem:
             raise DeployFailed(f"release container refused: {problem}")
-        name = f"{self.instance}-{spec.app}-{spec.phase}-{spec.deployment_id}-release"
-        labels = self._labels(**{LABEL_RELEASE_OF: spec.app, LABEL_PHASE: spec.phase,
-                                 LABEL_DEPLOYMENT: str(spec.deployment_id)})
+        args = release_container_args(self.instance, spec, argv)
         with suppress(NotFound):  # left by a worker that died while it ran
-            self._own_container(name).remove(force=True, v=True)
+            self._own_container(args["name"]).remove(force=True, v=True)
         try:
-            container = self.client.containers.create(
-                spec.image, entrypoint=argv[:1], command=argv[1:], name=name, labels=labels,
-                environment={**spec.env, "PORT": str(spec.port), "APP_PHASE": spec.phase,
-                             "APP_VERSION": spec.version},
-                mem_limit=spec.memory, nano_cpus=round(spec.cpus * 1e9) if spec.cpus else None,
-                network=spec.network,
-            )
+            container = self.client.containers.create(**args)
         except APIError as exc:
             raise DeployFailed(f"cannot create the release container: {_explanation(exc)}") from None
         try:
@@ -619,21 +679,21 @@ class Engine:
             raise DeployFailed(f"cannot start service container {name}: {_first_line(_explanation(exc))}") from None
         return created["Id"]
 
-    def service_containers(self, app: str, phase: str | None = None) -> list[dict]:
-        """This app's service containers (of one phase): id, name, labels, state, health, image."""
+    def service_containers(self, app: str, phase: str | None = None) -> list[ServiceContainer]:
+        """This app's service containers (of one phase)."""
         filters = self._filters(**self.service_labels(app, phase))
         out = []
         for summary in self.client.api.containers(all=True, filters=filters):
             status = summary.get("Status") or ""
             health = next((word for marker, word in (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy"),
                                                      ("(health: starting)", "starting")) if marker in status), None)
-            out.append({"id": summary["Id"], "name": summary["Names"][0].lstrip("/"),
-                        "labels": summary.get("Labels") or {}, "state": summary.get("State"), "health": health,
-                        "image_id": summary.get("ImageID")})
+            out.append(ServiceContainer(id=summary["Id"], name=summary["Names"][0].lstrip("/"),
+                                        labels=summary.get("Labels") or {}, state=summary.get("State"),
+                                        health=health, image_id=summary.get("ImageID")))
         return out
 
-    def service_state(self, container_id: str) -> dict | None:
-        """status ("running", "exited", …), exit code, restart count and health; None when gone."""
+    def service_state(self, container_id: str) -> ServiceState | None:
+        """Status, exit code, sizing, restart count and health; None when gone (or not ours)."""
         try:
             info = self.client.api.inspect_container(container_id)
         except NotFound:
@@ -643,11 +703,11 @@ class Engine:
             return None
         state, host = info.get("State") or {}, info.get("HostConfig") or {}
         cpus = host["CpuQuota"] / host["CpuPeriod"] if host.get("CpuQuota") and host.get("CpuPeriod") else None
-        return {"status": state.get("Status"), "exit_code": state.get("ExitCode"),
-                "memory": host.get("Memory") or None, "cpus": cpus,
-                "restarts": info.get("RestartCount", 0), "health": (state.get("Health") or {}).get("Status"),
-                "image_id": info.get("Image"), "labels": labels,
-                "has_image_healthcheck": bool((info["Config"].get("Healthcheck") or {}).get("Test"))}
+        return ServiceState(status=state.get("Status"), exit_code=state.get("ExitCode"),
+                            memory=host.get("Memory") or None, cpus=cpus, restarts=info.get("RestartCount", 0),
+                            health=(state.get("Health") or {}).get("Status"), image_id=info.get("Image"),
+                            labels=labels,
+                            has_image_healthcheck=bool((info["Config"].get("Healthcheck") or {}).get("Test")))
 
     def exec_check(self, container_id: str, command: list[str] | str, timeout: float = 5.0) -> int | None:
         """Run a health command inside a running service container: its exit code, or None

@@ -20,6 +20,9 @@ Why this is safe, measured on Caddy 2.6.2 (see README, "Zero downtime"):
   broke before any answer is tried again too when its method is idempotent. An answer the slot
   had begun to send when it died cannot be repaired by any proxy (the client sees it cut).
 
+A phase with several replicas (app.docker_runtime) lists only the serving deployment's
+containers, round robin, instead of the two slots; the switch is still one change.
+
 `DirectRouter` is the no-proxy fallback: the phase URL is the serving slot's own port, so it
 changes with every deployment and is not zero-downtime.
 """
@@ -77,9 +80,11 @@ class Slots:
 
 @runtime_checkable
 class Router(Protocol):
-    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int) -> bool:
+    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int, also: tuple[int, ...] = ()) -> bool:
         """Route the phase URL to slot `serving`, the other slot next; True if anything changed.
-        Once it returns, every new request goes to `serving` while it accepts connections."""
+        Once it returns, every new request goes to `serving` while it accepts connections.
+        With `also` (the ports of the serving deployment's other replicas), requests are
+        spread over `serving` and `also` in turn, and the other slot is not listed."""
 
     def url_for(self, app: str, phase: str, port: int | None = None) -> str:
         """The public URL of the app in that phase (`port`: the serving slot, if it matters)."""
@@ -87,8 +92,8 @@ class Router(Protocol):
     def remove(self, app: str, phase: str) -> None:
         """Forget the route; removing an unknown route is not an error."""
 
-    def routes(self) -> dict[tuple[str, str], tuple[int, int]]:
-        """(app, phase) -> its two slot ports in the order the router tries them, serving first."""
+    def routes(self) -> dict[tuple[str, str], tuple[int, ...]]:
+        """(app, phase) -> its ports in the order the router tries them, serving first."""
 
     def ping(self) -> bool:
         """Whether the router can be reached."""
@@ -140,9 +145,9 @@ class CaddyRouter:
             app=_slug(app, "app"), phase=_slug(phase, "phase"), port=self.listen_port
         )
 
-    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int) -> bool:
+    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int, also: tuple[int, ...] = ()) -> bool:
         """Create the route, or change it in place (one PATCH, applied atomically by Caddy)."""
-        return self._put_route(self._route(app, phase, slots, serving))
+        return self._put_route(self._route(app, phase, slots, serving, also))
 
     def ensure_upstreams(self, app: str, phase: str, endpoints: list[str]) -> bool:
         """Route the phase URL to every one of `endpoints` ("address:port", Swarm tasks on
@@ -172,7 +177,7 @@ class CaddyRouter:
     def remove(self, app: str, phase: str) -> None:
         self._request("DELETE", f"/id/{self._route_id(app, phase)}", ok=(404,))
 
-    def routes(self) -> dict[tuple[str, str], tuple[int, int]]:
+    def routes(self) -> dict[tuple[str, str], tuple[int, ...]]:
         config = self._request("GET", "/config/").json() or {}
         server = config.get("apps", {}).get("http", {}).get("servers", {}).get(self.server_name)
         found = {}
@@ -226,8 +231,11 @@ class CaddyRouter:
         if node.get("listen") != listen:
             self._request("PATCH", f"{path}/listen", listen)
 
-    def _route(self, app: str, phase: str, slots: Slots, serving: int) -> dict:
-        return self._route_to(app, phase, [f"127.0.0.1:{port}" for port in slots.serving_first(serving)], "first")
+    def _route(self, app: str, phase: str, slots: Slots, serving: int, also: tuple[int, ...]) -> dict:
+        # One replica: the serving slot while it accepts connections, else the other. Several:
+        # each new request to the next replica; a dead one is skipped.
+        return self._route_to(app, phase, [f"127.0.0.1:{port}" for port in upstream_ports(slots, serving, also)],
+                              "round_robin" if also else "first")
 
     def _route_to(self, app: str, phase: str, dials: list[str], policy: str) -> dict:
         proxy = {
@@ -312,7 +320,9 @@ class DirectRouter:
             raise RouterError(f"without a proxy, the URL of {app}/{phase} is its serving container's port")
         return self.url_template.format(app=app, phase=phase, host="127.0.0.1", port=port)
 
-    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int) -> bool:
+    def ensure_route(self, app: str, phase: str, slots: Slots, serving: int, also: tuple[int, ...] = ()) -> bool:
+        if also:
+            raise RouterError("ROUTER=direct gives a phase one port: several replicas need ROUTER=caddy")
         self._routes[(_slug(app, "app"), _slug(phase, "phase"))] = slots.serving_first(serving)
         return False  # nothing outside this process changes
 
@@ -338,17 +348,30 @@ def migration_enabled(setting: Path = MIGRATE_SETTING) -> bool | None:
         return None
 
 
-def _route_order(route: dict) -> tuple[int, int] | None:
-    """The slot ports of one of our routes in the order Caddy tries them (None for anything else)."""
+def upstream_ports(slots: Slots, serving: int, also: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The ports a phase's route lists, in order: both slots, the serving one first; or, for
+    several replicas, the serving slot and the other replicas' ports."""
+    ordered = slots.serving_first(serving)
+    if not also:
+        return ordered
+    for port in also:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536 or port in ordered:
+            raise RouterError(f"replica port {port!r} is not a TCP port apart from the slots {slots.a} and {slots.b}")
+    return (serving, *also)
+
+
+def _route_order(route: dict) -> tuple[int, ...] | None:
+    """The ports of one of our routes in the order Caddy tries them (None for anything else)."""
     try:
         proxy = route["handle"][0]
         hosts, ports = zip(*(u["dial"].rpartition(":")[::2] for u in proxy["upstreams"]))
         if set(hosts) != {"127.0.0.1"}:
             return None  # a route to Swarm tasks on their nodes has no slots
         ports = tuple(int(port) for port in ports)
-        Slots(*ports)
+        if not all(0 < port < 65536 for port in ports):
+            return None
         return ports
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RouterError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
 
 

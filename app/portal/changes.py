@@ -384,9 +384,6 @@ def remove_services(ctx, app_name: str, phase: str, *, confirm: str | None, acto
                     role_of: RoleOf) -> list[str]:
     """Delete a phase's backing services *and their data*: permission, typed confirmation
     (`<app>/<phase>`), never during a deployment of that phase, audited. Returns the names."""
-    from docker.errors import DockerException
-    from requests import RequestException
-
     from app import services
     from app.exceptions import LockHeld, ReleasePipelineError
     from app.locks import deploy_lock
@@ -413,7 +410,7 @@ def remove_services(ctx, app_name: str, phase: str, *, confirm: str | None, acto
         raise Conflict(f"{app_name}/{phase} is being deployed; remove its services once that finishes") from None
     except RedisError:
         raise ServiceUnavailable("the job queue (Redis) is unavailable; nothing was removed") from None
-    except (DockerException, RequestException, ReleasePipelineError) as exc:
+    except ReleasePipelineError as exc:
         log.error("removing the %s services of %s failed: %s", phase, app_name, exc)
         raise ServiceUnavailable("the Docker engine did not complete the removal; try again") from None
     with ctx.db.session() as session:
@@ -431,9 +428,6 @@ def delete_app(ctx, app_name: str, *, confirm: str | None, actor: str, role_of: 
     Deleting again retries the removal of whatever is left.
     """
     from contextlib import ExitStack
-
-    from docker.errors import DockerException
-    from requests import RequestException
 
     from app.exceptions import LockHeld, ReleasePipelineError
     from app.locks import deploy_lock
@@ -464,7 +458,7 @@ def delete_app(ctx, app_name: str, *, confirm: str | None, actor: str, role_of: 
         raise Conflict(f"{app_name} is being deployed; delete it once that finishes") from None
     except RedisError:
         raise ServiceUnavailable("the job queue (Redis) is unavailable; nothing was deleted") from None
-    except (DockerException, RequestException, ReleasePipelineError) as exc:
+    except ReleasePipelineError as exc:
         log.error("deleting %s failed: %s", app_name, exc)
         raise ServiceUnavailable("the Docker engine or the router did not complete the removal; "
                                  "delete the app again to finish it") from None

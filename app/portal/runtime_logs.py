@@ -70,9 +70,9 @@ def sources(ctx, session, app: App, phase: str) -> Sources:
                           or c.labels.get(LABEL_DEPLOYMENT) == str(serving.id)), None)
         items.append(Source("app", f"{app.name} {phase} · {serving.version}", container.id if container else None,
                             container is not None and container.status == "running"))
-    for service in sorted(services, key=lambda c: c["name"]):
-        name = service["labels"].get(ctx.engine.LABEL_SERVICE) or service["name"]
-        items.append(Source(name, f"service {name}", service["id"], service["state"] == "running"))
+    for service in sorted(services, key=lambda c: c.name):
+        name = service.labels.get(ctx.engine.LABEL_SERVICE) or service.name
+        items.append(Source(name, f"service {name}", service.id, service.state == "running"))
     sealed = [s.value for s in resolve(session, ctx.config, app.id, phase).secrets.values()]
     if serving is not None:
         sealed += list((serving.profile_snapshot or {}).get("secrets", {}).values())

@@ -71,6 +71,7 @@ echo "APP_VERSION=$APP_VERSION"
 echo "APP_PHASE=$APP_PHASE"
 echo "{profile}=${profile}"
 echo "BUILD="{version}
+echo "HOSTNAME=$HOSTNAME"
 """
 
 
