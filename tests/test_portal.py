@@ -693,6 +693,11 @@ def test_live_pages_get_a_new_state_when_what_they_show_changes(admin, pctx, mon
         with pctx.db.session() as session:
             session.get(Deployment, queued[0]).status = "cancelled"
     assert admin.get("/apps/nope/events").status_code == 404
+    # A new app changes the apps list's state (not a board's).
+    before = {page: re.search(r'data-live-state="([^"]+)"', admin.get(page).text).group(1) for page in ("/", "/apps/shop")}
+    add_app(pctx, name="docs", full_name="acme/docs")
+    after = {page: re.search(r'data-live-state="([^"]+)"', admin.get(page).text).group(1) for page in ("/", "/apps/shop")}
+    assert before["/"] != after["/"] and before["/apps/shop"] == after["/apps/shop"]
 
 
 def test_with_every_held_stream_taken_a_live_page_gets_one_answer_and_comes_back(admin, pctx, engine, monkeypatch):

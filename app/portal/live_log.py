@@ -38,9 +38,10 @@ def response(ctx, deployment_id: int) -> Response:
     return events_response(stream(ctx, deployment_id, max(after, 0)))
 
 
-def watch_response(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None) -> Response:
+def watch_response(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None, *,
+                   new_apps: bool = False) -> Response:
     """A `state` event each time what a page shows of these (visible) apps changes."""
-    return events_response(watch(ctx, app_ids, payload))
+    return events_response(watch(ctx, app_ids, payload, new_apps=new_apps))
 
 
 def events_response(body) -> Response:
@@ -89,7 +90,7 @@ def stream(ctx, deployment_id: int, after: int):
             time.sleep(POLL_SECONDS)
 
 
-def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None):
+def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = None, *, new_apps: bool = False):
     """`state` at once and on every change of `queries.fingerprint`: `{"state": ...}` plus, for
     API clients, `payload` (the document the page's JSON endpoint returns)."""
     last = None
@@ -97,7 +98,7 @@ def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = N
     def tick(held: bool) -> list[str]:
         nonlocal last
         with ctx.db.session() as session:
-            now = queries.fingerprint(session, app_ids)
+            now = queries.fingerprint(session, app_ids, new_apps=new_apps)
             if now == last:
                 return []
             last = now

@@ -259,16 +259,18 @@ def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list
     return result
 
 
-def fingerprint(session: Session, app_ids: list[int]) -> str:
+def fingerprint(session: Session, app_ids: list[int], *, new_apps: bool = False) -> str:
     """Changes whenever what the apps list or a board shows of these apps does (a deployment
-    queued, moving on or ending, a freeze, a profile edit): the live pages reload their parts then."""
-    if not app_ids:
-        return "none"
-    rows = session.execute(
-        select(Deployment.id, Deployment.status, Deployment.url, Deployment.started_at)
-        .where(Deployment.app_id.in_(app_ids)).order_by(Deployment.id.desc()).limit(LIVE_ROWS)).all()
-    audited = session.scalar(select(func.max(AuditEntry.id)).where(AuditEntry.app_id.in_(app_ids)))
-    text = repr((sorted(app_ids), [tuple(map(str, row)) for row in rows], audited))
+    queued, moving on or ending, a freeze, a profile edit) and, with `new_apps`, when an app is
+    added: the live pages reload their parts then."""
+    rows, audited = [], None
+    if app_ids:
+        rows = session.execute(
+            select(Deployment.id, Deployment.status, Deployment.url, Deployment.started_at)
+            .where(Deployment.app_id.in_(app_ids)).order_by(Deployment.id.desc()).limit(LIVE_ROWS)).all()
+        audited = session.scalar(select(func.max(AuditEntry.id)).where(AuditEntry.app_id.in_(app_ids)))
+    newest_app = session.scalar(select(func.max(App.id))) if new_apps else None
+    text = repr((sorted(app_ids), [tuple(map(str, row)) for row in rows], audited, newest_app))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

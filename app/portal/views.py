@@ -88,7 +88,7 @@ def apps():
         visible = _visible_apps(session)
         index = queries.containers(ctx.engine) if visible else {}
         rows = queries.summaries(ctx, session, visible, index)
-        state = queries.fingerprint(session, [app.id for app in visible])
+        state = queries.fingerprint(session, [app.id for app in visible], new_apps=True)
     return render_template("apps.html", rows=rows, phases=ctx.config.phase_names, health_known=index is not None,
                            live_state=state, live_stream=url_for("portal.apps_events"))
 
@@ -99,7 +99,7 @@ def apps_events():
     ctx = _ctx()
     with ctx.db.session() as session:
         ids = [app.id for app in _visible_apps(session)]
-    return live_log.watch_response(ctx, ids)
+    return live_log.watch_response(ctx, ids, new_apps=True)
 
 
 @bp.get("/apps/<name>/events")
