@@ -109,13 +109,14 @@ def describe_place(port: int, replicas: int) -> str:
 
 
 def route_ports(serving: Sequence[Instance], slots: Slots) -> tuple[int, tuple[int, ...]] | None:
-    """(slot port, other replicas' ports) for the router to send requests to `serving`; None
-    when no serving instance publishes on a slot (then the route cannot be restored, only a
-    redeploy helps)."""
+    """(slot port, other replicas' ports in order) for the router to send requests to
+    `serving`, the one on a slot first; None when none publishes on a slot (then the route
+    cannot be restored, only a redeploy helps). In order, so that the same replicas always
+    make the same route: an unchanged route is never written again."""
     ports = [i.port for i in serving if i.port is not None]
     if not ports or ports[0] not in slots.ports:
         return None
-    return ports[0], tuple(ports[1:])
+    return ports[0], tuple(sorted(ports[1:]))
 
 
 def combine_health(results: Sequence[HealthResult], replicas: int) -> HealthResult:

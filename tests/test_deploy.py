@@ -371,6 +371,12 @@ def test_three_replicas_answer_from_three_containers_and_roll_out_failing_no_req
     lines = rig.lines(second.id)
     assert any(line.startswith("starting 2.0.0 (") and line.endswith("and 2 more ports") for line in lines), lines
     assert sum(line.startswith("stopped the previous container") for line in lines) == 3
+    # Reconcile expects every replica of the serving deployment, and restores a lost route to all three.
+    route = rig.ctx.router.routes()[(APP, "demo")]
+    rig.ctx.router.remove(APP, "demo")
+    findings = reconcile_job.reconcile(rig.ctx)
+    assert (findings.removed_containers, findings.redeployed, findings.restored_routes) == ([], [], [f"{APP}/demo"])
+    assert rig.containers() == replaced and rig.ctx.router.routes()[(APP, "demo")] == route
 
     rig.commit("3.0.0", healthy=False)
     with RequestLoop(lambda session: rig.get(session=session)) as loop:

@@ -78,7 +78,7 @@ def test_each_replica_is_one_container_the_first_on_the_slot():
 def test_the_route_lists_the_slots_for_one_replica_and_every_replica_for_several():
     assert route_ports([box("a", 4, 20001)], SLOTS) == (20001, ())
     assert upstream_ports(SLOTS, 20001) == (20001, 20000)
-    assert route_ports([box("a", 4, 20000), box("b", 4, 33001), box("c", 4, 33002)], SLOTS) == (20000, (33001, 33002))
+    assert route_ports([box("a", 4, 20000), box("c", 4, 33002), box("b", 4, 33001)], SLOTS) == (20000, (33001, 33002))
     assert upstream_ports(SLOTS, 20000, (33001, 33002)) == (20000, 33001, 33002)
     assert route_ports([box("x", 4, 33001)], SLOTS) is None  # its slot container is gone: only a redeploy helps
     assert route_ports([], SLOTS) is None
