@@ -21,6 +21,8 @@ class CommandName(StrEnum):
     """Every command word, without its slash."""
 
     DEPLOY = "deploy"
+    #: `/deploy preview`: a sub-command of /deploy (its word is /deploy), with a role of its own.
+    DEPLOY_PREVIEW = "deploy preview"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     REDEPLOY = "redeploy"
@@ -38,6 +40,17 @@ class DeployHead:
 
     phase: str | None
     name: ClassVar[CommandName] = CommandName.DEPLOY
+
+
+@dataclass(frozen=True)
+class DeployPreview:
+    """Build the pull request's head as its preview (SPEC §12): a fork's needs this consent."""
+
+    name: ClassVar[CommandName] = CommandName.DEPLOY_PREVIEW
+
+
+#: The word after /deploy that asks for the preview; a phase may not be named so.
+PREVIEW_WORD = "preview"
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class Help:
     name: ClassVar[CommandName] = CommandName.HELP
 
 
-Command = DeployHead | Promote | Rollback | Redeploy | Retry | Cancel | Freeze | Unfreeze | Status | Help
+Command = DeployHead | DeployPreview | Promote | Rollback | Redeploy | Retry | Cancel | Freeze | Unfreeze | Status | Help
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,10 @@ _SYNTAX: dict[CommandName, tuple[str, str]] = {
     CommandName.DEPLOY: (
         "/deploy [phase]",
         "build this pull request's head and deploy it (default: the first phase)",
+    ),
+    CommandName.DEPLOY_PREVIEW: (
+        "/deploy preview",
+        "build this pull request's head as its preview (a fork's code runs only after this)",
     ),
     CommandName.PROMOTE: (
         "/promote <phase> [<version>] [as <new-version>] [--force <reason>]",
@@ -154,7 +171,7 @@ HELP_TEXT = "Release Pipeline commands (phase names are case-insensitive):\n" + 
     f"- `{syntax}` — {meaning}" for syntax, meaning in _SYNTAX.values()
 )
 
-_COMMAND_WORDS = {f"/{name.value}": name for name in CommandName}
+_COMMAND_WORDS = {f"/{name.value}": name for name in CommandName if " " not in name.value}
 # Sentence punctuation glued to a command word ("/status.") gets a hint rather than silence.
 _TRAILING_PUNCTUATION = ".,;:!?"
 # Only these are fences (CommonMark): an info string after ``` may not hold a backtick,
@@ -232,9 +249,12 @@ def _no_more(args: list[str]) -> None:
         raise _Unparsable(f"Unexpected {_shown(args[0])}.")
 
 
-def _deploy(args: list[str], phases: Sequence[str]) -> DeployHead:
+def _deploy(args: list[str], phases: Sequence[str]) -> DeployHead | DeployPreview:
     if not args:
         return DeployHead(phase=None)
+    if args[0].lower() == PREVIEW_WORD and PREVIEW_WORD not in phases:
+        _no_more(args[1:])
+        return DeployPreview()
     phase = _phase(args[0], phases)
     _no_more(args[1:])
     return DeployHead(phase=phase)

@@ -56,7 +56,8 @@ def active_freeze(config: PipelineConfig, phase: str, ad_hoc: PhaseFreeze | None
     window that ends last."""
     if ad_hoc is not None:
         return Freeze(phase, ad_hoc.author, ad_hoc.reason, None)
-    windows = [(end, window) for window in config.phase(phase).freeze
+    configured = config.phases.get(phase)  # a preview (pr-<n>) has no configured freeze
+    windows = [(end, window) for window in (configured.freeze if configured else [])
                if (end := _window_end(window, now)) is not None]
     if not windows:
         return None

@@ -36,6 +36,8 @@ def proven_by_push(trigger: str, required: str) -> bool:
 
 def previous_phase(phase_names: list[str], phase: str, trigger: str, *, required: bool) -> str | None:
     """The phase `phase`'s commit must have run on first (`require_previous_phase`), or None."""
+    if phase not in phase_names:
+        return None  # a pull request preview takes the PR's head, whatever ran before
     index = phase_names.index(phase)
     if not required or index == 0 or trigger in RESTORING:
         return None

@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from app.context import Context
 from app.deployments import schedule
 from app.models import Deployment, Delivery, DeliveryOutcome
-from app.plans import Deploy, Ignore, Invalid, Plan, Reply, RunCommand, SummarizePromotion, SyncInstallation
+from app import previews
+from app.plans import Deploy, Ignore, Invalid, Plan, PreviewEvent, Reply, RunCommand, SummarizePromotion, SyncInstallation
 from app.registry import ensure_app, sync_installation
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,15 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt
     if isinstance(plan, SummarizePromotion):
         return Receipt(202, {"ok": True, "reason": f"promotion PR #{plan.pr_number} to {plan.phase}: summary queued"},
                        [("summary", dict(app_id=app.id, pr_number=plan.pr_number, phase=plan.phase))])
+    if isinstance(plan, PreviewEvent):
+        recorded = previews.record(ctx, session, app, plan)
+        jobs = [*((("deploy", recorded.deployment_id),) if recorded.deployment_id else ()),
+                *(("report", r) for r in recorded.reports or []),
+                *(("preview_teardown", t) for t in recorded.teardowns or [])]
+        body = {"ok": True, "reason": recorded.reason}
+        if recorded.deployment_id:
+            body["deployment"] = recorded.deployment_id
+        return Outcome(202, body, jobs)
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
         jobs = [("report", report.id)] if report.state == "pending" else []
@@ -144,6 +154,8 @@ def _enqueue(ctx: Context, job: tuple) -> None:
         ctx.jobs.command(**arg)
     elif kind == "summary":
         ctx.jobs.summary(**arg)
+    elif kind == "preview_teardown":
+        ctx.jobs.preview_teardown(**arg)
 
 
 def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int], report_ids: list[int]) -> None:

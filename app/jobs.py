@@ -85,6 +85,16 @@ class Jobs:
             "app_id": app_id, "pr_number": pr_number, "phase": phase}, timeout=300)
         return f"summary-{app_id}-{pr_number}"
 
+    def preview_teardown(self, *, app_id: int, pr_number: int, generation: int, up_to: int, reason: str) -> str:
+        """Remove what a preview runs (containers, route, services, volumes); once per generation."""
+        return self._enqueue(
+            DEPLOYS,
+            "workers.preview.teardown",
+            job_id("preview-teardown", app_id, pr_number, generation),
+            {"app_id": app_id, "pr_number": pr_number, "generation": generation, "up_to": up_to, "reason": reason},
+            timeout=600,
+        )
+
     def report(self, report_id: int) -> str:
         return self._enqueue(
             REPORTS,

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.pipeline import preview_phase
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -438,3 +440,51 @@ class NotificationAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str] = mapped_column(String(300), default="")
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PreviewState(str, enum.Enum):
+    """Where a pull request's preview (SPEC §12) stands."""
+
+    #: A draft: built once it is ready for review (unless `previews.drafts`).
+    DRAFT = "draft"
+    #: A fork's head: nothing is built until someone with `previews.fork_role` says `/deploy preview`.
+    AWAITING_APPROVAL = "awaiting_approval"
+    #: Built (or being built) and served at its URL.
+    ACTIVE = "active"
+    #: Torn down while the pull request stays open (idle, max_active, the portal): a push builds it again.
+    REMOVED = "removed"
+    #: The pull request was closed: only `reopened` brings it back.
+    CLOSED = "closed"
+
+    @property
+    def running(self) -> bool:
+        return self is PreviewState.ACTIVE
+
+
+class Preview(Base):
+    """One pull request's preview phase `pr-<number>`: what was seen of the PR, and its state."""
+
+    __tablename__ = "previews"
+    __table_args__ = (UniqueConstraint("app_id", "pr_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    pr_number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    #: The head commit of the PR as last seen (a fork's waits here for `/deploy preview`).
+    head_sha: Mapped[str] = mapped_column(String(64))
+    head_repo: Mapped[str | None] = mapped_column(String(200))
+    fork: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The PR's `updated_at` of the newest delivery applied: older ones arriving late are ignored.
+    event_at: Mapped[str] = mapped_column(String(40), default="")
+    #: Counts teardowns, so a reopened PR may build the same commit again.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The last push (or `/deploy preview`) that asked for a build: idle time counts from here.
+    active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def phase(self) -> str:
+        return preview_phase(self.pr_number)

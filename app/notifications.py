@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.models import App, Deployment, DeploymentStatus, Notification, iso
 from app.plans import Trigger
-from app.pipeline import EVENTS, NotificationTarget
+from app.pipeline import EVENTS, NotificationTarget, is_preview
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def finished_event(deployment: Deployment) -> Event:
     A refused deployment (e.g. missing approvals) did not ship: it is a failure to the team.
     """
     status = DeploymentStatus(deployment.status)
+    if status is DeploymentStatus.SUCCEEDED and is_preview(deployment.phase):
+        return Event.PREVIEW_READY
     if status is DeploymentStatus.SUCCEEDED:
         return Event.DEPLOYMENT_ROLLED_BACK if deployment.trigger == Trigger.ROLLBACK else Event.DEPLOYMENT_SUCCEEDED
     if status is DeploymentStatus.SUPERSEDED:

@@ -12,12 +12,18 @@ ROLES = ("none", "read", "triage", "write", "maintain", "admin")
 # Older GitHub payloads (a repository's ``permissions`` object) still say pull and push.
 _ROLE_ALIASES = {"pull": "read", "push": "write"}
 PHASE = "phase"
+#: The role `previews.fork_role` in pipeline.yml sets (SPEC §12; default write).
+FORK_ROLE = "previews.fork_role"
+DEFAULT_FORK_ROLE = "write"
 
 
 class Action(StrEnum):
     """Everything a user can ask for, by comment, by merging a promotion or in the portal."""
 
     DEPLOY = "deploy"
+    #: `/deploy preview`: run a pull request's (maybe a fork's) code as its preview.
+    DEPLOY_PREVIEW = "deploy_preview"
+    REMOVE_PREVIEW = "remove_preview"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     STATUS = "status"
@@ -38,6 +44,9 @@ class Action(StrEnum):
 # The role each action needs; PHASE means the target phase's configured role.
 RULES: dict[Action, str] = {
     Action.DEPLOY: PHASE,
+    Action.DEPLOY_PREVIEW: FORK_ROLE,
+    # Removing a preview loses nothing a push cannot bring back.
+    Action.REMOVE_PREVIEW: "write",
     Action.PROMOTE: PHASE,
     Action.ROLLBACK: PHASE,
     Action.EDIT_PROFILE: PHASE,
@@ -60,6 +69,8 @@ RULES: dict[Action, str] = {
 # world; removing backing services destroys data, so it needs maintain anywhere.
 AT_LEAST: dict[Action, str] = {
     Action.DEPLOY: "triage",
+    # A fork's Dockerfile is untrusted code: never for readers, whatever the configuration says.
+    Action.DEPLOY_PREVIEW: "write",
     Action.PROMOTE: "triage",
     Action.ROLLBACK: "triage",
     Action.EDIT_PROFILE: "triage",
@@ -74,6 +85,8 @@ AT_LEAST: dict[Action, str] = {
 
 _WHAT: dict[Action, str] = {
     Action.DEPLOY: "deploy to {phase}",
+    Action.DEPLOY_PREVIEW: "build a pull request's preview",
+    Action.REMOVE_PREVIEW: "remove a preview",
     Action.PROMOTE: "promote to {phase}",
     Action.ROLLBACK: "roll back {phase}",
     Action.EDIT_PROFILE: "edit the {phase} profile",
@@ -125,9 +138,12 @@ def role_allows(actual: str, required: str) -> bool:
     return _rank(actual) >= ROLES.index(_known(required))
 
 
-def required_role(action: Action, phase_role: str | None) -> str:
-    """The role ``action`` needs, given the target phase's role (None for phaseless actions)."""
+def required_role(action: Action, phase_role: str | None, fork_role: str = DEFAULT_FORK_ROLE) -> str:
+    """The role ``action`` needs, given the target phase's role (None for phaseless actions)
+    and, for previews, ``previews.fork_role`` (callers pass the configured one)."""
     rule = RULES[action]
+    if rule == FORK_ROLE:
+        rule = fork_role
     if rule == PHASE:
         if phase_role is None:
             raise ValueError(f"{action} needs a phase")
@@ -136,28 +152,31 @@ def required_role(action: Action, phase_role: str | None) -> str:
 
 
 def check(
-    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str]
+    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str],
+    *, fork_role: str = DEFAULT_FORK_ROLE,
 ) -> Decision:
     """Whether a user with ``actor_role`` may do ``action`` on ``phase``, and why.
 
     ``phase`` must be configured when the action targets one; phaseless actions ignore it.
+    ``fork_role`` (``previews.fork_role``) is needed for ``DEPLOY_PREVIEW``.
     """
     phase_role = None
     if RULES[action] == PHASE and phase is not None:
         if phase not in phase_roles:
             raise ValueError(f"unknown phase {phase!r}")
         phase_role = phase_roles[phase]
-    required = required_role(action, phase_role)
+    required = required_role(action, phase_role, fork_role)
     has = ROLES[_rank(actor_role)]
     reason = f"{_WHAT[action].format(phase=phase)} needs the {required} role (you have {has})"
     return Decision(allowed=role_allows(actor_role, required), required=required, reason=reason)
 
 
 def require(
-    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str]
+    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str],
+    *, fork_role: str = DEFAULT_FORK_ROLE,
 ) -> Decision:
     """Like check, but raise PermissionDenied (carrying the reason) when not allowed."""
-    decision = check(actor_role, action, phase, phase_roles)
+    decision = check(actor_role, action, phase, phase_roles, fork_role=fork_role)
     if not decision.allowed:
         raise PermissionDenied(decision.reason)
     return decision

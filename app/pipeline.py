@@ -181,8 +181,40 @@ class NotificationTarget(Strict):
         return self
 
 
+#: Preview phases are named `pr-<number>` (SPEC §12); no configured phase may look like one.
+PREVIEW_PREFIX = "pr-"
+PREVIEW_PHASE = re.compile(r"^pr-[0-9]+$")
+
+
+def preview_phase(pr_number: int) -> str:
+    return f"{PREVIEW_PREFIX}{pr_number}"
+
+
+def is_preview(phase: str | None) -> bool:
+    """Whether `phase` is a pull request's preview (`pr-12`), not a configured phase."""
+    return bool(phase) and PREVIEW_PHASE.fullmatch(phase) is not None
+
+
+class Previews(Strict):
+    """`previews:` in pipeline.yml: one preview phase per open pull request into the default branch."""
+
+    enabled: bool = True
+    #: Plain environment and sizing only: a preview never receives a secret.
+    profile: Profile = Profile()
+    #: A preview without a push for this long is torn down (the scheduler checks every minute).
+    ttl_hours: Annotated[float, Field(gt=0, le=8760)] = 72
+    #: At most this many previews per app; a new one removes the one idle longest.
+    max_active: Annotated[int, Field(ge=1, le=100)] = 10
+    #: Build draft pull requests too (otherwise they wait for ready_for_review).
+    drafts: bool = False
+    #: Who may run a fork's code with `/deploy preview`. Below write is refused: on a public
+    #: repository everyone can read, and a fork's Dockerfile is untrusted code.
+    fork_role: Literal["write", "maintain", "admin"] = "write"
+
+
 class PipelineConfig(Strict):
     defaults: Defaults = Defaults()
+    previews: Previews = Previews()
     phases: dict[Annotated[str, Field(pattern=SLUG)], Phase]
     images: Images = Images()
     #: A phase takes only commits that succeeded on the phase before it (a tag of a commit Demo
@@ -207,6 +239,9 @@ class PipelineConfig(Strict):
     def _named(cls, phases: dict[str, Phase]) -> dict[str, Phase]:
         if not phases:
             raise ValueError("at least one phase is needed")
+        clashing = [name for name in phases if is_preview(name) or name == "preview"]
+        if clashing:
+            raise ValueError(f"{clashing[0]}: preview and pr-<number> names are kept for pull request previews")
         return {name: phase.model_copy(update={"name": name}) for name, phase in phases.items()}
 
     @property
@@ -227,10 +262,12 @@ class PipelineConfig(Strict):
         return list(reversed(names[: names.index(name)]))
 
     def url_template(self, name: str) -> str:
-        return self.phases[name].url or self.defaults.url
+        phase = self.phases.get(name)  # a preview (pr-<n>) uses the defaults
+        return (phase.url if phase else None) or self.defaults.url
 
     def health_timeout(self, name: str) -> float:
-        return self.phases[name].health_timeout or self.defaults.health_timeout
+        phase = self.phases.get(name)
+        return (phase.health_timeout if phase else None) or self.defaults.health_timeout
 
     @property
     def roles(self) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -45,6 +46,8 @@ class Trigger(StrEnum):
     RESTORE = "restore"
     REDEPLOY = "redeploy"
     RETRY = "retry"
+    #: A pull request's preview (SPEC §12): its head built for phase pr-<number>.
+    PREVIEW = "preview"
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,48 @@ class SummarizePromotion:
         _text(self.phase, "phase", limit=40)
 
 
+class PreviewAction(str, enum.Enum):
+    """What happened to a pull request into the default branch, as far as its preview cares."""
+
+    OPENED = "opened"
+    REOPENED = "reopened"
+    SYNCHRONIZE = "synchronize"
+    READY_FOR_REVIEW = "ready_for_review"
+    CLOSED = "closed"
+    #: `/deploy preview` by someone with `previews.fork_role`: consent to build the head now.
+    COMMAND = "command"
+
+
+@dataclass(frozen=True)
+class PreviewEvent:
+    """A pull request event for its preview phase (SPEC §12); `app.previews.decide` says what it means."""
+
+    repo: Repo
+    pr_number: int
+    action: PreviewAction
+    head_sha: str
+    #: The repository the head lives in (None when a fork was deleted); ≠ repo: a fork.
+    head_repo: str | None
+    draft: bool = False
+    merged: bool = False
+    #: The PR's `updated_at`: a delivery older than one already applied changes nothing.
+    updated_at: str = ""
+    actor: str = ""
+
+    def __post_init__(self) -> None:
+        _number(self.pr_number, "pull request number", maximum=2**31 - 1)
+        _text(self.head_sha, "pull_request.head.sha", limit=64)
+        _text(self.head_repo, "pull_request.head.repo.full_name", limit=200, optional=True)
+        _text(self.updated_at, "pull_request.updated_at", limit=40)
+        _text(self.actor, "sender.login", limit=100)
+        if not isinstance(self.draft, bool) or not isinstance(self.merged, bool):
+            raise TypeError("pull_request.draft and merged must be booleans")
+
+    @property
+    def fork(self) -> bool:
+        return self.head_repo != self.repo.full_name
+
+
 @dataclass(frozen=True)
 class Reply:
     """Answer a malformed command on the PR without doing anything else."""
@@ -194,4 +239,4 @@ class Invalid:
     reason: str
 
 
-Plan = Deploy | RunCommand | SummarizePromotion | Reply | SyncInstallation | Pong | Ignore | Invalid
+Plan = Deploy | RunCommand | SummarizePromotion | PreviewEvent | Reply | SyncInstallation | Pong | Ignore | Invalid

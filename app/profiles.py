@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.crypto import SecretBox
 from app.models import Profile
-from app.pipeline import PipelineConfig
+from app.pipeline import PipelineConfig, is_preview
 
 SIZING = ("memory", "cpus", "replicas", "stop_timeout")
 
@@ -44,6 +44,8 @@ class ResolvedProfile:
 
 
 def resolve(session: Session, config: PipelineConfig, app_id: int, phase: str) -> ResolvedProfile:
+    if is_preview(phase):
+        return _preview(config, phase)
     rows = {
         p.phase: p for p in session.scalars(select(Profile).where(Profile.app_id == app_id)).all()
     }
@@ -62,13 +64,27 @@ def resolve(session: Session, config: PipelineConfig, app_id: int, phase: str) -
         for key in SIZING:
             if getattr(row, key) is not None:
                 sizing.setdefault(key, Sourced(getattr(row, key), name))
-    for pipeline_profile in (config.phase(phase).profile, config.defaults.profile):
+    _fill_from_pipeline((config.phase(phase).profile, config.defaults.profile), env, sizing)
+    return ResolvedProfile(phase=phase, env=env, secrets=secrets, sizing=sizing)
+
+
+def _fill_from_pipeline(profiles, env: dict[str, Sourced], sizing: dict[str, Sourced]) -> None:
+    """Values still unset come from the pipeline's profiles, first one first."""
+    for pipeline_profile in profiles:
         for key, value in pipeline_profile.env.items():
             env.setdefault(key, Sourced(value, "pipeline"))
         for key in SIZING:
             if getattr(pipeline_profile, key) is not None:
                 sizing.setdefault(key, Sourced(getattr(pipeline_profile, key), "pipeline"))
-    return ResolvedProfile(phase=phase, env=env, secrets=secrets, sizing=sizing)
+
+
+def _preview(config: PipelineConfig, phase: str) -> ResolvedProfile:
+    """A pull request preview runs untrusted code: `previews.profile` and the defaults only, never
+    an app profile (so no secret of any phase) — SPEC §12."""
+    env: dict[str, Sourced] = {}
+    sizing: dict[str, Sourced] = {}
+    _fill_from_pipeline((config.previews.profile, config.defaults.profile), env, sizing)
+    return ResolvedProfile(phase=phase, env=env, secrets={}, sizing=sizing)
 
 
 def container_env(snapshot: dict[str, Any], box: SecretBox) -> dict[str, str]:

@@ -16,11 +16,20 @@ from app import metrics
 from app.models import App, Deployment, DeploymentStatus, Report, ReportState, aware, utcnow
 from app.plans import Trigger
 from app.notifications import Event, Notifier, finished_event
+from app.pipeline import is_preview
 
 log = logging.getLogger(__name__)
 
 STATUS_CONTEXT = "release-pipeline/{phase}"
 PROMOTION_CONTEXT = "release-pipeline/promotion"
+#: Every pull request preview (`pr-<n>`) reports under one context, so it can be a required check.
+PREVIEW_CONTEXT = "release-pipeline/preview"
+#: The topic of the one comment per PR about its preview (app.previews.TOPIC).
+PREVIEW_TOPIC = "preview"
+
+
+def status_context(phase: str) -> str:
+    return PREVIEW_CONTEXT if is_preview(phase) else STATUS_CONTEXT.format(phase=phase)
 #: GitHub rejects longer status and deployment-status descriptions.
 DESCRIPTION_LIMIT = 140
 
@@ -74,6 +83,8 @@ def command_topic(comment_id: int) -> str:
 def reply_topic(deployment: Deployment) -> str:
     """Where a deployment's outcome goes on its PR: the reply to the command that asked for it,
     else one comment per phase (a merged promotion PR)."""
+    if is_preview(deployment.phase):
+        return PREVIEW_TOPIC
     if deployment.comment_id:
         return command_topic(deployment.comment_id)
     return f"deploy-{deployment.phase}"
@@ -93,8 +104,9 @@ class Reports:
         transaction, so no state change of a deployment is announced twice or missed."""
         if self.notifier is not None:
             self.notifier.notify(session, event, app=app, deployment=deployment)
-        if event is not Event.DEPLOYMENT_STARTED:
-            metrics.DEPLOYMENTS.labels(phase=deployment.phase, outcome=deployment.status).inc()
+        if event is not Event.DEPLOYMENT_STARTED:  # previews share one label: PR numbers are unbounded
+            phase_label = "preview" if is_preview(deployment.phase) else deployment.phase
+            metrics.DEPLOYMENTS.labels(phase=phase_label, outcome=deployment.status).inc()
         if deployment.status == DeploymentStatus.SUCCEEDED.value and deployment.trigger == Trigger.PUSH:
             metrics.PUSH_TO_URL.labels(phase=deployment.phase).observe(
                 (utcnow() - aware(deployment.queued_at)).total_seconds())
@@ -131,7 +143,7 @@ class Reports:
             {
                 "sha": deployment.sha,
                 "state": state,
-                "context": STATUS_CONTEXT.format(phase=deployment.phase),
+                "context": status_context(deployment.phase),
                 "description": short(description),
                 "target_url": target_url,
             },
@@ -188,6 +200,8 @@ class Reports:
                 "description": short(f"{deployment.version} to {deployment.phase}"),
                 "payload": {"version": deployment.version, "deployment": deployment.id, "app": app.name},
                 "production_environment": deployment.phase == self.last_phase,
+                # A preview's environment goes away with its pull request.
+                "transient_environment": is_preview(deployment.phase),
                 "state": "in_progress",
                 "log_url": self.deployment_page(app, deployment),
             },
@@ -280,11 +294,33 @@ class Reports:
             "sha": sha, "state": state, "context": PROMOTION_CONTEXT, "description": short(description),
             "target_url": target_url}, None)
 
+    def preview_removed(self, session: Session, app: App, pr_number: int, phase: str, text: str) -> list[Report]:
+        """A torn-down preview: every GitHub Deployment of it that succeeded becomes `inactive`,
+        its comment says why, and `preview.removed` is announced."""
+        reports = [self.comment(session, app, pr_number, PREVIEW_TOPIC, text)]
+        succeeded = session.scalars(select(Deployment).where(
+            Deployment.app_id == app.id, Deployment.phase == phase,
+            Deployment.status == DeploymentStatus.SUCCEEDED.value).order_by(Deployment.id)).all()
+        for deployment in succeeded:
+            inactive = [r for r in self._earlier(session, deployment, "deployment_status")
+                        if r.body.get("state") == "inactive"]
+            if self._earlier(session, deployment, "deployment") and not inactive:
+                reports.append(self._add(session, app, "deployment_status", {
+                    "state": "inactive", "environment_url": None, "log_url": self.deployment_page(app, deployment),
+                    "description": short(text)}, deployment))
+        last = succeeded[-1] if succeeded else None
+        if self.notifier is not None:
+            self.notifier.notify(session, Event.PREVIEW_REMOVED, app=app, deployment=last, phase=phase,
+                                 pr_number=pr_number, reason=short(text, 300))
+        return reports
+
     def reaction(self, session: Session, app: App, comment_id: int, content: str) -> Report:
         return self._add(session, app, "reaction", {"comment_id": comment_id, "content": content}, None)
 
 
 def outcome_text(deployment: Deployment, page: str) -> str:
+    if is_preview(deployment.phase):
+        return preview_text(deployment, page)
     phase = deployment.phase.capitalize()
     if deployment.status == DeploymentStatus.SUCCEEDED.value:
         return (
@@ -298,3 +334,16 @@ def outcome_text(deployment: Deployment, page: str) -> str:
         f"**{deployment.version}** was not deployed to **{phase}**: {deployment.reason or deployment.status}\n\n"
         f"[deployment log]({page})"
     )
+
+
+def preview_text(deployment: Deployment, page: str) -> str:
+    """The preview comment of a PR: its URL, version and state."""
+    head = f"**Preview** of #{deployment.pr_number}"
+    if deployment.status == DeploymentStatus.SUCCEEDED.value:
+        return (f"{head} is ready: {deployment.url}\n\n"
+                f"Version `{deployment.version}` (commit `{deployment.sha}`) · [deployment log]({page})")
+    if deployment.status in (DeploymentStatus.QUEUED.value, DeploymentStatus.BUILDING.value,
+                             DeploymentStatus.DEPLOYING.value):
+        return f"{head}: `{deployment.version}` is {deployment.status}… [follow the log]({page})"
+    return (f"{head}: `{deployment.version}` was not deployed: {deployment.reason or deployment.status}\n\n"
+            f"[deployment log]({page})")

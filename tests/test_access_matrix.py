@@ -54,6 +54,10 @@ EXPECTED: dict[Action, dict[str, str]] = {
     Action.HELP: {"demo": "read", "stage": "read", "live": "read"},
     Action.VIEW: {"demo": "read", "stage": "read", "live": "read"},
     Action.DELETE_APP: {"demo": "admin", "stage": "admin", "live": "admin"},
+    # Pull request previews (SPEC §12): running a PR's (maybe a fork's) code needs previews.fork_role
+    # (write by default, never less); removing a preview loses nothing a push cannot bring back.
+    Action.DEPLOY_PREVIEW: {"demo": "write", "stage": "write", "live": "write"},
+    Action.REMOVE_PREVIEW: {"demo": "write", "stage": "write", "live": "write"},
 }
 #: What GitHub may answer as a role, and the role we must treat it as.
 ACTUAL_ROLES = {**{role: role for role in ROLES}, "pull": "read", "push": "write", "ADMIN": "admin",
@@ -75,6 +79,19 @@ def config():
 
 
 # --- the table itself ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fork_role, who", [("write", "write"), ("maintain", "maintain"), ("admin", "admin")])
+def test_deploy_preview_needs_the_configured_fork_role(fork_role, who):
+    for actual in ACTUAL_ROLES:
+        decision = check(actual, Action.DEPLOY_PREVIEW, None, PHASE_ROLE, fork_role=fork_role)
+        assert decision.required == who and decision.allowed == allowed(actual, who), (actual, fork_role)
+
+
+def test_a_fork_role_below_write_is_refused_by_the_pipeline():
+    for low in ("read", "triage"):
+        with pytest.raises(ConfigError, match="previews/fork_role"):
+            parse_pipeline(f"phases: {{demo: {{trigger: push}}}}\npreviews: {{fork_role: {low}}}\n")
 
 
 def test_every_action_is_in_the_matrix_and_in_the_rules():

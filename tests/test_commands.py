@@ -8,6 +8,7 @@ from app.commands import (
     HELP_TEXT,
     CommandName,
     DeployHead,
+    DeployPreview,
     Help,
     Promote,
     Malformed,
@@ -24,6 +25,8 @@ COMMANDS = [
     pytest.param("/deploy", DeployHead(None), id="deploy-default-phase"),
     pytest.param("/deploy demo", DeployHead("demo"), id="deploy-demo"),
     pytest.param("/deploy stage", DeployHead("stage"), id="deploy-stage"),
+    pytest.param("/deploy preview", DeployPreview(), id="deploy-preview"),
+    pytest.param("/Deploy  PREVIEW", DeployPreview(), id="deploy-preview-any-case"),
     pytest.param("/promote live", Promote("live", None, None), id="promote"),
     pytest.param("/promote live v1.2.0", Promote("live", "v1.2.0", None), id="promote-version"),
     pytest.param(
@@ -230,6 +233,10 @@ def test_phases_come_back_as_configured():
     assert parse("/deploy STAGE", ["Demo", "Stage"]) == DeployHead("Stage")
 
 
+def test_deploy_preview_takes_no_more_words():
+    assert "Unexpected 'now'" in parse("/deploy preview now", PHASES).message
+
+
 def test_without_configured_phases_a_phase_is_unknown():
     assert "none are configured" in parse("/deploy demo", []).message
     assert parse("/deploy", []) == DeployHead(None)
@@ -237,7 +244,7 @@ def test_without_configured_phases_a_phase_is_unknown():
 
 @pytest.mark.parametrize("name", list(CommandName))
 def test_every_command_has_a_usage_a_help_line_and_a_grammar(name):
-    assert usage(name).split()[0] == f"/{name}"
+    assert usage(name).startswith(f"/{name}")
     assert f"`{usage(name)}`" in HELP_TEXT
     assert parse(f"/{name} nonsense-phase extra words", PHASES) is not None
 

@@ -51,6 +51,9 @@ MAY = {
     **{(action, phase): who for action in (Action.REDEPLOY, Action.RETRY, Action.CANCEL, Action.FREEZE,
                                            Action.UNFREEZE)
        for phase, who in (("demo", _WRITERS), ("stage", _MAINTAINERS), ("live", _ADMINS))},
+    # Previews: a PR's code (maybe a fork's) runs for writers (previews.fork_role's default), in any phase.
+    **{(action, phase): _WRITERS for action in (Action.DEPLOY_PREVIEW, Action.REMOVE_PREVIEW)
+       for phase in ("demo", "stage", "live")},
     # A freeze is the team's decision: only an admin may deploy through it, in any phase.
     **{(Action.OVERRIDE_FREEZE, phase): _ADMINS for phase in ("demo", "stage", "live")},
 }
@@ -67,8 +70,9 @@ CHANGES = {
     Action.FREEZE,
     Action.UNFREEZE,
 }
+PREVIEWS = {Action.DEPLOY_PREVIEW, Action.REMOVE_PREVIEW}
 ADMIN_ONLY = {Action.DELETE_APP, Action.OVERRIDE_FREEZE}
-PHASELESS = set(Action) - CHANGES - ADMIN_ONLY
+PHASELESS = set(Action) - CHANGES - ADMIN_ONLY - PREVIEWS
 
 
 def _cases(roles):

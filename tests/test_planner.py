@@ -48,6 +48,11 @@ def merged_pr(base="live", merged=True, title="Promote v1.4.0 to Live", action="
     return payload
 
 
+def into(base, payload):
+    payload["pull_request"]["base"]["ref"] = base
+    return payload
+
+
 def comment(body, action="created", on_pr=True, user_type="User"):
     payload = load_payload("issue_comment/created")
     payload["action"] = action
@@ -123,8 +128,10 @@ IGNORED = [
     ("delete event", "delete", load_payload("delete/payload"), "deletion"),
     ("PR closed unmerged", "pull_request", merged_pr(merged=False), "without merging"),
     ("PR merged into another branch", "pull_request", merged_pr(base="main"), "into main"),
-    ("PR opened", "pull_request", load_payload("pull_request/opened"), "opened"),
-    ("PR synchronize", "pull_request", load_payload("pull_request/synchronize"), "synchronize"),
+    # Into the default branch they plan a preview (tests/test_previews.py).
+    ("PR opened into another branch", "pull_request", into("develop", load_payload("pull_request/opened")), "opened"),
+    ("PR synchronize into another branch", "pull_request", into("develop", load_payload("pull_request/synchronize")),
+     "synchronize"),
     ("review submitted", "pull_request_review", load_payload("pull_request_review/submitted"), "reviews"),
     ("comment edited", "issue_comment", comment("/status", action="edited"), "edited"),
     ("comment deleted", "issue_comment", load_payload("issue_comment/deleted"), "deleted"),

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 
-from app import commands
+from app import commands, previews
 from app import shipped
 from app.actions import Actions, Outcome, PromotionRequest, current, latest_in
 from app.commands import Command, CommandName
@@ -26,6 +26,7 @@ from app.approvals import PROMOTION_REQUESTED
 from app.models import IN_PROGRESS, App, AuditEntry, Deployment, DeploymentStatus
 from app.plans import Trigger
 from app.permissions import Action, check
+from app.plans import PreviewAction, PreviewEvent, Repo
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class CommandJob:
         self._client = None
         #: Outcome reports of deployments a runner finished itself (a cancelled queued one).
         self.finished_reports: list[int] = []
+        #: Jobs a runner queues once its transaction is committed (a preview's build or teardown).
+        self.after_commit: list[Callable[[], object]] = []
 
     # -- GitHub ------------------------------------------------------------------------------
 
@@ -146,6 +149,8 @@ class CommandJob:
     def send(self, deployment_id: int | None, report_ids: list[int]) -> None:
         if deployment_id is not None:
             self.ctx.jobs.deploy(deployment_id)
+        for enqueue in self.after_commit:
+            enqueue()
         for report_id in report_ids:
             self.ctx.jobs.report(report_id)
 
@@ -162,7 +167,8 @@ class CommandJob:
         runner = RUNNERS[parsed.name]
         phase = runner.phase_of(parsed, self.ctx.config.phase_names)
         role, note = self.role()
-        decision = check(role, runner.action, phase, self.ctx.config.roles)
+        decision = check(role, runner.action, phase, self.ctx.config.roles,
+                         fork_role=self.ctx.config.previews.fork_role)
         if not decision.allowed:
             self.reply(f"`{as_text(parsed)}` refused: {decision.reason}. Nothing was changed."
                        + (f"\n\n{note}" if note else ""))
@@ -198,12 +204,9 @@ def run_deploy(job: CommandJob, session: Session, app: App, command: commands.De
     sha = (pull.get("head") or {}).get("sha")
     if not sha:
         return Outcome(False, f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
-    # The command may have waited behind other jobs: a head pushed after the comment is not what
-    # the commenter saw (GitHub's branch-deploy checks the same), so it is not deployed.
-    committed = parse_time(job.client().commit_date(sha))
-    if job.commented_at is not None and (committed is None or committed > job.commented_at):
-        return Outcome(False, f"`{as_text(command)}`: nothing was deployed: the head of #{job.pr_number} is now "
-                              f"{sha[:7]}, committed after your comment. Comment again to deploy it.")
+    moved = moved_since_comment(job, command, sha)
+    if moved is not None:
+        return moved
     outcome = job.actions.deploy_commit(session, app, command.phase, sha=sha, actor=job.actor, role=role,
                                         trigger=TRIGGER, pr_number=job.pr_number, comment_id=job.comment_id)
     answer = _worded(command, outcome)
@@ -211,6 +214,54 @@ def run_deploy(job: CommandJob, session: Session, app: App, command: commands.De
         answer = replace(answer, message=f"{answer.message} Commit {sha}, the head of #{job.pr_number} when you "
                                          "commented.")
     return answer
+
+
+def moved_since_comment(job: CommandJob, command: Command, sha: str) -> Outcome | None:
+    """The command may have waited behind other jobs: a head pushed after the comment is not what
+    the commenter saw (GitHub's branch-deploy checks the same), so it is not deployed."""
+    committed = parse_time(job.client().commit_date(sha))
+    if job.commented_at is not None and (committed is None or committed > job.commented_at):
+        return Outcome(False, f"`{as_text(command)}`: nothing was deployed: the head of #{job.pr_number} is now "
+                              f"{sha[:7]}, committed after your comment. Comment again to deploy it.")
+    return None
+
+
+def run_deploy_preview(job: CommandJob, session: Session, app: App, command: commands.DeployPreview,
+                       role: str) -> Outcome:
+    """Consent to build the head as it is now (a fork's code never runs without it), named in the reply."""
+    said = f"`{as_text(command)}`"
+    if not job.ctx.config.previews.enabled:
+        return Outcome(False, f"{said}: nothing was built: previews are off (previews.enabled in pipeline.yml).")
+    pull = job.client().get_pull(job.pr_number)
+    head = pull.get("head") or {}
+    sha = head.get("sha")
+    if not sha:
+        return Outcome(False, f"{said}: GitHub did not say which commit heads #{job.pr_number}.")
+    if pull.get("state") != "open":
+        return Outcome(False, f"{said}: nothing was built: #{job.pr_number} is {pull.get('state')}.")
+    base = (pull.get("base") or {}).get("ref")
+    if base != app.default_branch:
+        return Outcome(False, f"{said}: nothing was built: previews are for pull requests into "
+                              f"{app.default_branch} (#{job.pr_number} is into {base}).")
+    moved = moved_since_comment(job, command, sha)
+    if moved is not None:
+        return moved
+    event = PreviewEvent(repo=Repo(app.full_name, app.clone_url, app.default_branch, app.html_url,
+                                   app.installation_id),
+                         pr_number=job.pr_number, action=PreviewAction.COMMAND, head_sha=sha,
+                         head_repo=(head.get("repo") or {}).get("full_name"), draft=bool(pull.get("draft")),
+                         updated_at=pull.get("updated_at") or "", actor=job.actor)
+    recorded = previews.record(job.ctx, session, app, event)
+    job.finished_reports.extend(recorded.reports or [])
+    for teardown in recorded.teardowns or []:
+        job.after_commit.append(lambda teardown=teardown: job.ctx.jobs.preview_teardown(**teardown))
+    if recorded.deployment_id is None:
+        return Outcome(False, f"{said}: nothing was built: {recorded.reason.split(': ', 1)[-1]}.")
+    deployment_id = recorded.deployment_id
+    job.after_commit.append(lambda: job.ctx.jobs.deploy(deployment_id))
+    return Outcome(True, f"{said}: building commit {sha}, the head of #{job.pr_number} now, as its preview; "
+                         "the preview comment shows its URL once it serves. A later push needs a new "
+                         "`/deploy preview`.")
 
 
 def shipped_text(ctx: Context, session: Session, app: App, phase: str, head: str | None) -> str:
@@ -367,6 +418,8 @@ def _cell(text: str) -> str:
 def as_text(command: Command) -> str:
     """The command as its canonical comment text, for quoting in replies."""
     words = [f"/{command.name.value}"]
+    if isinstance(command, commands.DeployPreview):
+        return f"/deploy {commands.PREVIEW_WORD}"
     if isinstance(command, commands.DeployHead) and command.phase:
         words.append(command.phase)
     elif isinstance(command, commands.Promote):
@@ -409,6 +462,7 @@ class Runner:
 
 RUNNERS: dict[CommandName, Runner] = {
     CommandName.DEPLOY: Runner(Action.DEPLOY, _first_phase, run_deploy),
+    CommandName.DEPLOY_PREVIEW: Runner(Action.DEPLOY_PREVIEW, _no_phase, run_deploy_preview),
     CommandName.PROMOTE: Runner(Action.PROMOTE, _target_phase, run_promote),
     CommandName.ROLLBACK: Runner(Action.ROLLBACK, _target_phase, run_rollback),
     CommandName.REDEPLOY: Runner(Action.REDEPLOY, _target_phase, run_redeploy),

@@ -360,7 +360,7 @@ class Rollout:
         self.check_cancelled()
         self.roll_out(spec, snap.serving_id)
         self.prune(snap.app_name)
-        if snap.trigger not in SAME_CODE_TRIGGERS and phase != self.ctx.config.phase_names[0]:
+        if snap.trigger not in SAME_CODE_TRIGGERS and phase in self.ctx.config.phase_names[1:]:
             self.record_commits(snap.clone_url, snap.installation_id, snap.serving_sha, sha)
 
     def lazy_archive(self, clone_url: str, sha: str, token: str | None, scratch: str):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from rq.job import Job
 from sqlalchemy import select
 
+from app import previews
 from app.actions import current
 from app.context import Context
 from app.deployments import schedule
@@ -134,7 +135,7 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
         taken_up = set(session.scalars(select(Deployment.id).where(Deployment.status.in_(TAKEN_UP))).all())
         expected.update(i.id for i in instances if i.deployment_id in taken_up)
         for app in session.scalars(select(App).where(App.active.is_(True))).all():
-            for phase in ctx.config.phase_names:
+            for phase in previews.running_phases(ctx.config, session, app.id):
                 serving = current(session, app.id, phase)
                 if serving is None:
                     continue

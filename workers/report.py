@@ -158,7 +158,8 @@ class Sender:
             if deployment_id is None:
                 deployment_id = client.create_deployment(
                     ref=body["ref"], environment=body["environment"], payload=body["payload"],
-                    description=body["description"], production_environment=body["production_environment"])
+                    description=body["description"], production_environment=body["production_environment"],
+                    transient_environment=body.get("transient_environment", False))
                 # Kept before the status is posted: a retry must not create a second deployment.
                 report.result = {"github_deployment_id": deployment_id}
                 session.commit()

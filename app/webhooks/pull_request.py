@@ -1,9 +1,10 @@
-"""`pull_request`: a merged promotion PR into a phase's branch deploys its head to that phase."""
+"""`pull_request`: a merged promotion PR into a phase's branch deploys its head to that phase; a PR into
+the default branch gets a preview phase of its own (SPEC §12)."""
 
 from app.exceptions import InvalidVersion
-from app.plans import Deploy, Ignore, SummarizePromotion, Trigger
+from app.plans import Deploy, Ignore, PreviewAction, PreviewEvent, SummarizePromotion, Trigger
 from app.versions import short_sha, validate_version, version_from_title
-from app.webhooks.common import repo_of
+from app.webhooks.common import repo_of, sender_of
 from app.webhooks.router import Router
 
 router = Router()
@@ -19,7 +20,7 @@ def closed(payload, config):
         None,
     )
     if phase is None:
-        return Ignore(f"PR #{number} into {base} deploys nothing")
+        return _preview_event(payload, config) or Ignore(f"PR #{number} into {base} deploys nothing")
     if not pr.get("merged"):
         return Ignore(f"PR #{number} closed without merging deploys nothing")
     repo = repo_of(payload)
@@ -67,9 +68,26 @@ def promotion_request(payload, config):
     base = pr["base"]["ref"]
     phase = next((p for p in config.phases.values() if p.trigger == "pull_request" and p.branch == base), None)
     if phase is None:
+        preview = None if "review" in payload else _preview_event(payload, config)
         what = f"reviews of PR #{number}" if "review" in payload else f"PR #{number} {payload.get('action')}"
-        return Ignore(f"{what} into {base}: deploys nothing")
+        return preview or Ignore(f"{what} into {base}: deploys nothing")
     return SummarizePromotion(repo=repo_of(payload), pr_number=number, phase=phase.name)
+
+
+def _preview_event(payload, config) -> PreviewEvent | Ignore | None:
+    """A pull request into the default branch gets a preview (SPEC §12); None: not such a PR."""
+    pr = payload["pull_request"]
+    repo = repo_of(payload)
+    if pr["base"]["ref"] != repo.default_branch:
+        return None
+    number = int(payload.get("number") or pr["number"])
+    if not config.previews.enabled:
+        return Ignore(f"PR #{number}: previews are off (previews.enabled in pipeline.yml)")
+    head_repo = (pr["head"].get("repo") or {}).get("full_name")
+    return PreviewEvent(
+        repo=repo, pr_number=number, action=PreviewAction(payload["action"]), head_sha=pr["head"]["sha"],
+        head_repo=head_repo, draft=bool(pr.get("draft")), merged=bool(pr.get("merged")),
+        updated_at=pr.get("updated_at") or "", actor=sender_of(payload))
 
 
 @router.register("pull_request")
