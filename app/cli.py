@@ -178,16 +178,18 @@ def intake() -> None:
 
 @main.command()
 def scheduler() -> None:
-    """Enqueue the periodic jobs: reconcile, report and notification catch-up, redelivery of missed webhooks."""
+    """Enqueue the periodic jobs: reconcile, report and notification catch-up, redelivery of missed webhooks,
+    expiry of idle pull request previews."""
     from app import startup
     from app.jobs import DEPLOYS, NOTIFICATIONS, REPORTS
-    from workers import notify, reconcile, redeliver, report
+    from workers import notify, preview, reconcile, redeliver, report
 
     def register(cron) -> None:
         cron.register(reconcile.run, DEPLOYS, interval=60, job_timeout=300)
         cron.register(report.catch_up, REPORTS, interval=120, job_timeout=120)
         cron.register(notify.catch_up, NOTIFICATIONS, interval=120, job_timeout=120)
         cron.register(redeliver.run, REPORTS, interval=300, job_timeout=120)
+        cron.register(preview.expire, DEPLOYS, interval=60, job_timeout=120)
 
     ctx = _context(schema=True)
     _logging(ctx)

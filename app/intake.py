@@ -136,7 +136,7 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt
         body = {"ok": True, "reason": recorded.reason}
         if recorded.deployment_id:
             body["deployment"] = recorded.deployment_id
-        return Outcome(202, body, jobs)
+        return Receipt(202, body, jobs)
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
         jobs = [("report", report.id)] if report.state == "pending" else []

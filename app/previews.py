@@ -285,3 +285,48 @@ def running(session: Session, app_id: int) -> list[Preview]:
 def running_phases(config: PipelineConfig, session: Session, app_id: int) -> list[str]:
     """Every phase of the app that may run: the configured ones, then its previews."""
     return [*config.phase_names, *(p.phase for p in running(session, app_id))]
+
+
+# -- what the portal, the API and /status show ------------------------------------------------------
+
+#: How a preview's newest deployment reads to a person.
+SHOWN = {DeploymentStatus.SUCCEEDED.value: "ready", DeploymentStatus.FAILED.value: "failed",
+         DeploymentStatus.REFUSED.value: "failed", DeploymentStatus.CANCELLED.value: "cancelled",
+         DeploymentStatus.SUPERSEDED.value: "building"}
+
+
+def listing(session: Session, app_id: int, *, include_gone: bool = False) -> list[dict]:
+    """The app's previews, newest PR first: PR, state, URL, version, age (and why, if removed)."""
+    query = select(Preview).where(Preview.app_id == app_id).order_by(Preview.pr_number.desc())
+    if not include_gone:
+        query = query.where(Preview.state.not_in([PreviewState.CLOSED.value, PreviewState.REMOVED.value]))
+    rows = []
+    now = utcnow()
+    for preview in session.scalars(query).all():
+        deployment = latest(session, preview) if preview.state == PreviewState.ACTIVE.value else None
+        state = preview.state
+        if deployment is not None:
+            state = SHOWN.get(deployment.status, "building")
+        serving = session.scalars(select(Deployment).where(
+            Deployment.app_id == app_id, Deployment.phase == preview.phase,
+            Deployment.dedup_key.like(f"{_generation_key(preview)}%"),
+            Deployment.status == DeploymentStatus.SUCCEEDED.value).order_by(Deployment.id.desc())).first()
+        rows.append({
+            "pr_number": preview.pr_number, "phase": preview.phase, "state": state, "fork": preview.fork,
+            "head_sha": preview.head_sha, "url": serving.url if serving is not None else None,
+            "version": serving.version if serving is not None else None,
+            "deployment_id": deployment.id if deployment is not None else None,
+            "created_at": aware(preview.created_at), "active_at": aware(preview.active_at),
+            "age_seconds": int((now - aware(preview.created_at)).total_seconds()),
+            "reason": preview.reason,
+        })
+    return rows
+
+
+def remove_by_hand(ctx, session: Session, app: App, pr_number: int, actor: str, channel: str) -> Teardown | None:
+    """Tear a running preview down on someone's request (portal, API); None: none runs."""
+    preview = find(session, app.id, pr_number, lock=True)
+    if preview is None or preview.state != PreviewState.ACTIVE.value:
+        return None
+    return begin_teardown(ctx, session, app, preview, f"removed by @{actor} {channel}; a push builds it again",
+                          closed=False)

@@ -13,11 +13,13 @@ from datetime import timedelta
 
 import pytest
 import requests
+import yaml
 from sqlalchemy import select
 
 from app.models import AuditEntry, PhaseSlots, Preview, Profile, ServiceInstance, utcnow
 from app.settings import PROJECT_ROOT
 from tests.conftest import load_payload
+from tests.support.portal_data import csrf_from, sign_in_as
 from tests.support.dockerkit import caddy_server, free_port  # noqa: F401 (fixture)
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, pipeline  # noqa: F401 (fixture)
 from tests.test_services_deploy import commit as commit_with_store
@@ -39,8 +41,9 @@ def router_port() -> int:
 def pipeline_extra_env(caddy_server, router_port, tmp_path) -> dict[str, str]:  # noqa: F811
     """Caddy as the router, and previews with a plain profile variable and room for two."""
     config = tmp_path / "pipeline.yml"
-    config.write_text((PROJECT_ROOT / "config" / "pipeline.yml").read_text()
-                      + "\npreviews:\n  max_active: 2\n  ttl_hours: 24\n  profile:\n    env: {GREETING: preview-hi}\n")
+    settings = yaml.safe_load((PROJECT_ROOT / "config" / "pipeline.yml").read_text())
+    settings["previews"].update(max_active=2, ttl_hours=24, profile={"env": {"GREETING": "preview-hi"}})
+    config.write_text(yaml.safe_dump(settings))
     return {"ROUTER": "caddy", "CADDY_ADMIN_URL": caddy_server.admin_url, "ROUTER_PORT": str(router_port),
             "PIPELINE_CONFIG": str(config)}
 
@@ -267,6 +270,29 @@ def test_the_oldest_idle_preview_makes_room_and_idle_ones_expire(previews):
     previews.event("synchronize", 2, previews.head(2, "2.1"))  # a push brings an expired one back
     pipeline.work()
     assert previews.get(2).text.strip() == "2.1"
+
+    # The API, the portal and /status list them; the portal and the API tear one down.
+    listed = pipeline.api("GET", f"/apps/{APP}/previews").get_json()["previews"]
+    assert [(p["pr_number"], p["state"], p["url"]) for p in listed] == [
+        (3, "ready", previews.url(3)), (2, "ready", previews.url(2))]
+    assert [p["pr_number"] for p in pipeline.api("GET", f"/apps/{APP}").get_json()["previews"]] == [3, 2]
+    pipeline.github.permissions[(REPO, "wes")] = "write"
+    status = pipeline.comment("/status", user="wes", pr=2)
+    pipeline.work()
+    assert f"| pr-2 (#2) | `{pipeline.deployments('pr-2')[-1].version}` | {previews.url(2)} | ready |" in \
+        pipeline.reply_to(status, pr=2)
+    sign_in_as(pipeline.client, pipeline.ctx, "admin", kind="token")
+    page = pipeline.client.get(f"/apps/{APP}/previews").get_data(as_text=True)
+    assert previews.url(3) in page and 'data-pr="1"' in page and "previews.max_active" in page
+    answer = pipeline.client.post(f"/apps/{APP}/previews/3/remove", data={"csrf_token": csrf_from(page)})
+    assert answer.status_code == 303
+    pipeline.work()
+    assert previews.row(3).state == "removed" and previews.containers(3) == []
+    assert "removed by @admin in the Apps Portal" in previews.comment(3)
+    assert pipeline.api("DELETE", f"/apps/{APP}/previews/2").status_code == 202
+    pipeline.work()
+    assert previews.containers(2) == [] and "removed by @admin through the API" in previews.comment(2)
+    assert pipeline.api("DELETE", f"/apps/{APP}/previews/2").status_code == 409
 
 
 def container_env(pipeline: Pipeline, container_id: str) -> dict[str, str]:  # noqa: F811

@@ -372,7 +372,7 @@ def run_help(job: CommandJob, session: Session, app: App, command: commands.Help
 
 
 def status_table(ctx: Context, session: Session, app: App) -> str:
-    """One Markdown row per phase: version, URL, health, when and by whom."""
+    """One Markdown row per phase: version, URL, health, when and by whom; then the previews."""
     try:
         containers = ctx.engine.list_containers(app=app.name)
     except Exception as exc:  # Docker unreachable: the table still answers from the database
@@ -389,6 +389,10 @@ def status_table(ctx: Context, session: Session, app: App) -> str:
             f"| {_health(containers, serving)} | {_when(serving.finished_at)} "
             f"| {'@' + serving.actor if serving.actor else '—'} |"
         )
+    for preview in previews.listing(session, app.id):  # pull request previews (SPEC §12)
+        rows.append(f"| {preview['phase']} (#{preview['pr_number']}) | "
+                    f"{'`' + preview['version'] + '`' if preview['version'] else '—'} | {preview['url'] or '—'} "
+                    f"| {preview['state']} | {_when(preview['active_at'])} | — |")
     return "\n".join(rows)
 
 

@@ -32,6 +32,8 @@ APP = {"name": "name", "in": "path", "required": True, "schema": {"type": "strin
 PHASE = {"name": "phase", "in": "path", "required": True, "schema": {"type": "string"},
          "description": "A phase of the pipeline"}
 DEPLOYMENT = {"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+PR_NUMBER = {"name": "pr_number", "in": "path", "required": True, "schema": {"type": "integer"},
+             "description": "The pull request's number"}
 
 
 def _query(name: str, schema: dict, description: str) -> dict:
@@ -130,6 +132,14 @@ def document(server_url: str, phases: list[str]) -> dict:
                         "description": "Names of the variables the app receives (values never shown)"},
             "password_secret": {"type": "string", "description": "The phase secret holding the password"},
             "updated_at": nullable_str}},
+        "Preview": {"type": "object", "properties": {
+            "pr_number": {"type": "integer"}, "phase": {"type": "string", "description": "pr-<number>"},
+            "state": {"type": "string", "enum": ["ready", "building", "failed", "cancelled", "draft",
+                                                 "awaiting_approval", "removed", "closed"]},
+            "fork": {"type": "boolean"}, "head_sha": {"type": "string"}, "url": nullable_str,
+            "version": nullable_str, "deployment_id": {"type": ["integer", "null"]},
+            "created_at": {"type": "string"}, "active_at": {"type": "string", "description": "The last push"},
+            "age_seconds": {"type": "integer"}, "reason": {"type": "string"}}},
         "ActionResult": {"type": "object", "properties": {
             "message": {"type": "string"},
             "deployment": {"oneOf": [_ref("Deployment"), {"type": "null"}]},
@@ -156,6 +166,17 @@ def document(server_url: str, phases: list[str]) -> dict:
                           description="Needs the admin role. Refused (409) while one of its phases deploys; "
                                       "queued deployments are superseded. Deliveries for it then deploy nothing."),
         },
+        "/api/v1/apps/{name}/previews": {"get": _op(
+            "The app's pull request previews (phase pr-<number>), newest PR first",
+            {"200": _json({"type": "object", "properties": {"previews": {"type": "array", "items": _ref("Preview")}}},
+                          "Previews")},
+            parameters=[APP, _query("all", {"type": "string", "enum": ["1", "true"]},
+                                    "Also the removed and closed ones")])},
+        "/api/v1/apps/{name}/previews/{pr_number}": {"delete": _op(
+            "Tear a running preview down now: containers, route, backing services, volumes; a push brings it back",
+            {"202": _json({"type": "object", "properties": {"message": {"type": "string"}}}, "Removal queued")},
+            parameters=[APP, PR_NUMBER], errors=(400, 401, 403, 404, 409, 503),
+            description="Needs the write role. 409 when the pull request has no running preview.")},
         "/api/v1/apps/{name}/deployments": {"get": _op(
             "Deployments of an app, newest first", {"200": _json({"type": "object", "properties": {
                 "deployments": {"type": "array", "items": _ref("Deployment")},

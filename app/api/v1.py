@@ -15,7 +15,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
-from app import shipped
+from app import previews, shipped
 from app.actions import Outcome, profile_differences, rollback_target
 from app.exceptions import ReleasePipelineError
 from app.models import App, Deployment, Profile
@@ -139,7 +139,8 @@ def list_apps():
 def _app_document(ctx, session, app, role: str) -> dict:
     index = queries.containers(ctx.engine, app.name)
     columns = queries.board(ctx, session, app, role, index)
-    return {**shapes.app_json(app), "your_role": role, "phases": [shapes.phase_json(app, view) for view in columns]}
+    return {**shapes.app_json(app), "your_role": role, "phases": [shapes.phase_json(app, view) for view in columns],
+            "previews": [preview_json(row) for row in previews.listing(session, app.id)]}
 
 
 @bp.get("/apps/<name>")
@@ -160,6 +161,29 @@ def app_events(name: str):
         role, app_id = _view(app), app.id  # the role as it is now: the stream outlives the request
     return live_log.watch_response(ctx, [app_id], lambda session: _app_document(ctx, session, session.get(App, app_id),
                                                                                 role))
+
+
+@bp.get("/apps/<name>/previews")
+def list_previews(name: str):
+    """The app's pull request previews; `?all=1` adds removed and closed ones."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        _view(app)
+        rows = previews.listing(session, app.id, include_gone=request.args.get("all") in ("1", "true"))
+    return jsonify({"previews": [preview_json(row) for row in rows]})
+
+
+def preview_json(row: dict) -> dict:
+    return {**row, "created_at": queries.iso(row["created_at"]), "active_at": queries.iso(row["active_at"])}
+
+
+@bp.delete("/apps/<name>/previews/<int:pr_number>")
+def remove_preview(name: str, pr_number: int):
+    _body(set())
+    result = changes.remove_preview(_ctx(), name, pr_number, actor=_actor(), role_of=auth.role_for,
+                                    channel="through the API")
+    return jsonify({"message": result.message}), 202
 
 
 @bp.get("/apps/<name>/deployments")

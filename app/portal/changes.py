@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
+from app import previews
 from app.actions import Actions, Outcome, audit
 from app.exceptions import InvalidVersion
 from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
@@ -490,6 +491,29 @@ def _remove_app_objects(ctx, app_name: str, app_id: int, phases: list[str]) -> d
     with ctx.db.session() as session:
         session.execute(delete(PhaseSlots).where(PhaseSlots.app_id == app_id))
     return {"containers": len(containers), "services": removed_services, "routes": phases, "images": len(images)}
+
+
+def remove_preview(ctx, app_name: str, pr_number: int, *, actor: str, role_of: RoleOf, channel: str) -> Outcome:
+    """Tear down a pull request's preview now (it comes back with the PR's next push)."""
+    with ctx.db.session() as session:
+        app = get_app(session, app_name)
+        decision = check(role_of(app), Action.REMOVE_PREVIEW, None, ctx.config.roles)
+        if not decision.allowed:
+            raise Forbidden(decision.reason)
+        done = previews.remove_by_hand(ctx, session, app, pr_number, actor, channel)
+        if done is None:
+            raise Conflict(f"#{pr_number} has no running preview")
+        session.add(AuditEntry(actor=actor, app_id=app.id, phase=f"pr-{pr_number}", action="preview.remove",
+                               detail={"pr_number": pr_number, "channel": channel}))
+    try:
+        for job in done.teardowns:
+            ctx.jobs.preview_teardown(**job)
+        for report_id in done.reports:
+            ctx.jobs.report(report_id)
+    except RedisError:  # its containers go at the next reconcile, which stops what no preview runs
+        raise ServiceUnavailable("the job queue (Redis) is unavailable: the preview is marked removed and its "
+                                 "containers go at the next reconcile") from None
+    return Outcome(True, f"removing the preview of #{pr_number}")
 
 
 def notification_access(ctx, session, *, admin_everywhere: bool, role_of: RoleOf) -> tuple[set[int] | None, bool]:

@@ -23,6 +23,7 @@ from flask import (
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from app import previews
 from app.actions import current, profile_differences, rollback_target
 from app.exceptions import InvalidVersion, ReleasePipelineError
 from app.freezes import frozen
@@ -132,6 +133,24 @@ def board(name: str):
                            health_known=index is not None, services=backing, remove_services=remove_services,
                            delete_app=check(role, Action.DELETE_APP, None, ctx.config.roles),
                            live_state=state, live_stream=url_for("portal.board_events", name=name))
+
+
+@bp.get("/apps/<name>/previews")
+def previews_page(name: str):
+    """The app's pull request previews (SPEC §12): PR, state, URL, age, and a way to remove one."""
+    ctx = _ctx()
+    with ctx.db.session() as session:
+        app = queries.get_app(session, name)
+        role = _require_view(app)
+        rows = previews.listing(session, app.id, include_gone=True)
+    return render_template("previews.html", app=app, role=role, rows=rows, settings=ctx.config.previews,
+                           can_remove=check(role, Action.REMOVE_PREVIEW, None, ctx.config.roles))
+
+
+@bp.post("/apps/<name>/previews/<int:pr_number>/remove")
+def remove_preview(name: str, pr_number: int):
+    return _act(name, url_for("portal.previews_page", name=name), lambda: changes.remove_preview(
+        _ctx(), name, pr_number, actor=_actor(), role_of=role_for, channel="in the Apps Portal"))
 
 
 @bp.get("/apps/<name>/phases/<phase>")

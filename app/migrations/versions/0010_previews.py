@@ -1,14 +1,14 @@
 """previews: one row per pull request preview (SPEC §12)
 
 Revision ID: 0010_previews
-Revises: 0005_release_controls
+Revises: 0012_commit_titles
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0010_previews'
-down_revision = '0005_release_controls'
+down_revision = '0012_commit_titles'
 branch_labels = None
 depends_on = None
 
