@@ -61,6 +61,7 @@ def test_other_branches_and_previews_off_plan_no_preview():
     off = parse_pipeline("phases: {demo: {trigger: push}}\npreviews: {enabled: false}\n")
     planned = plan("pull_request", pr_payload("opened"), off)
     assert isinstance(planned, Ignore) and "previews.enabled" in planned.reason
+    assert plan("pull_request", pr_payload("closed"), off).action is PreviewAction.CLOSED  # still removed
     # A promotion PR into live stays a promotion request, never a preview.
     assert type(plan("pull_request", pr_payload("opened", base="live"), CONFIG)).__name__ == "SummarizePromotion"
 

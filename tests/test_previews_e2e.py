@@ -20,8 +20,8 @@ from app.models import AuditEntry, PhaseSlots, Preview, Profile, ServiceInstance
 from app.settings import PROJECT_ROOT
 from tests.conftest import load_payload
 from tests.support.portal_data import csrf_from, sign_in_as
-from tests.support.dockerkit import caddy_server, free_port  # noqa: F401 (fixture)
-from tests.support.pipeline_e2e import APP, REPO, Pipeline, pipeline  # noqa: F401 (fixture)
+from tests.support.dockerkit import free_port
+from tests.support.pipeline_e2e import APP, REPO, Pipeline
 from tests.test_services_deploy import commit as commit_with_store
 from workers import preview as preview_job
 
@@ -38,7 +38,7 @@ def router_port() -> int:
 
 
 @pytest.fixture
-def pipeline_extra_env(caddy_server, router_port, tmp_path) -> dict[str, str]:  # noqa: F811
+def pipeline_extra_env(caddy_server, router_port, tmp_path) -> dict[str, str]:
     """Caddy as the router, and previews with a plain profile variable and room for two."""
     config = tmp_path / "pipeline.yml"
     settings = yaml.safe_load((PROJECT_ROOT / "config" / "pipeline.yml").read_text())
@@ -49,14 +49,14 @@ def pipeline_extra_env(caddy_server, router_port, tmp_path) -> dict[str, str]:  
 
 
 @pytest.fixture
-def previews(pipeline, router_port):  # noqa: F811
+def previews(pipeline, router_port):
     pipeline.ctx.router.ensure_server()
     pipeline.commit("base")  # main's first commit; PR heads branch off it
     return Previews(pipeline, router_port)
 
 
 class Previews:
-    def __init__(self, pipeline: Pipeline, router_port: int):  # noqa: F811
+    def __init__(self, pipeline: Pipeline, router_port: int):
         self.pipeline = pipeline
         self.port = router_port
 
@@ -196,6 +196,14 @@ def test_late_and_out_of_order_deliveries_never_leave_a_preview_running(previews
     pipeline.work()
     assert previews.get(3).text.strip() == "3.0.1" and previews.row(3).state == "active"
 
+    third, fourth = previews.head(3, "3.0.2"), previews.head(3, "3.0.3")
+    previews.event("synchronize", 3, third, at="2026-12-02T01:00:40Z")
+    previews.event("synchronize", 3, fourth, at="2026-12-02T01:00:50Z")  # before the third was built
+    pipeline.work()
+    assert [(d.sha, d.status) for d in pipeline.deployments("pr-3")][-2:] == [(third, "superseded"),
+                                                                              (fourth, "succeeded")]
+    assert previews.get(3).text.strip() == "3.0.3" and third not in {b.commit_sha for b in pipeline.builds()}
+
 
 def test_a_fork_runs_nothing_until_a_writer_says_deploy_preview(previews):
     pipeline = previews.pipeline
@@ -295,7 +303,7 @@ def test_the_oldest_idle_preview_makes_room_and_idle_ones_expire(previews):
     assert pipeline.api("DELETE", f"/apps/{APP}/previews/2").status_code == 409
 
 
-def container_env(pipeline: Pipeline, container_id: str) -> dict[str, str]:  # noqa: F811
+def container_env(pipeline: Pipeline, container_id: str) -> dict[str, str]:
     """The environment Docker gives the container (what the app can read)."""
     attrs = pipeline.ctx.engine.client.api.inspect_container(container_id)
     return dict(item.split("=", 1) for item in attrs["Config"]["Env"])

@@ -81,7 +81,7 @@ def _preview_event(payload, config) -> PreviewEvent | Ignore | None:
     if pr["base"]["ref"] != repo.default_branch:
         return None
     number = int(payload.get("number") or pr["number"])
-    if not config.previews.enabled:
+    if not config.previews.enabled and payload["action"] != "closed":  # a close still removes what runs
         return Ignore(f"PR #{number}: previews are off (previews.enabled in pipeline.yml)")
     head_repo = (pr["head"].get("repo") or {}).get("full_name")
     return PreviewEvent(
