@@ -14,7 +14,6 @@ import logging
 from sqlalchemy import delete, select
 
 from app import previews, services
-from app.adapters.docker import LABEL_DEPLOYMENT
 from app.context import Context
 from app.locks import deploy_lock
 from app.models import App, AuditEntry, PhaseSlots, Preview, PreviewState, Profile, utcnow
@@ -43,11 +42,11 @@ def remove(ctx: Context, *, app_id: int, pr_number: int, generation: int, up_to:
             served = previews.served(session, app_id, phase, up_to)
             text = previews.removed_text(pr_number, served, reason)
         removed = []
-        for container in ctx.engine.list_containers(app=app_name, phase=phase):
-            if revived and int(container.labels.get(LABEL_DEPLOYMENT) or 0) > up_to:
+        for instance in ctx.runtime.instances(app_name):
+            if instance.phase != phase or (revived and (instance.deployment_id or 0) > up_to):
                 continue
-            ctx.engine.stop_and_remove(container.id, timeout=2)
-            removed.append(container.name)
+            ctx.runtime.remove(instance)
+            removed.append(instance.name)
         if not revived:
             ctx.router.remove(app_name, phase)
             services.remove(ctx, app_name, app_id, phase)
