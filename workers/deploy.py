@@ -1,10 +1,12 @@
-"""The deploy job: a queued deployment becomes the container serving its phase URL.
+"""The deploy job: a queued deployment becomes what serves its phase URL.
 
 Order of a rollout (SPEC §7, Kamal's boot): image (reused by commit or tree, else cloned and
-built once) → new container on the phase's free slot → our health gate → the router sends every
-new request to it → the old container, which gets none any more, drains the ones in flight and
-is stopped (SIGTERM, SIGKILL after the profile's stop timeout). Anything failing before the
-switch leaves the previous version serving and the route as it was.
+built once) → backing services → release command → the new instances, started by the runtime
+(app.runtime: `ctx.runtime`, which knows slots or Swarm services; this job does not) → our
+health gate on every one → the router sends every new request to them → the old ones, which
+get none any more, drain the ones in flight and are stopped (SIGTERM, SIGKILL after the
+profile's stop timeout). Anything failing before the switch leaves the previous version
+serving and the route as it was.
 """
 
 from __future__ import annotations
