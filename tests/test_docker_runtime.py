@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters.docker import ContainerInfo, ContainerSpec, app_container_args, release_container_args
+from app.adapters.docker import ContainerInfo, ContainerSpec, Engine, app_container_args, release_container_args
 from app.adapters.router import Slots, upstream_ports
 from app.docker_runtime import (
+    DockerRuntime,
     Placement,
     combine_health,
     container_specs,
@@ -17,9 +18,10 @@ from app.docker_runtime import (
     route_ports,
     split_serving,
 )
-from app.exceptions import RouterError
+from app.exceptions import DeployFailed, EngineUnavailable, RouterError
 from app.health import HealthResult
 from app.runtime import HealthGate, Instance, Limits, Observed, PhaseRef, PhaseSpec
+from tests.support.dockerkit import free_port
 
 SLOTS = Slots(20000, 20001)
 TARGET = PhaseRef(7, "shop", "demo")
@@ -116,3 +118,19 @@ def test_an_app_container_and_a_release_container_are_created_with_these_argumen
         "labels": {"release-pipeline.instance": "rp", "release-pipeline.release-of": "shop",
                    "release-pipeline.phase": "demo", "release-pipeline.deployment": "9"},
         "environment": environment, "mem_limit": "64m", "nano_cpus": 500_000_000, "network": "net"}
+
+
+def test_several_replicas_need_a_router_that_spreads_requests():
+    spec = PhaseSpec(target=TARGET, deployment_id=9, version="2.0.0", sha="a" * 40, image="sha256:abc", port=8080,
+                     replicas=2)
+    direct = DockerRuntime(engine=None, router=None, db=None, slot_range=(20000, 20099), spreads=False)
+    with pytest.raises(DeployFailed, match="replicas: 2 needs ROUTER=caddy"):
+        direct.check(spec)
+    direct.check(PhaseSpec(**{**spec.__dict__, "replicas": 1}))
+
+
+def test_an_unreachable_engine_is_engine_unavailable_not_a_docker_exception():
+    runtime = DockerRuntime(Engine(base_url=f"tcp://127.0.0.1:{free_port()}"), router=None, db=None,
+                            slot_range=(20000, 20099), spreads=True)
+    with pytest.raises(EngineUnavailable, match="Connection refused"):
+        runtime.instances()
