@@ -237,6 +237,7 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     assert to_stage is not None and to_stage.version == "v1.4.0" and to_stage.trigger == "portal"
     assert f"deploy-{to_stage.id}" in Queue("deploys", connection=redis_conn).job_ids
     page.wait_for_selector("text=Promoting a1b2c3d")
+    page.evaluate("window.notReloaded = true")
 
     # Watch the log arrive over server-sent events while the "worker" runs.
     worker = play_worker(ctx, engine, to_stage.id, [
@@ -253,6 +254,8 @@ def test_follow_an_app_from_demo_to_live_edit_stage_and_roll_back_live(served, p
     page.wait_for_selector("text=Open Stage ↗")  # its parts refreshed once finished: succeeded, with its URL
     assert page.locator("h1 .badge").inner_text().lower() == "succeeded"
     assert page.locator("#log li").count() == 5
+    assert page.evaluate("window.notReloaded") is True  # no reload: the log kept its place
+    assert "not yet" not in page.locator("#deployment-facts").inner_text()  # started, finished: filled in live
     shot(page, "04-deployment-succeeded")
 
     # Stage now serves v1.4.0.
