@@ -22,7 +22,7 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from app.context import Context
-from app.models import Deployment, LogLine, Profile, utcnow
+from app.models import Deployment, LogLine, Preview, PreviewState, Profile, utcnow
 from app.profiles import resolve
 from app.web import create_app
 from tests.support.portal_data import ADMIN_TOKEN, StubEngine, add_app, add_deployment, add_log, set_profile
@@ -355,6 +355,10 @@ def seed(ctx, engine) -> dict[str, int]:
     engine.written[f"c{ids['demo']}"] = [(now - 60 + n, f"GET /healthz 200 in {n} ms " + "z" * (n * 9))
                                          for n in range(12)]
     set_profile(ctx, app_id, "demo", env={"LOG_LEVEL": "debug", "FEATURE_CHECKOUT": "on"}, secrets={"API_KEY": SECRET})
+    with ctx.db.session() as session:  # a fork's pull request, waiting for a maintainer's consent
+        session.add(Preview(app_id=app_id, pr_number=42, state=PreviewState.AWAITING_APPROVAL.value, head_sha="e" * 40,
+                            head_repo="someone/shop-fork", fork=True,
+                            reason="a fork's pull request runs only after /deploy preview by a maintainer"))
     ids["app"] = app_id
     return ids
 
@@ -388,6 +392,7 @@ def test_every_page_fits_the_window_at_desktop_and_phone_width(served, open_page
         "11-notifications": "/notifications",
         "12-tokens": "/tokens",
         "13-runtime-logs": "/apps/shop/phases/demo/logs",
+        "15-previews": "/apps/shop/previews",
     }
     for name, path in pages.items():
         page.goto(base + path)
