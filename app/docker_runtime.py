@@ -47,7 +47,7 @@ def instance_of(info: ContainerInfo) -> Instance:
         id=info.id, name=info.name, app=info.labels.get(LABEL_APP, ""), phase=info.labels.get(LABEL_PHASE, ""),
         deployment_id=int(deployment) if deployment.isdigit() else None,
         version=info.labels.get(LABEL_VERSION), running=info.status == "running",
-        address=f"127.0.0.1:{info.host_port}" if info.host_port else None)
+        address=f"127.0.0.1:{info.host_port}" if info.host_port else None, state=info.status)
 
 
 def split_serving(instances: Sequence[Instance], serving_deployment: int | None,

@@ -110,6 +110,8 @@ class Instance:
     address: str | None
     #: The Swarm node it runs on; None on the docker runtime.
     node: str | None = None
+    #: The engine's own word for its state ("running", "restarting", "exited", …), if it has one.
+    state: str | None = None
 
     @property
     def port(self) -> int | None:

@@ -37,10 +37,10 @@ def test_a_container_becomes_an_instance_with_its_deployment_and_address():
                          labels={"release-pipeline.app": "shop", "release-pipeline.phase": "demo",
                                  "release-pipeline.deployment": "4", "release-pipeline.version": "1.2.0"})
     assert instance_of(info) == Instance(id="c1", name="rp-shop-demo-4", app="shop", phase="demo", deployment_id=4,
-                                         version="1.2.0", running=True, address="127.0.0.1:20001")
+                                         version="1.2.0", running=True, address="127.0.0.1:20001", state="running")
     stopped = ContainerInfo(id="c2", name="x", status="exited", host_port=None, labels={})
     assert instance_of(stopped) == Instance(id="c2", name="x", app="", phase="", deployment_id=None, version=None,
-                                            running=False, address=None)
+                                            running=False, address=None, state="exited")
 
 
 def test_serving_is_the_serving_deployments_running_instances_slot_one_first():

@@ -20,7 +20,6 @@ from werkzeug.routing import IntegerConverter
 from app import shipped
 from app.actions import current, rollback_target
 from app.freezes import Freeze, frozen
-from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE
 from app.models import (  # noqa: F401 (aware, iso: re-exported for the views)
     IN_PROGRESS,
     App,
@@ -36,6 +35,7 @@ from app.models import (  # noqa: F401 (aware, iso: re-exported for the views)
 from app.permissions import Action, Decision, check
 from app.pipeline import NotificationTarget, PipelineConfig
 from app.profiles import SIZING, ResolvedProfile, resolve
+from app.runtime import Instance
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +107,23 @@ class Health:
     label: str
 
 
-Containers = dict[tuple[str, str], list[Any]] | None
+Containers = dict[tuple[str, str], list[Instance]] | None
 
 
-def containers(engine, app_name: str | None = None) -> Containers:
-    """Every container of this installation (or of one app), by (app, phase): one engine call.
+def containers(runtime, app_name: str | None = None) -> Containers:
+    """Every app instance of this installation (or of one app), by (app, phase): one call to
+    the runtime (containers on docker, tasks on swarm).
 
-    None when the engine cannot be asked: the portal then says "unknown" rather than failing.
+    None when the runtime cannot be asked: the portal then says "unknown" rather than failing.
     """
     try:
-        found = engine.list_containers(app=app_name)
+        found = runtime.instances(app=app_name)
     except Exception as exc:  # any engine trouble only makes health unknown
         log.warning("cannot list containers: %s", exc)
         return None
-    index: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for info in found:
-        index[(info.labels.get(LABEL_APP, ""), info.labels.get(LABEL_PHASE, ""))].append(info)
+    index: dict[tuple[str, str], list[Instance]] = defaultdict(list)
+    for instance in found:
+        index[(instance.app, instance.phase)].append(instance)
     return index
 
 
@@ -132,16 +133,16 @@ def health_of(index: Containers, app_name: str, phase: str, serving: Deployment 
     if index is None:
         return Health("unknown", "Health unknown")
     found = index.get((app_name, phase), [])
-    mine = [c for c in found if c.id == serving.container_id or c.labels.get(LABEL_DEPLOYMENT) == str(serving.id)]
-    candidates = mine or [c for c in found if c.status == "running"]
+    mine = [i for i in found if i.id == serving.container_id or i.deployment_id == serving.id]
+    candidates = mine or [i for i in found if i.running]
     if not candidates:
         return Health("missing", "Container missing")
-    status = candidates[0].status
-    if status == "running":
+    if any(i.running for i in candidates):
         return Health("healthy", "Running")
-    if status in ("restarting", "dead"):
-        return Health("unhealthy", status.capitalize())
-    return Health("stopped", status.capitalize() if status else "Stopped")
+    state = candidates[0].state
+    if state in ("restarting", "dead"):
+        return Health("unhealthy", state.capitalize())
+    return Health("stopped", state.capitalize() if state else "Stopped")
 
 
 # --- the board --------------------------------------------------------------------------------
