@@ -229,8 +229,12 @@ def up(host: str | None, port: int | None) -> None:
     os.environ.setdefault("PUBLIC_URL", f"http://localhost:{port}")
     local.write_private(local.UP_ENV, "# where the running `release-pipeline up` listens (read by doctor, simulate)\n"
                         f'BIND="{host}"\nPORT="{port}"\nPUBLIC_URL="{os.environ["PUBLIC_URL"]}"\n')
+    registry = _local_registry_child() if os.environ.get("RUNTIME") == "swarm" else None
     ctx = _context()
     ctx.db.migrate()
+    if ctx.settings.runtime == "swarm" and not ctx.swarm.is_manager():
+        raise click.ClickException(f"RUNTIME=swarm: the Docker engine at {ctx.settings.docker_host or 'the local socket'} "
+                                   "is not a Swarm manager (docker swarm init, or point DOCKER_HOST at a manager)")
     exe = [sys.executable, "-m", "app.cli"]
     # One metrics directory for all the processes below, emptied now that none of them runs.
     shutil.rmtree(_metrics_dir(), ignore_errors=True)
@@ -242,6 +246,8 @@ def up(host: str | None, port: int | None) -> None:
     if ctx.settings.router == "caddy" and not ctx.router.ping():
         log = open(local.VAR / "caddy.log", "ab")
         children.insert(0, Child("router", [*exe, "router"], {"stdout": log, "stderr": log}))
+    if registry is not None:
+        children.insert(0, registry)
     supervisor = Supervisor(children, say=lambda text: click.echo(f"up: {text}", err=True))
     supervisor.start()
 
@@ -255,6 +261,24 @@ def up(host: str | None, port: int | None) -> None:
         supervisor.run()
     finally:
         supervisor.stop()
+
+
+def _local_registry_child():
+    """RUNTIME=swarm and no REGISTRY_URL: Debian's registry on loopback, for a swarm whose
+    nodes are this machine (several machines need a REGISTRY_URL they all reach)."""
+    from app import local
+    from app.local_registry import DEFAULT_ADDRESS, registry_argv, write_registry_config
+    from app.supervisor import Child
+
+    if os.environ.get("REGISTRY_URL"):
+        return None
+    if shutil.which("docker-registry") is None:
+        raise click.ClickException("RUNTIME=swarm without REGISTRY_URL needs docker-registry "
+                                   "(apt-get install docker-registry), or set REGISTRY_URL")
+    os.environ["REGISTRY_URL"] = DEFAULT_ADDRESS
+    config = write_registry_config(local.VAR / "registry", address=DEFAULT_ADDRESS)
+    log = open(local.VAR / "registry.log", "ab")
+    return Child("registry", registry_argv(config), {"stdout": log, "stderr": log})
 
 
 def _announce(ctx, host: str, port: int) -> None:

@@ -121,7 +121,23 @@ class Context:
         return self._part("runtime", self._build_runtime)
 
     def _build_runtime(self):
+        s = self.settings
+        if s.runtime == "swarm":
+            from app.swarm_runtime import SwarmRuntime
+
+            return SwarmRuntime(self.swarm, self.engine, self.router, self.db)
         from app.docker_runtime import DockerRuntime
 
-        s = self.settings
         return DockerRuntime(self.engine, self.router, self.db, s.slot_range, spreads=s.router == "caddy")
+
+    @property
+    def swarm(self):
+        """The Swarm manager (DOCKER_HOST) and the registry its nodes pull from (RUNTIME=swarm)."""
+        def build():
+            from app.adapters.swarm import Swarm
+            from app.local_registry import DEFAULT_ADDRESS
+
+            s = self.settings
+            return Swarm(s.docker_host, s.pipeline_instance, s.registry_url or DEFAULT_ADDRESS)
+
+        return self._part("swarm", build)

@@ -44,6 +44,8 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(_schema(ctx))
     if redis_ok:
         checks.extend(_processes(ctx))
+    if settings.runtime == "swarm":
+        checks.extend(_swarm(ctx))
     checks.append(_sign_in(ctx, redis_ok))
     checks.append(_web(settings))
     checks.append(_router(ctx))
@@ -100,6 +102,15 @@ def _intake(ctx: Context) -> Check:
         return Check("intake", False, f"no drainer running: {waiting} accepted deliveries wait unrecorded",
                      "start one: release-pipeline intake (up and the Procfile start one)")
     return Check("intake", True, f"drainer {holder}, {waiting} deliveries waiting")
+
+
+def _swarm(ctx: Context) -> list[Check]:
+    swarm, engine = ctx.swarm, ctx.settings.docker_host or "the local socket"
+    return [Check("swarm", swarm.is_manager(), f"RUNTIME=swarm: the engine at {engine} must be a Swarm manager",
+                  "docker swarm init (or point DOCKER_HOST at a manager)"),
+            Check("registry", swarm.registry_answers(), f"http://{swarm.registry}/v2/ (REGISTRY_URL)",
+                  "start it (apt-get install docker-registry; `up` starts one on 127.0.0.1:5000) or correct "
+                  "REGISTRY_URL")]
 
 
 def _sign_in(ctx: Context, redis_ok: bool) -> Check:

@@ -105,8 +105,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GITHUB_WEBHOOK_SECRET is required (set PIPELINE_DEV=1 only for local development)"
             )
-        if self.runtime == "swarm":
-            raise ValueError("RUNTIME=swarm is not available in this version yet; use RUNTIME=docker (the default)")
+        if self.runtime == "swarm" and self.router != "caddy":
+            raise ValueError("RUNTIME=swarm needs ROUTER=caddy: the phase URL spreads requests over the tasks on "
+                             "every node, which ROUTER=direct cannot do")
         if self.registry_url is not None and self.runtime != "swarm":
             raise ValueError("REGISTRY_URL is used only with RUNTIME=swarm (the docker runtime runs images on "
                              "the engine that built them); unset it")

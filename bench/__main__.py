@@ -8,6 +8,8 @@
   4. promote → URL a release tag → Stage serving the Demo image (no rebuild)
   5. scale         N apps × 3 phases, portal render times, RSS of web and worker processes
   6. notify        push → URL with a notification target that never answers, beside none
+  7. swarm         push → URL, promote → URL and failed requests with RUNTIME=swarm on a
+                   two-node swarm of private engines (bench.swarm), beside rows 2–4
 
 Everything runs under its own instance name on free loopback ports, its own Redis database,
 its own database and its own Caddy, and is stopped and removed at the end. The table goes to
@@ -37,8 +39,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: short wrk rounds, 3 deploy runs, 5 apps")
-    parser.add_argument("--only", default="intake,deploy,scale,notify",
-                        help="comma-separated parts to run: intake, deploy (2–4), scale, notify (default: all)")
+    parser.add_argument("--only", default="intake,deploy,scale,notify,swarm",
+                        help="comma-separated parts to run: intake, deploy (2–4), scale, notify, swarm (default: all)")
     parser.add_argument("--runs", type=int, help="push → URL runs per side (default 10; quick 3)")
     parser.add_argument("--promote-runs", type=int, help="promote → URL runs (default 5; quick 2)")
     parser.add_argument("--notify-runs", type=int, help="notify runs per side (default 5; quick 2)")
@@ -86,7 +88,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
             parser.error("--ports: LOW-HIGH, e.g. 38000-38999")
         bench_env.PORTS = (int(low), int(high))
     args.parts = {part.strip() for part in args.only.split(",") if part.strip()}
-    unknown = args.parts - {"intake", "deploy", "scale", "notify"}
+    unknown = args.parts - {"intake", "deploy", "scale", "notify", "swarm"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                     report.error_row(table, "1", f"intake ({intake_db})", str(exc))
             if args.parts & {"deploy", "scale", "notify"}:
                 failures += _pipeline_parts(env, args, table, profile_dir)
+            if "swarm" in args.parts:
+                failures += _swarm_part(env, args, table)
     except BenchError as exc:
         log(f"bench: {exc}")
         return 2
@@ -211,6 +215,7 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
             result = deploys.run(env, ctx, sender, runs=args.runs, promote_runs=args.promote_runs,
                                  naive_port=free_port(), log=log)
             report.deploy_rows(table, result)
+            args.docker_deploys = result  # the swarm part's rows stand beside these
             _write_steps(result)
         except BenchError as exc:
             failures += 1
@@ -242,6 +247,20 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
             log(f"bench: scale failed: {exc}")
             report.error_row(table, "5", "scale", str(exc))
     return failures
+
+
+def _swarm_part(env: Env, args, table) -> int:
+    from bench import report, swarm
+
+    log(f"== 7. RUNTIME=swarm on two nodes ({args.runs} push runs, {args.promote_runs} promotions)")
+    try:
+        result = swarm.run(env, runs=args.runs, promote_runs=args.promote_runs, log=log)
+        swarm.rows(table, result, docker=getattr(args, "docker_deploys", None))
+        return 0
+    except BenchError as exc:
+        log(f"bench: swarm failed: {exc}")
+        report.error_row(table, "7", "RUNTIME=swarm: push → URL, promote → URL, failed requests", str(exc))
+        return 1
 
 
 def _write_steps(result) -> None:

@@ -89,7 +89,7 @@ def test_repo_config_errors(text, message):
         ({"GITHUB_WEBHOOK_SECRET": "s", "ROUTER": "nginx"}, "ROUTER: Input should be 'caddy' or 'direct'"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "PIPELINE_INSTANCE": "Bad Name"}, "PIPELINE_INSTANCE"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "RUNTIME": "kubernetes"}, "RUNTIME: Input should be 'docker' or 'swarm'"),
-        ({"GITHUB_WEBHOOK_SECRET": "s", "RUNTIME": "swarm"}, "RUNTIME=swarm is not available in this version yet"),
+        ({"GITHUB_WEBHOOK_SECRET": "s", "RUNTIME": "swarm", "ROUTER": "direct"}, "RUNTIME=swarm needs ROUTER=caddy"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "REGISTRY_URL": "127.0.0.1:5000"}, "REGISTRY_URL is used only with RUNTIME=swarm"),
         ({"GITHUB_WEBHOOK_SECRET": "s", "REGISTRY_URL": "http://x/y z"}, "REGISTRY_URL: String should match pattern"),
     ],

@@ -17,16 +17,30 @@ from pathlib import Path
 import pytest
 import requests
 
+from sqlalchemy import select
+
+from app.actions import current
 from app.adapters.docker import Engine
-from app.adapters.router import CaddyRouter
-from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Followed, Rollout, Swarm, Task,
+from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Rollout, Swarm, Task,
                                 app_service_spec, backing_service_spec, read_tasks, rollout_state, upstreams)
-from tests.support.dockerkit import BUSYBOX, RequestLoop, context_tar, free_port, write_sample_app
-from tests.support.faults import wait_for
+from app.context import Context
+from app.deployments import schedule
+from app.locks import holder
+from app.models import Deployment, LogLine
+from app.plans import Deploy, Repo
+from app.registry import ensure_app
+from app.settings import load_settings
+from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET
+from tests.support.dockerkit import (BUSYBOX, RequestLoop, caddy_server, context_tar, free_port,  # noqa: F401
+                                     make_sample_repo)
+from workers import reconcile as reconcile_job
+from workers.deploy import Rollout as DeployJob
+from tests.support.faults import WorkerProcess, wait_for
 from tests.support.requires import Part, missing, used
 from tests.support.swarm import SwarmUnavailable, TwoNodeSwarm
 
 SECOND = 10**9
+LOCK_SECONDS = 3
 
 
 def _service(**overrides) -> AppService:
@@ -115,6 +129,16 @@ def test_rollout_state_from_the_service_record_and_its_tasks():
     assert rollout_state({**ours, "UpdateStatus": {"State": "paused"}}, mixed, 8, 2) == Rollout.STUCK
 
 
+def test_doctor_says_when_the_engine_is_no_swarm_manager_and_the_registry_is_away(make_settings, database_url):
+    from app.doctor import run_checks
+
+    settings = make_settings(DATABASE_URL=database_url, RUNTIME="swarm", ROUTER="caddy",
+                             REGISTRY_URL=f"127.0.0.1:{free_port()}")
+    checks = {check.name: check for check in run_checks(settings)}
+    assert not checks["swarm"].ok and "docker swarm init" in checks["swarm"].fix  # the shared engine is no manager
+    assert not checks["registry"].ok and "REGISTRY_URL" in checks["registry"].fix
+
+
 # -- a real two-node swarm ------------------------------------------------------------------------
 
 
@@ -137,15 +161,6 @@ def swarm(instance) -> Iterator[TwoNodeSwarm]:
         cluster.close()
 
 
-def _node_app(path: Path, version: str, healthy: bool = True) -> bytes:
-    """The sample app, plus /cgi-bin/node answering its version and the node its task runs on."""
-    write_sample_app(path, version_text=version, healthy=healthy)
-    node = path / "www" / "cgi-bin" / "node"
-    node.write_text(f'#!/bin/busybox sh\necho "Content-Type: text/plain"\necho ""\necho "{version} $APP_NODE"\n')
-    node.chmod(0o755)
-    return context_tar(path)
-
-
 def _backing_app(path: Path) -> bytes:
     """A stateful service: on first start it writes a random id into its data directory,
     and serves that directory."""
@@ -160,59 +175,13 @@ def _backing_app(path: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_apps_across_two_nodes(swarm, caddy_server, instance, tmp_path):
+def test_a_backing_service_keeps_its_data_on_its_node(swarm, instance, tmp_path):
     manager_engine = Engine(base_url=swarm.manager.socket, instance=instance)
     cluster = Swarm(swarm.manager.socket, instance, swarm.registry)
-    router = CaddyRouter(caddy_server.admin_url, free_port(), instance=instance)
-    router.ensure_server()
-    url = router.url_for("shop", "demo")
-
-    def release(version: str, deployment_id: int, healthy: bool = True) -> tuple[dict, Followed]:
-        image = manager_engine.build_image(app="shop", tree=f"{deployment_id:040x}", sha="c" * 40,
-                                           context_tar=_node_app(tmp_path / version, version, healthy),
-                                           on_line=lambda line: None)
-        ref = cluster.push(image, "shop", f"{deployment_id:012x}")
-        spec = app_service_spec(instance, _service(version=version, deployment_id=deployment_id, image=ref,
-                                                   health_timeout=4, memory=None, cpus=None, env={}))
-        cluster.apply(spec)
-        outcome = cluster.follow(spec, deployment_id, timeout=120,
-                                 on_endpoints=lambda endpoints: router.ensure_upstreams("shop", "demo", endpoints))
-        return spec, outcome
-
-    def get(session: requests.Session) -> requests.Response:
-        return session.get(url.replace("shop-demo.localhost", "127.0.0.1") + "/cgi-bin/node",
-                           headers={"Host": f"shop-demo.localhost:{router.listen_port}"}, timeout=10)
-
-    # replicas: 3, over both nodes, every one answering through the phase URL
-    spec, outcome = release("v1", 1)
-    assert outcome.state == Rollout.DONE
-    tasks = [t for t in cluster.tasks(spec["Name"]) if t.state == "running"]
-    assert len(tasks) == 3 and {t.node for t in tasks} == {"manager", "worker1"}
-    with requests.Session() as session:
-        answers = {get(session).text.strip() for _ in range(30)}
-    assert answers == {"v1 manager", "v1 worker1"}
-
-    # a rolling update under a request loop: no request fails, v2 serves at the end
-    with RequestLoop(get, keep_alive=False) as loop:
-        _, outcome = release("v2", 2)
-        time.sleep(0.5)
-    assert outcome.state == Rollout.DONE
-    assert loop.failures == [] and len(loop.answers) > 20
-    assert {a.split()[0] for a in loop.answers[-5:]} == {"v2"}
-
-    # an update whose health check fails: Swarm rolls it back by itself, v2 serves throughout
-    with RequestLoop(get, keep_alive=False) as loop:
-        spec, followed = release("v3", 3, healthy=False)
-    assert followed.state == Rollout.ROLLED_BACK
-    assert loop.failures == [] and {a.split()[0] for a in loop.answers} == {"v2"}
-    evidence = cluster.evidence(spec["Name"], followed)
-    assert any("unhealthy" in line for line in evidence["tasks"]), evidence
-
-    # a backing service pinned to the manager keeps its data on that node across a new task
-    backing_image = manager_engine.build_image(app="shop", tree="d" * 40, sha="c" * 40,
-                                               context_tar=_backing_app(tmp_path / "db"), on_line=lambda line: None)
+    image = manager_engine.build_image(app="shop", tree="d" * 40, sha="c" * 40,
+                                       context_tar=_backing_app(tmp_path / "db"), on_line=lambda line: None)
     db = backing_service_spec(instance, BackingService(
-        app="shop", phase="demo", name="db", image=cluster.push(backing_image, "shop", "d" * 12), node="manager",
+        app="shop", phase="demo", name="db", image=cluster.push(image, "shop", "d" * 12), node="manager",
         env={}, volume=f"{instance}-shop-demo-db", data="/data"))
     cluster.apply(db)
 
@@ -223,38 +192,210 @@ def test_apps_across_two_nodes(swarm, caddy_server, instance, tmp_path):
     first = wait_for(data_id, 60, "the backing service's data")
     db["TaskTemplate"]["ContainerSpec"]["Env"] = ["RESTARTED=1"]  # a changed definition: a new task
     cluster.apply(db)
-    wait_for(lambda: len([t for t in cluster.tasks(db["Name"]) if t.state == "running"]) == 1
-             and len(cluster.tasks(db["Name"])) == 2, 60, "the backing service's new task")
+    wait_for(lambda: len(cluster.tasks(db["Name"])) == 2
+             and len([t for t in cluster.tasks(db["Name"]) if t.state == "running"]) == 1, 60,
+             "the backing service's new task")
     assert wait_for(data_id, 60, "the new task's data") == first
     assert {t.node for t in cluster.tasks(db["Name"])} == {"manager"}
-    worker_volumes = swarm.workers[0].client().volumes.list()
-    assert f"{instance}-shop-demo-db" not in {v.name for v in worker_volumes}
+    client = swarm.workers[0].client()
+    try:
+        assert f"{instance}-shop-demo-db" not in {v.name for v in client.volumes.list()}
+    finally:
+        client.close()
+    cluster.remove(db["Name"])
 
-    # the worker drained, then killed: its tasks move, the phase URL keeps answering
+
+PIPELINE = """\
+defaults:
+  health_timeout: 4
+phases:
+  demo:
+    trigger: push
+    profile: {replicas: 3, memory: 64m, cpus: 0.5, stop_timeout: 3}
+"""
+REPO_FILE = {".release-pipeline.yml": "port: 8080\nhealthcheck: /healthz\n"}
+
+
+class SwarmRig:
+    """The installation with RUNTIME=swarm on the test's swarm: deployments run in-process."""
+
+    def __init__(self, ctx: Context, repo: Path, router_port: int, environ: dict[str, str]):
+        self.ctx, self.repo, self.router_port, self.environ = ctx, repo, router_port, environ
+        self.clone_url, self.shas, self.ids = "", {}, {}
+
+    def commit(self, version: str, repo_file: str = REPO_FILE[".release-pipeline.yml"], **options) -> None:
+        self.clone_url, self.shas[version] = make_sample_repo(
+            self.repo, version_text=version, extra_files={".release-pipeline.yml": repo_file}, **options)
+
+    def schedule(self, version: str, *, trigger: str = "push", source: str | None = None) -> int:
+        with self.ctx.db.session() as session:
+            repo = Repo("acme/shop", self.clone_url, "main")
+            deployment = schedule(session, ensure_app(session, repo), Deploy(
+                repo=repo, phase="demo", ref=self.shas[version], sha=self.shas[version], version=version,
+                trigger=trigger, actor="dora"), source_id=self.ids.get(source))
+            session.flush()
+            self.ids.setdefault(version, deployment.id)
+            return deployment.id
+
+    def run(self, deployment_id: int) -> Deployment:
+        DeployJob(self.ctx, deployment_id).run()
+        return self.deployment(deployment_id)
+
+    def deploy(self, version: str, **options) -> Deployment:
+        return self.run(self.schedule(version, **options))
+
+    def deployment(self, deployment_id: int) -> Deployment:
+        with self.ctx.db.session() as session:
+            return session.get(Deployment, deployment_id)
+
+    def service_deployment(self) -> str | None:
+        """The deployment the phase's Swarm service is specified by now."""
+        service = self.ctx.swarm.service(f"{self.ctx.settings.pipeline_instance}-shop-demo") or {}
+        return (service.get("Spec", {}).get("Labels") or {}).get("release-pipeline.deployment")
+
+    def lines(self, deployment_id: int) -> list[str]:
+        with self.ctx.db.session() as session:
+            return list(session.scalars(select(LogLine.text).where(LogLine.deployment_id == deployment_id)
+                                        .order_by(LogLine.id)))
+
+    def get(self, session: requests.Session, path: str = "/cgi-bin/info") -> requests.Response:
+        return session.get(f"http://127.0.0.1:{self.router_port}{path}",
+                           headers={"Host": f"shop-demo.localhost:{self.router_port}"}, timeout=10)
+
+    def info(self, session: requests.Session) -> dict[str, str]:
+        text = self.get(session).text
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def version(self, session: requests.Session) -> str:
+        return self.get(session, "/version").text.strip()
+
+
+@pytest.fixture
+def rig(swarm, instance, database_url, redis_conn, caddy_server, tmp_path) -> SwarmRig:  # noqa: F811
+    (tmp_path / "pipeline.yml").write_text(PIPELINE)
+    router_port = free_port()
+    environ = {"GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY, "REDIS_URL": REDIS_URL,
+               "PIPELINE_INSTANCE": instance, "PIPELINE_ALLOW_FILE_CLONES": "1", "WORK_DIR": str(tmp_path / "work"),
+               "DATABASE_URL": database_url, "RUNTIME": "swarm", "DOCKER_HOST": swarm.manager.socket,
+               "REGISTRY_URL": swarm.registry, "ROUTER": "caddy", "CADDY_ADMIN_URL": caddy_server.admin_url,
+               "ROUTER_PORT": str(router_port), "DRAIN_SECONDS": "0.3", "DEPLOY_LOCK_SECONDS": str(LOCK_SECONDS),
+               "PIPELINE_CONFIG": str(tmp_path / "pipeline.yml")}
+    ctx = Context.from_settings(load_settings(environ))
+    ctx.router.ensure_server()
+    return SwarmRig(ctx, tmp_path / "repo", router_port, environ)
+
+
+@pytest.mark.slow
+def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
+    from app.doctor import run_checks
+
+    checks = {check.name: check for check in run_checks(rig.ctx.settings)}
+    assert checks["swarm"].ok and checks["registry"].ok, checks
+    # backing services are not run on a swarm yet: refused before anything is created
+    rig.commit("0.9.0", repo_file=REPO_FILE[".release-pipeline.yml"] + "services: {db: {image: pg, port: 5432}}\n")
+    refused = rig.deploy("0.9.0")
+    assert refused.status == "failed" and "not supported with RUNTIME=swarm" in refused.reason
+    assert rig.ctx.engine.service_containers("shop") == [] and rig.ctx.swarm.services() == []
+
+    # replicas: 3 from the profile, spread over both nodes, every one answering at the phase URL
+    rig.commit("1.0.0")
+    first = rig.deploy("1.0.0")
+    assert first.status == "succeeded", rig.lines(first.id)
+    tasks = [t for t in rig.ctx.swarm.tasks(f"{rig.ctx.settings.pipeline_instance}-shop-demo") if t.state == "running"]
+    assert len(tasks) == 3 and {t.node for t in tasks} == {"manager", "worker1"}
+    with requests.Session() as session:
+        answers = [rig.info(session) for _ in range(30)]
+    assert {a["APP_NODE"] for a in answers} == {"manager", "worker1"}
+    assert {a["APP_VERSION"] for a in answers} == {"1.0.0"}
+    # the manager's own tasks are what the portal's runtime logs can read
+    assert any(c.labels.get("release-pipeline.deployment") == str(first.id)
+               for c in rig.ctx.engine.list_containers(app="shop", phase="demo"))
+
+    # a rolling update under a request loop: no request fails, 1.1.0 serves at the end
+    rig.commit("1.1.0")
+    with RequestLoop(lambda session: rig.get(session, "/version"), keep_alive=False) as loop:
+        second = rig.deploy("1.1.0")
+        time.sleep(0.5)
+    assert second.status == "succeeded", rig.lines(second.id)
+    assert loop.failures == [] and len(loop.answers) > 20
+    assert set(loop.answers[-5:]) == {"1.1.0"}
+
+    # an update whose health check fails: Swarm rolls it back by itself, 1.1.0 serves throughout
+    rig.commit("1.2.0", healthy=False)
+    with RequestLoop(lambda session: rig.get(session, "/version"), keep_alive=False) as loop:
+        third = rig.deploy("1.2.0")
+    assert third.status == "failed" and "rolled the service back" in third.reason
+    assert loop.failures == [] and set(loop.answers) == {"1.1.0"}
+    assert any("unhealthy" in line for line in third.evidence["logs"]), third.evidence
+    assert any("health check (exit 1)" in line and "404" in line for line in rig.lines(third.id)) or \
+        any("unhealthy" in line for line in rig.lines(third.id))
+
+    # our own rollback: 1.0.0's image and profile from the history, as a rolling update
+    with RequestLoop(lambda session: rig.get(session, "/version"), keep_alive=False) as loop:
+        back = rig.deploy("1.0.0", trigger="rollback", source="1.0.0")
+    assert back.status == "succeeded", rig.lines(back.id)
+    assert loop.failures == [] and set(loop.answers[-5:]) == {"1.0.0"}
+
+    # an RQ worker killed during a rolling update: Swarm finishes the update by itself; once the
+    # dead worker's lock expired, reconcile (the next worker's start) fails the deployment and
+    # puts back what our history says serves, by a rolling update again
+    rig.commit("1.3.0")
+    rolling = rig.schedule("1.3.0")
+    rig.ctx.jobs.deploy(rolling)
+    worker = WorkerProcess(rig.environ, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: rig.service_deployment() == str(rolling), 90, "the rolling update to start",
+                 details=worker.tail)
+        worker.kill()
+    finally:
+        worker.stop()
+    assert rig.deployment(rolling).status == "deploying"
+    wait_for(lambda: holder(rig.ctx.redis, "shop", "demo") is None, LOCK_SECONDS + 5, "the dead worker's lock")
+    findings = reconcile_job.reconcile(rig.ctx)
+    assert findings.failed == [rolling]
+    for restore in findings.redeployed:  # when Swarm had already replaced every task
+        assert rig.run(restore).status == "succeeded", rig.lines(restore)
+    serving = back.id if not findings.redeployed else findings.redeployed[-1]
+    name = f"{rig.ctx.settings.pipeline_instance}-shop-demo"
+    wait_for(lambda: {t.deployment for t in rig.ctx.swarm.tasks(name) if t.state == "running"} == {str(serving)}
+             and len([t for t in rig.ctx.swarm.tasks(name) if t.state == "running"]) == 3, 90,
+             "the service back on the serving deployment")
+    reconcile_job.reconcile(rig.ctx)  # the periodic one: the route follows the tasks
+    with requests.Session() as session:
+        assert {rig.version(session) for _ in range(10)} == {"1.0.0"}
+    with rig.ctx.db.session() as session:
+        back = current(session, first.app_id, "demo")
+
+    # the worker drained, then killed (the last thing this module's swarm does): its tasks move to the manager; reconcile (periodic)
+    # points the phase URL at them, and no request fails
     stop = threading.Event()
 
-    def follow_tasks() -> None:  # what the periodic reconcile does between deployments
+    def reconciling() -> None:
         while not stop.is_set():
-            endpoints = cluster.endpoints(spec["Name"])
-            if endpoints:
-                router.ensure_upstreams("shop", "demo", endpoints)
-            time.sleep(0.3)
+            reconcile_job.reconcile(rig.ctx)
+            time.sleep(0.5)
 
-    follower = threading.Thread(target=follow_tasks, daemon=True)
+    def on_manager_only() -> bool:
+        running = [t for t in rig.ctx.swarm.tasks(f"{rig.ctx.settings.pipeline_instance}-shop-demo")
+                   if t.state == "running" and t.desired == "running"]
+        return len(running) == 3 and {t.node for t in running} == {"manager"}
+
+    follower = threading.Thread(target=reconciling, daemon=True)
     follower.start()
     try:
-        with RequestLoop(get, keep_alive=False) as loop:
+        with RequestLoop(lambda session: rig.get(session), keep_alive=False) as loop:
             swarm.drain(swarm.workers[0])
-            wait_for(lambda: {t.node for t in cluster.tasks(spec["Name"]) if t.state == "running"
-                              and t.desired == "running"} == {"manager"}
-                     and len([t for t in cluster.tasks(spec["Name"]) if t.state == "running"
-                              and t.desired == "running"]) == 3, 90, "every task on the manager")
+            wait_for(on_manager_only, 90, "every task on the manager")
+            time.sleep(1)
             swarm.kill(swarm.workers[0])
             time.sleep(3)
-        assert loop.failures == [] and {a for a in loop.answers[-5:]} == {"v2 manager"}
     finally:
         stop.set()
-        follower.join(timeout=5)
+        follower.join(timeout=30)
+    assert loop.failures == []
+    assert {a for a in loop.answers[-5:]} and all("APP_NODE=manager" in a for a in loop.answers[-5:])
+    with rig.ctx.db.session() as session:  # nothing was redeployed: the same deployment serves
+        assert current(session, back.app_id, "demo").id == back.id
 
 
 def _read_on_node(node, task: Task) -> str | None:

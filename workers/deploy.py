@@ -346,6 +346,12 @@ class Rollout:
                 session, self.ctx.config, app_id, phase).snapshot()
         self.update(profile_snapshot=profile, status=DeploymentStatus.DEPLOYING.value)
         self.journal.report("started")
+        # The runtime refuses what it cannot run before anything is created, services included.
+        self.ctx.runtime.check(phase_spec(
+            PhaseRef(app_id, snap.app_name, phase), self.deployment_id, version=version, sha=sha, image=image_id,
+            repo_config=repo_config, snapshot=profile, env={},
+            network=services.network_name(self.ctx.settings.pipeline_instance, snap.app_name, phase)
+            if repo_config.services else None, health_timeout=self.ctx.config.health_timeout(phase)))
         with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIXES[1], dir=self._work_dir()) as scratch:
             # Backing services come first (created and healthy before the app container starts);
             # a `build:` service needs the repository, fetched only if it is really built.

@@ -24,11 +24,11 @@ from enum import Enum
 
 import docker
 import requests
-from docker.errors import DockerException, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_bytes
 
 from app.adapters.docker import LABEL_INSTANCE, _unsafe
-from app.exceptions import DeployFailed
+from app.exceptions import DeployFailed, EngineUnavailable
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION
 
 #: Which node a backing service (and so its volume) lives on.
@@ -79,8 +79,9 @@ class AppService:
     networks: tuple[str, ...] = ()
 
 
-def _monitor_seconds(health_timeout: float) -> float:
-    """Longer than a task can take to turn unhealthy: the start period, then the retries."""
+def monitor_seconds(health_timeout: float) -> float:
+    """Longer than a task can take to turn unhealthy: the start period, then the retries. Swarm
+    calls an update complete only this long after its last task turned healthy."""
     return health_timeout + HEALTH_RETRIES * HEALTH_INTERVAL + 5
 
 
@@ -98,7 +99,7 @@ def app_service_spec(instance: str, svc: AppService) -> dict:
     labels = {LABEL_INSTANCE: instance, LABEL_APP: svc.app, LABEL_PHASE: svc.phase, LABEL_VERSION: svc.version,
               LABEL_SHA: svc.sha, LABEL_DEPLOYMENT: str(svc.deployment_id)}
     update = {"Parallelism": 1, "Order": "start-first", "FailureAction": "rollback",
-              "Monitor": round(_monitor_seconds(svc.health_timeout) * SECOND), "MaxFailureRatio": 0.0}
+              "Monitor": round(monitor_seconds(svc.health_timeout) * SECOND), "MaxFailureRatio": 0.0}
     return {
         "Name": service_name(instance, svc.app, svc.phase),
         "Labels": labels,
@@ -183,6 +184,8 @@ class Task:
     message: str
     exit_code: int | None
     container_id: str = ""
+    slot: int = 0
+    version: str | None = None
 
     @property
     def endpoint(self) -> str | None:
@@ -204,7 +207,8 @@ def read_tasks(tasks: list[dict], nodes: list[dict]) -> list[Task]:
             desired=task.get("DesiredState", ""), deployment=labels.get(LABEL_DEPLOYMENT),
             published_port=next((p.get("PublishedPort") for p in ports if p.get("PublishedPort")), None),
             error=status.get("Err") or "", message=status.get("Message") or "", exit_code=(status.get("ContainerStatus") or {}).get("ExitCode"),
-            container_id=(status.get("ContainerStatus") or {}).get("ContainerID") or ""))
+            container_id=(status.get("ContainerStatus") or {}).get("ContainerID") or "",
+            slot=task.get("Slot") or 0, version=labels.get(LABEL_VERSION)))
     return out
 
 
@@ -279,6 +283,15 @@ def _spec_kwargs(spec: dict) -> dict:
             "rollback_config": spec.get("RollbackConfig"), "endpoint_spec": spec.get("EndpointSpec")}
 
 
+def _translated(what: str, exc: Exception) -> Exception:
+    """The manager refused (DeployFailed, for the deployment log), or cannot be reached or
+    failed (EngineUnavailable: connection refused, API 5xx)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, APIError) and status is not None and status < 500:
+        return DeployFailed(f"{what}: {_explain(exc)}")
+    return EngineUnavailable(f"{what}: the Swarm manager failed or is unreachable: {_explain(exc)}")
+
+
 def _explain(exc: Exception) -> str:
     text = str(getattr(exc, "explanation", None) or exc)
     return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)[:300]
@@ -301,7 +314,7 @@ class Swarm:
         try:
             return call(*args, **kwargs)
         except (DockerException, requests.RequestException) as exc:
-            raise DeployFailed(f"{what}: {_explain(exc)}") from None
+            raise _translated(what, exc) from None
 
     def is_manager(self) -> bool:
         """Whether the engine is a Swarm manager (the one thing RUNTIME=swarm needs of it)."""
@@ -310,6 +323,13 @@ class Swarm:
         except (DockerException, requests.RequestException):
             return False
         return bool((info.get("Swarm") or {}).get("ControlAvailable"))
+
+    def registry_answers(self) -> bool:
+        """Whether the registry speaks the registry API (over plain HTTP, as the nodes pull)."""
+        try:
+            return requests.get(f"http://{self.registry}/v2/", timeout=3).status_code in (200, 401)
+        except requests.RequestException:
+            return False
 
     # images
 
@@ -321,13 +341,15 @@ class Swarm:
         repository = image_repository(self.registry, self.instance, app)
         self._call("cannot tag the image", self.api.tag, image_id, repository, tag)
         digest = None
-        for entry in self._call(f"cannot push to {self.registry}", self.api.push, repository, tag=tag,
-                                stream=True, decode=True):
-            if "error" in entry:
-                raise DeployFailed(f"cannot push to {self.registry}: {str(entry['error'])[:300]}")
-            digest = (entry.get("aux") or {}).get("Digest") or digest
-            if entry.get("status") and "id" not in entry:
-                on_line(str(entry["status"]))
+        try:
+            for entry in self.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in entry:
+                    raise DeployFailed(f"cannot push to {self.registry}: {str(entry['error'])[:300]}")
+                digest = (entry.get("aux") or {}).get("Digest") or digest
+                if entry.get("status") and "id" not in entry:
+                    on_line(str(entry["status"]))
+        except (DockerException, requests.RequestException) as exc:
+            raise _translated(f"cannot push to {self.registry}", exc) from None
         if digest is None:
             raise DeployFailed(f"the registry {self.registry} did not confirm the push of {repository}:{tag}")
         return f"{repository}:{tag}@{digest}"
@@ -340,7 +362,7 @@ class Swarm:
         except NotFound:
             return None
         except (DockerException, requests.RequestException) as exc:
-            raise DeployFailed(f"cannot read service {name}: {_explain(exc)}") from None
+            raise _translated(f"cannot read service {name}", exc) from None
         if (found.get("Spec", {}).get("Labels") or {}).get(LABEL_INSTANCE) != self.instance:
             raise DeployFailed(f"service {name} exists but is not one of installation {self.instance}'s")
         return found
@@ -362,7 +384,7 @@ class Swarm:
             except NotFound:
                 pass
             except (DockerException, requests.RequestException) as exc:
-                raise DeployFailed(f"cannot remove service {name}: {_explain(exc)}") from None
+                raise _translated(f"cannot remove service {name}", exc) from None
 
     def services(self, **labels: str) -> list[dict]:
         filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", *(f"{k}={v}" for k, v in labels.items())]}

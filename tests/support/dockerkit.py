@@ -69,6 +69,7 @@ echo "Content-Type: text/plain"
 echo ""
 echo "APP_VERSION=$APP_VERSION"
 echo "APP_PHASE=$APP_PHASE"
+echo "APP_NODE=$APP_NODE"
 echo "{profile}=${profile}"
 echo "BUILD="{version}
 echo "HOSTNAME=$HOSTNAME"
