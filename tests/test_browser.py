@@ -440,14 +440,17 @@ def test_the_board_and_the_apps_list_change_without_a_reload_while_a_deploy_runs
     page.wait_for_url(f"{base}/apps/shop/deployments/{broken}")
     assert "Why it failed" in page.content()
 
-    # The board follows a deploy from queued to serving.
+    # The board follows a deploy from queued to serving; a keyboard user's focus stays where it was.
     page.goto(f"{base}/apps/shop")
     page.evaluate("window.notReloaded = true")
     stage = page.locator('[data-phase="stage"]')
     assert stage.locator(".version").inner_text() == "v1.3.0"
+    stage.locator(".links >> text=History").focus()
     to_stage = add_deployment(ctx, ids["app"], "stage", "c3d4e5f", "c", status="queued", minutes_ago=0,
                               trigger="portal", source_id=fixed)
     page.wait_for_selector('[data-phase="stage"] .in-progress >> text=queued')
+    assert page.evaluate("document.activeElement.textContent.trim()") == "History"
+    assert page.evaluate("document.activeElement.closest('[data-phase]').dataset.phase") == "stage"
     worker = play_worker(ctx, engine, to_stage, ["starting c3d4e5f", "healthy: 200 OK on / after 1 attempt(s)"],
                          pause=0.8)
     page.wait_for_selector('[data-phase="stage"] .in-progress >> text=deploying')

@@ -43,6 +43,16 @@
   // The page's [data-live-part] elements are fetched again and swapped in place when the
   // server says what they show changed: a part someone is typing in waits until they leave it.
   var pending = false, fetching = false;
+  function identity(node) {
+    return [node.tagName, node.getAttribute("href") || "", node.form ? node.form.getAttribute("action") : "",
+            node.textContent.trim()].join("|");
+  }
+  function sameElement(root, node) {
+    var wanted = identity(node);
+    return Array.prototype.find.call(root.querySelectorAll(node.tagName), function (candidate) {
+      return identity(candidate) === wanted;
+    }) || null;
+  }
   function refreshParts() {
     if (fetching) { pending = true; return; }
     fetching = true;
@@ -56,11 +66,17 @@
         document.querySelectorAll("[data-live-part]").forEach(function (part) {
           var replacement = part.id && fresh.getElementById(part.id);
           if (!replacement) return;
-          if (part.contains(document.activeElement) && document.activeElement !== document.body &&
-              document.activeElement.matches("input, select, textarea")) { pending = true; return; }
+          var active = document.activeElement, focused = null;
+          if (active && active !== document.body && part.contains(active)) {
+            if (active.matches("input, select, textarea")) { pending = true; return; }
+            focused = active;
+          }
           var node = document.importNode(replacement, true);
           part.replaceWith(node);
           decorate(node);
+          // A keyboard user keeps their place: the same link or button gets the focus back.
+          var again = focused && sameElement(node, focused);
+          if (again) again.focus();
         });
         if (pending) window.setTimeout(refreshParts, 1500);
       })
