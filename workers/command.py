@@ -374,7 +374,7 @@ def run_help(job: CommandJob, session: Session, app: App, command: commands.Help
 def status_table(ctx: Context, session: Session, app: App) -> str:
     """One Markdown row per phase: version, URL, health, when and by whom; then the previews."""
     try:
-        containers = ctx.engine.list_containers(app=app.name)
+        containers = ctx.runtime.instances(app=app.name)
     except Exception as exc:  # Docker unreachable: the table still answers from the database
         log.warning("status: cannot list containers: %s", exc)
         containers = None
@@ -407,7 +407,7 @@ def _health(containers, deployment: Deployment) -> str:
         return "unknown (Docker unreachable)"
     for container in containers:
         if container.id == deployment.container_id:
-            return container.status
+            return container.state or ("running" if container.running else "stopped")
     return "no container"
 
 
