@@ -700,6 +700,17 @@ def test_live_pages_get_a_new_state_when_what_they_show_changes(admin, pctx, mon
     assert before["/"] != after["/"] and before["/apps/shop"] == after["/apps/shop"]
 
 
+def test_runtime_logs_with_the_swarm_runtime_say_where_to_read_them(build):
+    ctx, flask_app = build(ADMIN_TOKEN=ADMIN_TOKEN, RUNTIME="swarm", REGISTRY_URL="127.0.0.1:5000", ROUTER="caddy")
+    add_app(ctx)
+    client = flask_app.test_client()
+    sign_in(client)
+    page = client.get("/apps/shop/phases/demo/logs").text
+    assert "read them with `docker service logs` on a manager" in page.replace("&#96;", "`")
+    api = client.get("/api/v1/apps/shop/phases/demo/logs")
+    assert api.status_code == 503 and "RUNTIME=swarm" in api.get_json()["reason"]
+
+
 def test_with_every_held_stream_taken_a_live_page_gets_one_answer_and_comes_back(admin, pctx, engine, monkeypatch):
     """Open streams hold server threads: beyond HELD_STREAMS, the answer is immediate, so the
     webhook and other pages always find a free thread."""
@@ -742,6 +753,13 @@ def test_runtime_logs_say_when_nothing_runs_or_the_engine_cannot_be_asked(admin,
     engine.written[f"c{demo}"] = [(1_700_000_000.5, "listening on :8080")]
     page = admin.get("/apps/shop/phases/demo/logs").text
     assert "listening on :8080" in page and 'datetime="2023-11-14T22:13:20.500000Z"' in page
+    # A backing service's output too, its password (a phase secret) masked.
+    set_profile(pctx, app_id, "demo", secrets={"DB_PASSWORD": "pw-5f2e-never-shown"})
+    db = engine.add_service("shop", "demo", "db")
+    engine.written[db] = [(1_700_000_001.0, "FATAL: password authentication failed for pw-5f2e-never-shown")]
+    page = admin.get("/apps/shop/phases/demo/logs").text
+    assert 'data-source="db"' in page and "service db" in page
+    assert "password authentication failed for ••••••••" in page and "pw-5f2e-never-shown" not in page
     engine.broken = True
     broken = admin.get("/apps/shop/phases/demo/logs")
     assert broken.status_code == 200 and "The output cannot be read: the Docker engine cannot be asked" in broken.text

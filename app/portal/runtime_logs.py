@@ -18,10 +18,11 @@ from flask import Response, request
 from app.actions import current
 from app.adapters.docker import LABEL_DEPLOYMENT
 from app.crypto import mask
-from app.exceptions import EngineUnavailable
+from app.exceptions import DeployFailed, EngineUnavailable
 from app.models import App, iso
 from app.portal import live_log, queries
 from app.profiles import resolve
+from app.runtime import RuntimeKind
 
 #: Lines shown when none are asked for, and the most one can ask for.
 DEFAULT_LINES = 200
@@ -58,6 +59,9 @@ def sources_for(ctx, name: str, phase: str, require_view: Callable[[App], object
 def sources(ctx, session, app: App, phase: str) -> Sources:
     """The serving app container and the phase's service containers (an unreachable engine
     raises, for the caller to say so); and the phase's secret values, decrypted, to mask."""
+    if ctx.settings.runtime != RuntimeKind.DOCKER:  # Swarm tasks run on other nodes' engines
+        raise DeployFailed(f"runtime logs are read from this installation's Docker engine (RUNTIME=docker); "
+                           f"with RUNTIME={ctx.settings.runtime} read them with `docker service logs` on a manager")
     serving = current(session, app.id, phase)
     try:
         found = ctx.engine.list_containers(app=app.name, phase=phase)

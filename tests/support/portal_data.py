@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, ContainerInfo
+from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, ContainerInfo, ServiceContainer
 from app.context import Context
 from app.models import App, Deployment, LogLine, Profile, utcnow
 from app.web import create_app
@@ -31,6 +31,7 @@ class StubEngine:
         self.calls = 0
         #: container id -> what it wrote, as the adapter's `output` answers: (unix time, text)
         self.written: dict[str, list[tuple[float, str]]] = {}
+        self.services: list[ServiceContainer] = []
 
     def run(self, app: str, phase: str, deployment_id: int, status: str = "running") -> None:
         self.containers.append(ContainerInfo(
@@ -48,10 +49,18 @@ class StubEngine:
     def ping(self) -> bool:
         return not self.broken
 
-    def service_containers(self, app: str, phase: str | None = None) -> list[dict]:
+    def service_containers(self, app: str, phase: str | None = None) -> list[ServiceContainer]:
         if self.broken:
             raise ConnectionError("engine unreachable")
-        return []
+        return [c for c in self.services if c.labels["app"] == app and phase in (None, c.labels["phase"])]
+
+    def add_service(self, app: str, phase: str, name: str) -> str:
+        """A running backing-service container of `app`'s `phase`; its id."""
+        container_id = f"svc-{app}-{phase}-{name}"
+        self.services.append(ServiceContainer(id=container_id, name=f"rp-{app}.{phase}.{name}", state="running",
+                                              labels={"app": app, "phase": phase, self.LABEL_SERVICE: name},
+                                              health="healthy", image_id=None))
+        return container_id
 
     def output(self, container_id: str, *, tail: int = 100, since: float | None = None) -> list[tuple[float, str]]:
         lines = [line for line in self.written.get(container_id, []) if since is None or line[0] > since]
