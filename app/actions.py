@@ -7,7 +7,7 @@ session); every action checks it through `app.permissions` and schedules work th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +34,8 @@ class Outcome:
     promotion: PromotionRequest | None = None
     #: The deployment ended here and then (a queued one cancelled): report its outcome now.
     finished: bool = False
+    #: Refused for the actor's role (a portal caller answers 403, not 409).
+    forbidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,11 @@ class Actions:
     def __init__(self, config: PipelineConfig):
         self.config = config
 
-    def _refusal(self, role: str, action: Action, phase: str) -> Outcome | None:
-        decision = check(role, action, phase, self.config.roles)
-        return None if decision.allowed else Outcome(False, decision.reason)
+    def refusal(self, role: str, action: Action, phase: str | None) -> Outcome | None:
+        """Why `role` may not do `action` on `phase`, or None: the one permission decision for
+        every way in (commands, portal, API). Each action below asks it too."""
+        decision = check(role, action, phase, self.config.roles, fork_role=self.config.previews.fork_role)
+        return None if decision.allowed else Outcome(False, decision.reason, forbidden=True)
 
     def _unknown_phase(self, phase: str) -> Outcome | None:
         if phase in self.config.phases:
@@ -104,16 +108,16 @@ class Actions:
         if force is None:
             return Outcome(False, f"{freeze.describe()}, so nothing was deployed (an admin may override once: "
                                   f"/promote {phase} --force <reason>)"), None
-        decision = check(role, Action.OVERRIDE_FREEZE, phase, self.config.roles)
-        if not decision.allowed:
-            return Outcome(False, f"{freeze.describe()}: {decision.reason}"), None
+        refused = self.refusal(role, Action.OVERRIDE_FREEZE, phase)
+        if refused:
+            return replace(refused, message=f"{freeze.describe()}: {refused.message}"), None
         if not force.strip():
             return Outcome(False, "--force needs a reason, recorded in the audit log"), None
         return None, force.strip()[:300]
 
     def _way_in(self, session: Session, app: App, phase: str, role: str, action: Action) -> Outcome | None:
         """Why `action` into `phase` is refused (unknown phase, role, freeze), or None."""
-        return (self._unknown_phase(phase) or self._refusal(role, action, phase)
+        return (self._unknown_phase(phase) or self.refusal(role, action, phase)
                 or self._frozen(session, app, phase, role=role)[0])
 
     def promote(self, session: Session, app: App, phase: str, *, actor: str, role: str, trigger: str,
@@ -124,7 +128,7 @@ class Actions:
         `pr_number` and `comment_id` name the command that asked, so the deployment's outcome
         edits that command's reply. `force` (admins only) is the reason to override a freeze.
         """
-        problem = self._unknown_phase(phase) or self._refusal(role, Action.PROMOTE, phase)
+        problem = self._unknown_phase(phase) or self.refusal(role, Action.PROMOTE, phase)
         if problem:
             return problem
         problem, override = self._frozen(session, app, phase, role=role, force=force)
@@ -182,17 +186,10 @@ class Actions:
         problem = self._way_in(session, app, phase, role, Action.ROLLBACK)
         if problem:
             return problem
-        now = current(session, app.id, phase)
-        if now is None:
-            return Outcome(False, f"{phase} has no successful deployment to roll back from")
-        if to_version is not None:
-            target = successful(session, app.id, phase=phase, version=to_version)
-            if target is None:
-                return Outcome(False, f"{to_version} was never deployed successfully to {phase}")
-        else:
-            target = self._previous_distinct(session, app.id, phase, now)
-            if target is None:
-                return Outcome(False, f"{phase} has no earlier successful deployment to roll back to")
+        now, target = rollback_target(session, app.id, phase, to_version)
+        refused = rollback_refusal(phase, now, target, to_version)
+        if refused:
+            return Outcome(False, refused)
         deployment = _again(session, app, target, trigger=Trigger.ROLLBACK, actor=actor, pr_number=pr_number,
                             comment_id=comment_id)
         return Outcome(True, f"rolling back {phase}: {describe_change(now, target)}", deployment.id)
@@ -261,7 +258,7 @@ class Actions:
         """Stop a queued deployment now, or a building one at its next step (before any switch)."""
         if target is None:
             return Outcome(False, "there is no queued or building deployment to cancel")
-        problem = self._refusal(role, Action.CANCEL, target.phase)
+        problem = self.refusal(role, Action.CANCEL, target.phase)
         if problem:
             return problem
         if target.status == DeploymentStatus.QUEUED.value:
@@ -277,7 +274,7 @@ class Actions:
                               "deployments can be cancelled")
 
     def freeze(self, session: Session, app: App, phase: str, *, actor: str, role: str, reason: str) -> Outcome:
-        problem = self._unknown_phase(phase) or self._refusal(role, Action.FREEZE, phase)
+        problem = self._unknown_phase(phase) or self.refusal(role, Action.FREEZE, phase)
         if problem:
             return problem
         existing = ad_hoc_freeze(session, app.id, phase)
@@ -290,7 +287,7 @@ class Actions:
                        + f": nothing deploys there until /unfreeze {phase}")
 
     def unfreeze(self, session: Session, app: App, phase: str, *, actor: str, role: str) -> Outcome:
-        problem = self._unknown_phase(phase) or self._refusal(role, Action.UNFREEZE, phase)
+        problem = self._unknown_phase(phase) or self.refusal(role, Action.UNFREEZE, phase)
         if problem:
             return problem
         existing = ad_hoc_freeze(session, app.id, phase)
@@ -381,3 +378,14 @@ def rollback_target(session: Session, app_id: int, phase: str,
     if to_version is not None:
         return now, successful(session, app_id, phase=phase, version=to_version)
     return now, Actions._previous_distinct(session, app_id, phase, now)
+
+
+def rollback_refusal(phase: str, now: Deployment | None, target: Deployment | None,
+                     to_version: str | None) -> str | None:
+    """Why there is nothing to roll back (`rollback_target`'s answer), or None."""
+    if now is None:
+        return f"{phase} has no successful deployment to roll back from"
+    if target is None:
+        return (f"{to_version} was never deployed successfully to {phase}" if to_version else
+                f"{phase} has no earlier successful deployment to roll back to")
+    return None

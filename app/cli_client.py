@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from app.client import Client, ClientError, render
-from app.client.api import path
+from app.adapters.pipeline_api import path
 
 OPERATOR = "Operator commands (run the service on this machine)"
 CLIENT = "Client commands (drive a running installation over its API)"

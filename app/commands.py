@@ -44,7 +44,7 @@ class DeployHead:
 
 @dataclass(frozen=True)
 class DeployPreview:
-    """Build the pull request's head as its preview (SPEC §12): a fork's needs this consent."""
+    """Build the pull request's head as its preview (README, Pull request previews): a fork's needs this consent."""
 
     name: ClassVar[CommandName] = CommandName.DEPLOY_PREVIEW
 

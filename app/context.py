@@ -13,7 +13,7 @@ from redis import Redis
 
 from app.db import Database
 from app.inbox import Inbox
-from app.jobs import Jobs
+from app.jobs import Jobs, NotifyJob
 from app.notifications import Notifier
 from app.pipeline import PipelineConfig, load_pipeline
 from app.reporting import Reports
@@ -63,7 +63,7 @@ class Context:
     def notifier(self) -> Notifier:
         """`ctx.notifier.notify(session, event, ...)`: announce an event to the configured targets."""
         return self._part("notifier", lambda: Notifier(self.config.notifications, portal_url=self.settings.public_url,
-                                                       enqueue=self.jobs.notify))
+                                                       enqueue=lambda ident: self.jobs.enqueue(NotifyJob(ident))))
 
     @property
     def reports(self) -> Reports:
@@ -112,7 +112,8 @@ class Context:
         s = self.settings
         if s.router == "caddy":
             return CaddyRouter(s.caddy_admin_url, s.router_port, self.config.defaults.url, instance=s.pipeline_instance,
-                               bind=s.bind)
+                               bind=s.bind, phase_urls={name: self.config.url_template(name)
+                                                        for name in self.config.phase_names})
         return DirectRouter()
 
     @property

@@ -42,7 +42,7 @@ def schedule(session: Session, app: App, plan: Deploy, *, source_id: int | None 
 
 
 def version_taken(session: Session, app_id: int, version: str, sha: str | None, *, but: int | None = None) -> str | None:
-    """The other commit `version` already names in this app (SPEC §9: a version belongs to one
+    """The other commit `version` already names in this app (README, Release controls: a version belongs to one
     commit), or None. Failed attempts do not claim a name."""
     if not sha:
         return None

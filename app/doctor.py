@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import requests
 
+from app.adapters import http
 from app.context import Context
 from app.exceptions import ReleasePipelineError
 from app.settings import Settings
@@ -134,12 +134,11 @@ def _sign_in(ctx: Context, redis_ok: bool) -> Check:
 
 def _web(settings: Settings) -> Check:
     url = f"{settings.public_url}/healthz"
-    try:
-        response = requests.get(url, timeout=5)
-    except requests.RequestException as exc:
-        return Check("web", False, f"{url}: {type(exc).__name__}",
+    answer = http.get(url, timeout=5, via_proxy=True)
+    if answer.status is None:
+        return Check("web", False, f"{url}: {answer.words}",
                      "start it: release-pipeline serve (or up); check PUBLIC_URL and PORT")
-    return Check("web", response.status_code in (200, 503), f"{url} answered {response.status_code}",
+    return Check("web", answer.status in (200, 503), f"{url} answered {answer.status}",
                  "see the web server's log")
 
 
@@ -151,11 +150,10 @@ def _router(ctx: Context) -> Check:
         return Check("router", False, f"caddy admin API at {settings.caddy_admin_url} not answering",
                      "start it: release-pipeline router (up and the Procfile start it), or set ROUTER=direct")
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
-    try:
-        requests.get(f"http://{host}:{settings.router_port}/", timeout=5)
-    except requests.RequestException as exc:
+    answer = http.get(f"http://{host}:{settings.router_port}/", timeout=5, via_proxy=True)
+    if answer.status is None:
         return Check("router", False, f"caddy does not serve phase URLs on port {settings.router_port}: "
-                     f"{type(exc).__name__}", "restart release-pipeline router; check ROUTER_PORT and BIND")
+                     f"{answer.words}", "restart release-pipeline router; check ROUTER_PORT and BIND")
     return Check("router", True, f"caddy at {settings.caddy_admin_url}, phase URLs on port {settings.router_port}")
 
 

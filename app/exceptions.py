@@ -33,6 +33,10 @@ class EngineUnavailable(ReleasePipelineError):
     """The container engine (Docker, a Swarm manager) failed or cannot be reached."""
 
 
+class QueueUnavailable(ReleasePipelineError):
+    """Redis refused the jobs of work just recorded; that work was withdrawn (`app.jobs`)."""
+
+
 class RouterError(ReleasePipelineError):
     """The router (Caddy) refused or could not be reached."""
 
@@ -53,8 +57,8 @@ class TransientGitHubError(GitHubError):
         self.retry_after = retry_after
 
 
-class PermissionDenied(ReleasePipelineError):
-    """The actor's role does not allow the action on that phase."""
+class OAuthFailed(ReleasePipelineError):
+    """The OAuth sign-in did not produce a user; the message is safe to show."""
 
 
 class InvalidVersion(ReleasePipelineError):

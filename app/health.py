@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import requests
+from app.adapters import http
 
 _KEPT_RESPONSES = 10
 #: How often a wait that has not succeeded yet says where it stands (see `wait_healthy`).
@@ -57,12 +57,12 @@ def wait_healthy(
     path = urlsplit(url).path or "/"
     responses: deque[str] = deque(maxlen=_KEPT_RESPONSES)
     attempts, pause = 0, min(FIRST_PAUSE, interval)
-    with requests.Session() as session:
-        session.trust_env = False  # the probe goes straight to the container, never via a proxy
+    with http.prober() as probe:  # straight to the container, never via a proxy
         while True:
             attempts += 1
             remaining = deadline - time.monotonic()
-            description, healthy = _probe(session, url, max(0.05, min(request_timeout, remaining)))
+            answer = probe.get(url, timeout=max(0.05, min(request_timeout, remaining)))
+            description, healthy = answer.words, answer.healthy
             responses.append(description)
             if healthy:
                 reason = f"healthy: {description} on {path} after {attempts} attempt(s)"
@@ -85,26 +85,3 @@ def wait_healthy(
 def waiting_line(path: str, waited: float, timeout: float, last: str) -> str:
     """One progress line of a health wait, as the deployment log shows it."""
     return f"waiting for {path}: {int(waited)} s of {timeout:g}, last answer: {last}"
-
-
-def _probe(session: requests.Session, url: str, request_timeout: float) -> tuple[str, bool]:
-    """One GET: a short description of what came back, and whether that counts as healthy."""
-    try:
-        with session.get(
-            url, timeout=request_timeout, allow_redirects=False, stream=True
-        ) as response:
-            return (
-                f"{response.status_code} {response.reason}".strip(),
-                200 <= response.status_code < 400,
-            )
-    except requests.Timeout:
-        return f"no answer within {request_timeout:g}s", False
-    except requests.ConnectionError as exc:
-        text = str(exc).lower()
-        if "refused" in text:
-            return "connection refused", False
-        if "reset" in text or "aborted" in text or "closed" in text:
-            return "connection closed", False
-        return "connection failed", False
-    except requests.RequestException as exc:
-        return type(exc).__name__, False

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from redis.exceptions import RedisError
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app.context import Context
 from app.deployments import schedule
-from app.models import Deployment, Delivery, DeliveryOutcome
 from app import previews
+from app.exceptions import QueueUnavailable
+from app.jobs import CommandJob, DeployJob, Job, PreviewTeardownJob, ReportJob, SummaryJob, enqueue_committed
+from app.models import Delivery, DeliveryOutcome
 from app.plans import Deploy, Ignore, Invalid, Plan, PreviewEvent, Reply, RunCommand, SummarizePromotion, SyncInstallation
 from app.registry import ensure_app, sync_installation
 
@@ -32,18 +33,17 @@ class Receipt:
 
     status: int
     body: dict
-    enqueue: list = field(default_factory=list)
+    enqueue: list[Job] = field(default_factory=list)
 
 
 def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Receipt:
-    """Record and enqueue; 503 (nothing recorded) when the database or the queue is down."""
+    """Record and enqueue; 503 when the database or the queue is down (the delivery is then
+    forgotten, so its redelivery is accepted; what it planned is withdrawn, `enqueue_committed`)."""
     # Events that deploy nothing are recorded without their handler reading the payload: any
     # field may have any type here.
     repository = payload.get("repository")
     repository = repository.get("full_name") if isinstance(repository, dict) else None
     action = payload.get("action")
-    created_deployments: list[int] = []
-    created_reports: list[int] = []
     try:
         with ctx.db.session() as session:
             delivery = Delivery(
@@ -59,24 +59,21 @@ def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict
             except IntegrityError:
                 return Receipt(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
             receipt = _carry_out(ctx, session, plan, delivery)
-            created_deployments = [job[1] for job in receipt.enqueue if job[0] == "deploy"]
-            created_reports = [job[1] for job in receipt.enqueue if job[0] == "report"]
             delivery.reason = _column_text(receipt.body.get("reason", ""), 300) or ""
             if receipt.status == 400:
                 delivery.outcome = DeliveryOutcome.MALFORMED.value
             elif receipt.enqueue:
-                delivery.job_id = ",".join(str(j[1]) for j in receipt.enqueue)[:100]
+                delivery.job_id = ",".join(job.ident() or type(job).__name__ for job in receipt.enqueue)[:100]
             else:
                 delivery.outcome = DeliveryOutcome.IGNORED.value
     except SQLAlchemyError:
         log.exception("database unavailable while recording delivery %s", delivery_id)
         return Receipt(503, {"error": "database unavailable", "reason": "try the delivery again later"})
     try:
-        for job in receipt.enqueue:
-            _enqueue(ctx, job)
-    except RedisError:
+        enqueue_committed(ctx, receipt.enqueue)
+    except QueueUnavailable:
         log.error("queue unavailable; forgetting delivery %s so a redelivery is accepted", delivery_id)
-        _forget(ctx, delivery_id, created_deployments, created_reports)
+        _forget(ctx, delivery_id)
         return Receipt(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
     return receipt
 
@@ -85,7 +82,7 @@ def planned_deployment(delivery: Delivery) -> int | None:
     """The deployment a recorded delivery planned: its job ids list the deploy first."""
     if delivery.outcome != DeliveryOutcome.ACCEPTED.value or not delivery.reason.startswith("deploying"):
         return None
-    return int(delivery.job_id.split(",")[0])
+    return int(delivery.job_id.split(",")[0].removeprefix("deploy-"))
 
 
 def _column_text(value, limit: int) -> str | None:
@@ -116,57 +113,35 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt
         return Receipt(
             202,
             {"ok": True, "reason": f"deploying {plan.version} to {plan.phase}", "deployment": deployment.id},
-            [("deploy", deployment.id), *(("report", r.id) for r in reports if r.state == "pending")],
+            [DeployJob(deployment.id), *(ReportJob(r.id) for r in reports if r.state == "pending")],
         )
     if isinstance(plan, RunCommand):
         return Receipt(
             202,
             {"ok": True, "reason": "command queued"},
-            [("command", dict(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id,
-                              actor=plan.actor, body=plan.body, commented_at=plan.commented_at))],
+            [CommandJob(app_id=app.id, pr_number=plan.pr_number, comment_id=plan.comment_id, actor=plan.actor,
+                        body=plan.body, commented_at=plan.commented_at)],
         )
     if isinstance(plan, SummarizePromotion):
         return Receipt(202, {"ok": True, "reason": f"promotion PR #{plan.pr_number} to {plan.phase}: summary queued"},
-                       [("summary", dict(app_id=app.id, pr_number=plan.pr_number, phase=plan.phase))])
+                       [SummaryJob(app_id=app.id, pr_number=plan.pr_number, phase=plan.phase)])
     if isinstance(plan, PreviewEvent):
         recorded = previews.record(ctx, session, app, plan)
-        jobs = [*((("deploy", recorded.deployment_id),) if recorded.deployment_id else ()),
-                *(("report", r) for r in recorded.reports or []),
-                *(("preview_teardown", t) for t in recorded.teardowns or [])]
+        jobs = [*([DeployJob(recorded.deployment_id)] if recorded.deployment_id else []),
+                *(ReportJob(r) for r in recorded.reports or []),
+                *(PreviewTeardownJob(**t) for t in recorded.teardowns or [])]
         body = {"ok": True, "reason": recorded.reason}
         if recorded.deployment_id:
             body["deployment"] = recorded.deployment_id
         return Receipt(202, body, jobs)
     if isinstance(plan, Reply):
         report = ctx.reports.comment(session, app, plan.pr_number, f"command-{plan.comment_id}", plan.message)
-        jobs = [("report", report.id)] if report.state == "pending" else []
+        jobs = [ReportJob(report.id)] if report.state == "pending" else []
         return Receipt(202, {"ok": True, "reason": "malformed command answered"}, jobs)
     raise TypeError(f"no executor for {type(plan).__name__}")
 
 
-def _enqueue(ctx: Context, job: tuple) -> None:
-    kind, arg = job
-    if kind == "deploy":
-        ctx.jobs.deploy(arg)
-    elif kind == "report":
-        ctx.jobs.report(arg)
-    elif kind == "command":
-        ctx.jobs.command(**arg)
-    elif kind == "summary":
-        ctx.jobs.summary(**arg)
-    elif kind == "preview_teardown":
-        ctx.jobs.preview_teardown(**arg)
-
-
-def _forget(ctx: Context, delivery_id: str, deployment_ids: list[int], report_ids: list[int]) -> None:
-    """Undo what the delivery recorded, replies included, so nothing of it is sent later and
-    GitHub's redelivery starts afresh."""
-    from app.models import Report
-
+def _forget(ctx: Context, delivery_id: str) -> None:
+    """GitHub's redelivery of this id must start afresh: the delivery is no longer known."""
     with ctx.db.session() as session:
-        if report_ids:
-            session.execute(delete(Report).where(Report.id.in_(report_ids)))
-        if deployment_ids:
-            session.execute(delete(Report).where(Report.deployment_id.in_(deployment_ids)))
-            session.execute(delete(Deployment).where(Deployment.id.in_(deployment_ids)))
         session.execute(delete(Delivery).where(Delivery.id == delivery_id))

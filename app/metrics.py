@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §14), shared by gunicorn workers and RQ work horses.
+"""Prometheus metrics (README, Metrics and logs), shared by gunicorn workers and RQ work horses.
 
 prometheus_client's multiprocess mode: every process writes its samples to files in
 PROMETHEUS_MULTIPROC_DIR (set by the CLI for `serve` and `worker`), and `/metrics` adds
@@ -27,7 +27,7 @@ STEP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
 class Step(str, enum.Enum):
-    """The timed steps of a deploy; `release` is the release command (SPEC §13)."""
+    """The timed steps of a deploy; `release` is the release command (README, Release controls)."""
 
     CLONE = "clone"
     BUILD = "build"

@@ -443,7 +443,7 @@ class NotificationAttempt(Base):
 
 
 class PreviewState(str, enum.Enum):
-    """Where a pull request's preview (SPEC §12) stands."""
+    """Where a pull request's preview (README, Pull request previews) stands."""
 
     #: A draft: built once it is ready for review (unless `previews.drafts`).
     DRAFT = "draft"

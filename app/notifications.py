@@ -1,4 +1,4 @@
-"""Outbound notifications (SPEC §14): what an event says, per target format, and its outbox.
+"""Outbound notifications (README, Notifications): what an event says, per target format, and its outbox.
 
 `Notifier.notify(session, event, ...)` is the one entry point: it writes one `Notification`
 row per target that wants the event, in the caller's transaction, and queues their sending
@@ -66,7 +66,7 @@ def finished_event(deployment: Deployment) -> Event:
 
 
 def deployment_fields(app: App, deployment: Deployment, portal_url: str) -> dict:
-    """What every deployment event carries (SPEC §14's body, without delivered_at)."""
+    """What every deployment event carries (the README's json body, without delivered_at)."""
     return {
         "app": app.full_name,
         "phase": deployment.phase,

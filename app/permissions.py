@@ -5,14 +5,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from app.exceptions import PermissionDenied
 
 # GitHub's repository roles, weakest first (the collaborator permission API's ``role_name``).
 ROLES = ("none", "read", "triage", "write", "maintain", "admin")
 # Older GitHub payloads (a repository's ``permissions`` object) still say pull and push.
 _ROLE_ALIASES = {"pull": "read", "push": "write"}
 PHASE = "phase"
-#: The role `previews.fork_role` in pipeline.yml sets (SPEC §12; default write).
+#: The role `previews.fork_role` in pipeline.yml sets (README, Pull request previews; default write).
 FORK_ROLE = "previews.fork_role"
 DEFAULT_FORK_ROLE = "write"
 
@@ -169,14 +168,3 @@ def check(
     has = ROLES[_rank(actor_role)]
     reason = f"{_WHAT[action].format(phase=phase)} needs the {required} role (you have {has})"
     return Decision(allowed=role_allows(actor_role, required), required=required, reason=reason)
-
-
-def require(
-    actor_role: str, action: Action, phase: str | None, phase_roles: Mapping[str, str],
-    *, fork_role: str = DEFAULT_FORK_ROLE,
-) -> Decision:
-    """Like check, but raise PermissionDenied (carrying the reason) when not allowed."""
-    decision = check(actor_role, action, phase, phase_roles, fork_role=fork_role)
-    if not decision.allowed:
-        raise PermissionDenied(decision.reason)
-    return decision

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -102,6 +103,26 @@ class FreezeWindow(Strict):
         return self
 
 
+def _url_template(value: str | None) -> str | None:
+    """A phase URL template: http(s), placeholders {app}, {phase} and {port} only, naming the app."""
+    if value is None:
+        return None
+    names = set(re.findall(r"\{([^{}]*)\}", value))
+    unknown = sorted(names - {"app", "phase", "port"})
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} (use {{app}}, {{phase}}, {{port}})")
+    example = value.format(app="app", phase="phase", port=8088)
+    parsed = urlparse(example)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in value):
+        raise ValueError("must be an http:// or https:// URL template")
+    if "{app}" not in value:
+        raise ValueError("must contain {app}: every app needs a URL of its own")
+    return value
+
+
+UrlTemplate = Annotated[str, AfterValidator(_url_template)]
+
+
 class Phase(Strict):
     name: str = ""
     trigger: Literal["push", "tag", "pull_request", "manual"]
@@ -109,7 +130,9 @@ class Phase(Strict):
     tag_pattern: str = "v*"
     role: Role = "write"
     approvals: Annotated[int, Field(ge=0, le=20)] = 0
-    url: str | None = None
+    #: This phase's URL template (else `defaults.url`): the router serves the phase there and
+    #: deployments report it.
+    url: UrlTemplate | None = None
     health_timeout: Annotated[float, Field(gt=0, le=600)] | None = None
     profile: Profile = Profile()
     freeze: list[FreezeWindow] = []
@@ -122,7 +145,7 @@ class Phase(Strict):
 
 
 class Defaults(Strict):
-    url: str = "http://{app}-{phase}.localhost:{port}"
+    url: UrlTemplate = "http://{app}-{phase}.localhost:{port}"
     health_timeout: Annotated[float, Field(gt=0, le=600)] = 30
     profile: Profile = Profile(memory="256m", cpus=0.5, replicas=1, stop_timeout=DEFAULT_STOP_TIMEOUT)
 
@@ -134,7 +157,7 @@ class Images(Strict):
     allow: list[Annotated[str, Field(pattern=f"^{IMAGE_REFERENCE}$")]] = []
 
 
-#: What a notification target can subscribe to (SPEC §14); app.notifications.Event has the same names.
+#: What a notification target can subscribe to (README, Notifications); app.notifications.Event has the same names.
 EVENTS = (
     "deployment.started", "deployment.succeeded", "deployment.failed", "deployment.rolled_back",
     "deployment.superseded", "promotion.requested", "freeze.changed", "preview.ready", "preview.removed",
@@ -181,7 +204,7 @@ class NotificationTarget(Strict):
         return self
 
 
-#: Preview phases are named `pr-<number>` (SPEC §12); no configured phase may look like one.
+#: Preview phases are named `pr-<number>` (README, Pull request previews); no configured phase may look like one.
 PREVIEW_PREFIX = "pr-"
 PREVIEW_PHASE = re.compile(r"^pr-[0-9]+$")
 
@@ -262,8 +285,21 @@ class PipelineConfig(Strict):
         return list(reversed(names[: names.index(name)]))
 
     def url_template(self, name: str) -> str:
-        phase = self.phases.get(name)  # a preview (pr-<n>) uses the defaults
+        """Where `name` is served and reported: its own `url`, else `defaults.url` (a preview,
+        pr-<n>, uses the defaults)."""
+        phase = self.phases.get(name)
         return (phase.url if phase else None) or self.defaults.url
+
+    @model_validator(mode="after")
+    def _phase_urls_apart(self) -> PipelineConfig:
+        seen: dict[str, str] = {}
+        for name in self.phases:
+            host = urlparse(self.url_template(name).format(app="app", phase=name, port=8088)).netloc
+            if host in seen:
+                raise ValueError(f"phases {seen[host]} and {name} would be served at the same URL "
+                                 "(give one of them a url with {phase} or a host of its own)")
+            seen[host] = name
+        return self
 
     def health_timeout(self, name: str) -> float:
         phase = self.phases.get(name)

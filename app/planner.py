@@ -1,6 +1,6 @@
 """The planner: a pure function from (event, payload, pipeline configuration) to a Plan.
 
-No I/O here, so every row of SPEC §5 is tested as a table. Executors (intake, workers)
+No I/O here, so every row of the README's first table is tested as a table. Executors (intake, workers)
 carry plans out against the database, the queue, GitHub, git and Docker.
 """
 

@@ -46,7 +46,7 @@ class Trigger(StrEnum):
     RESTORE = "restore"
     REDEPLOY = "redeploy"
     RETRY = "retry"
-    #: A pull request's preview (SPEC §12): its head built for phase pr-<number>.
+    #: A pull request's preview (README, Pull request previews): its head built for phase pr-<number>.
     PREVIEW = "preview"
 
 
@@ -76,8 +76,9 @@ class Deploy:
     """Put a commit on a phase.
 
     `sha` is None when the event names a tag without its commit (`create`, `release`): the
-    worker resolves it. `version` is the fallback label; with `prefer_tag` a release tag on the
-    commit wins (a promotion PR's head).
+    worker resolves it. `version` is the fallback label: for a merged pull request (trigger
+    `pull_request`, not `promotion`) the worker prefers a release tag on the commit, and it reads
+    the PR's author from GitHub when it counts approvals.
     """
 
     repo: Repo
@@ -89,9 +90,7 @@ class Deploy:
     actor: str
     dedup_key: str | None = None
     pr_number: int | None = None
-    pr_author: str | None = None
     required_approvals: int = 0
-    prefer_tag: bool = False
     #: The commit's title (its message's first line) and author, when the event carries them (a push).
     commit_title: str | None = None
     commit_author: str | None = None
@@ -105,7 +104,6 @@ class Deploy:
         _text(self.actor, "actor", limit=100)
         _text(self.dedup_key, "dedup key", limit=300, optional=True)
         _number(self.pr_number, "pull request number", optional=True, maximum=2**31 - 1)
-        _text(self.pr_author, "pull request author", limit=100, optional=True)
         _number(self.required_approvals, "required approvals", maximum=1000)
         _text(self.commit_title, "commit title", limit=200, optional=True)
         _text(self.commit_author, "commit author", limit=100, optional=True)
@@ -159,7 +157,7 @@ class PreviewAction(str, enum.Enum):
 
 @dataclass(frozen=True)
 class PreviewEvent:
-    """A pull request event for its preview phase (SPEC §12); `app.previews.decide` says what it means."""
+    """A pull request event for its preview phase (README, Pull request previews); `app.previews.decide` says what it means."""
 
     repo: Repo
     pr_number: int

@@ -1,4 +1,4 @@
-"""Pull request previews (SPEC §12): what a PR event means for its `pr-<number>` phase.
+"""Pull request previews (README, Pull request previews): what a PR event means for its `pr-<number>` phase.
 
 Deciding is pure (`decide`, `evictions`, `expired`: tested by equality); `record` carries a
 decision out at intake (database rows, a queued deployment through `app.deployments.schedule`,

@@ -80,7 +80,7 @@ def _fill_from_pipeline(profiles, env: dict[str, Sourced], sizing: dict[str, Sou
 
 def _preview(config: PipelineConfig, phase: str) -> ResolvedProfile:
     """A pull request preview runs untrusted code: `previews.profile` and the defaults only, never
-    an app profile (so no secret of any phase) — SPEC §12."""
+    an app profile (so no secret of any phase) (README, Pull request previews)."""
     env: dict[str, Sourced] = {}
     sizing: dict[str, Sourced] = {}
     _fill_from_pipeline((config.previews.profile, config.defaults.profile), env, sizing)

@@ -1,7 +1,7 @@
 """The one interface the deploy job and reconcile run apps through, whatever runs them.
 
 `RUNTIME=docker` runs each app+phase on one Docker engine, in two slots behind Caddy;
-`RUNTIME=swarm` runs it as a Swarm service (SPEC §15). Both implement `Runtime`; the deploy
+`RUNTIME=swarm` runs it as a Swarm service (issue 13). Both implement `Runtime`; the deploy
 job (workers/deploy.py) calls it in the order of Kamal's boot and never knows which one runs:
 
     observed = runtime.observe(target, serving_deployment)

@@ -1,4 +1,4 @@
-"""Backing services per app and phase: each phase's own database, cache, … (SPEC §7, issue 9).
+"""Backing services per app and phase: each phase's own database, cache, … (README, Backing services; issue 9).
 
 A repository declares `services:` in `.release-pipeline.yml` (see `app.pipeline.Service`).
 For every app+phase this module keeps, on the Docker engine:

@@ -1,4 +1,4 @@
-"""Settings from the environment (SPEC §3), read once into a typed, validated object."""
+"""Settings from the environment (README, Settings), read once into a typed, validated object."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import requests
 from sqlalchemy import select
 
+from app.adapters import http
 from app.adapters.git import LocalRepository
 from app.models import App, Deployment, DeploymentStatus
 
@@ -83,14 +83,16 @@ def pr_merge(repo: LocalRepository, *, number: int, base: str, phase: str, versi
 
 def send(url: str, secret: str, delivery: Delivery) -> dict:
     """POST the delivery to the webhook endpoint; the receiver's answer (raises on non-2xx)."""
-    response = requests.post(f"{url}/api/github/webhooks", data=delivery.body, headers=delivery.headers(secret),
-                             timeout=30)
+    response = http.post(f"{url}/api/github/webhooks", delivery.body, delivery.headers(secret), timeout=30,
+                         via_proxy=True)
+    if response.status is None:
+        raise RuntimeError(f"the webhook endpoint could not be reached: {response.words}")
     try:
-        answer = response.json()
+        answer = json.loads(response.body)
     except ValueError:
-        answer = {"reason": response.text[:200]}
-    if not response.ok:
-        raise RuntimeError(f"the webhook endpoint answered {response.status_code}: {answer.get('reason', answer)}")
+        answer = {"reason": response.body.decode("utf-8", "replace")[:200]}
+    if not 200 <= response.status < 300:
+        raise RuntimeError(f"the webhook endpoint answered {response.status}: {answer.get('reason', answer)}")
     return answer
 
 

@@ -1,4 +1,4 @@
-"""What every long-running process checks before it starts (SPEC §11, issue 12).
+"""What every long-running process checks before it starts (README, Running in production; issue 12).
 
 Refused at once, with one line, because waiting would not fix them: a schema behind the code,
 SECRET_KEY missing where it is needed, an invalid pipeline file (`Context.from_settings`).

@@ -54,7 +54,7 @@ EXPECTED: dict[Action, dict[str, str]] = {
     Action.HELP: {"demo": "read", "stage": "read", "live": "read"},
     Action.VIEW: {"demo": "read", "stage": "read", "live": "read"},
     Action.DELETE_APP: {"demo": "admin", "stage": "admin", "live": "admin"},
-    # Pull request previews (SPEC §12): running a PR's (maybe a fork's) code needs previews.fork_role
+    # Pull request previews (README, Pull request previews): running a PR's (maybe a fork's) code needs previews.fork_role
     # (write by default, never less); removing a preview loses nothing a push cannot bring back.
     Action.DEPLOY_PREVIEW: {"demo": "write", "stage": "write", "live": "write"},
     Action.REMOVE_PREVIEW: {"demo": "write", "stage": "write", "live": "write"},

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.adapters.docker import LABEL_APP, Engine
+from app.adapters.docker import LABEL_APP
 from app.context import Context
+from tests.support.dockerkit import remove_instance_objects
 from tests.support.pipeline_e2e import APP, Pipeline, service_environment
 from tests.test_services_deploy import commit
 from workers import runtime
@@ -27,7 +28,7 @@ def pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch) 
                        repo_path=tmp_path / "repo")
     finally:
         runtime.reset()
-        Engine(instance=instance).remove_instance_objects()
+        remove_instance_objects(instance)
 
 
 def test_deleting_an_app_removes_what_it_runs_and_keeps_its_history(pipeline):

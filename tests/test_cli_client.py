@@ -19,7 +19,7 @@ import requests
 from werkzeug.serving import make_server
 
 from app.web import create_app
-from tests.support.dockerkit import free_port, require_engine, stop_process
+from tests.support.dockerkit import free_port, remove_instance_objects, require_engine, stop_process
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, service_environment
 from tests.support.portal_data import csrf_from, sign_in_as
 
@@ -73,7 +73,6 @@ def _serve(flask_app) -> Iterator[str]:
 @pytest.fixture
 def installation(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Installation]:
     """The web side in this process (on a real socket), GitHub sign-in configured."""
-    from app.adapters.docker import Engine
     from app.context import Context
 
     settings = service_environment(monkeypatch, database_url=database_url, instance=instance, tmp_path=tmp_path,
@@ -85,7 +84,7 @@ def installation(github, database_url, redis_conn, instance, tmp_path, monkeypat
         for url in _serve(flask_app):
             yield Installation(pipeline, url, flask_app)
     finally:
-        Engine(instance=instance).remove_instance_objects()
+        remove_instance_objects(instance)
 
 
 @pytest.fixture

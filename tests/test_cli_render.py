@@ -7,7 +7,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from app.client.api import Event, parse_events, path
+from app.adapters.pipeline_api import Event, parse_events, path
 from app.client.render import Progress, apps_table, history_table, outcome, status_table, table
 
 NOW = datetime(2026, 12, 1, 21, 0, tzinfo=timezone.utc)

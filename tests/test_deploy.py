@@ -1,4 +1,4 @@
-"""The deploy job end to end on the real engine, through a real Caddy (SPEC §7, issue 3).
+"""The deploy job end to end on the real engine, through a real Caddy (README, Zero downtime; issue 3).
 
 Each test drives `workers.deploy.Rollout` (or a signed push and an RQ worker) against the
 busybox sample app in a file:// repository, and checks what a client of the phase URL sees:
@@ -33,6 +33,7 @@ from app.registry import ensure_app
 from app.web import create_app
 from tests.conftest import delivery_headers, drain_inbox, load_payload
 from tests.support.dockerkit import (
+    container_status,
     RequestLoop,
     wait_until,
     APP_PORT,
@@ -46,7 +47,7 @@ from workers import reconcile as reconcile_job
 from workers import runtime
 from workers.deploy import Rollout
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("remove_docker_objects")]
 
 REPO = "acme/shop"
 APP = "shop"
@@ -490,7 +491,7 @@ def test_reconcile_restores_a_vanished_container_and_removes_orphans(rig):
         env={}, port=APP_PORT))
 
     findings = reconcile_job.reconcile(rig.ctx)
-    assert orphan.name in findings.removed_containers and engine.container_status(orphan.id) is None
+    assert orphan.name in findings.removed_containers and container_status(engine, orphan.id) is None
     assert len(findings.redeployed) == 1
     restore = rig.deployment(findings.redeployed[0])
     assert (restore.trigger, restore.source_id, restore.version) == ("restore", served.id, "1.0.0")

@@ -19,7 +19,9 @@ from app.exceptions import BuildFailed, DeployFailed
 from tests.support.dockerkit import (
     APP_PORT,
     PROFILE_VARIABLE,
+    container_status,
     context_tar,
+    remove_instance_objects,
     unique_instance,
     write_sample_app,
 )
@@ -95,17 +97,16 @@ def test_run_serves_the_app_with_its_environment_and_limits(docker_engine, built
         }
         assert labels["release-pipeline.deployment"] == "7" and labels[LABEL_PHASE] == "demo"
 
-        assert docker_engine.container_status(running.id) == "running"
+        assert container_status(docker_engine, running.id) == "running"
         listed = docker_engine.list_containers(app="sample", phase="demo")
         assert [(c.id, c.name, c.status, c.host_port) for c in listed] == [
             (running.id, running.name, "running", running.host_port)
         ]
         assert docker_engine.list_containers(app="sample", phase="live") == []
         assert Engine(instance=unique_instance()).list_containers() == []
-        assert isinstance(docker_engine.container_logs(running.id), list)
     finally:
         docker_engine.stop_and_remove(running.id, timeout=5)
-    assert docker_engine.container_status(running.id) is None
+    assert container_status(docker_engine, running.id) is None
     assert docker_engine.container_logs(running.id) == []
     docker_engine.stop_and_remove(running.id)  # already gone: fine
 
@@ -115,9 +116,9 @@ def test_another_instance_cannot_touch_our_container(docker_engine, built):
     try:
         stranger = Engine(instance=unique_instance())
         stranger.stop_and_remove(running.id)
-        stranger.remove_instance_objects()
-        assert stranger.container_status(running.id) is None
-        assert docker_engine.container_status(running.id) == "running"
+        remove_instance_objects(stranger.instance)
+        assert container_status(stranger, running.id) is None
+        assert container_status(docker_engine, running.id) == "running"
     finally:
         docker_engine.stop_and_remove(running.id, timeout=5)
 
@@ -189,7 +190,7 @@ def test_prune_keeps_what_is_asked(docker_engine, tmp_path):
         assert stranger.find_image("pruned", "f" * 40) == foreign
     finally:
         docker_engine.stop_and_remove(running.id, timeout=5)
-        stranger.remove_instance_objects()
+        remove_instance_objects(stranger.instance)
 
 
 def test_remove_instance_objects_clears_everything(tmp_path):
@@ -203,7 +204,7 @@ def test_remove_instance_objects_clears_everything(tmp_path):
         f"{engine.instance}-net", labels={LABEL_INSTANCE: engine.instance}
     )
     engine.client.volumes.create(f"{engine.instance}-vol", labels={LABEL_INSTANCE: engine.instance})
-    engine.remove_instance_objects()
+    remove_instance_objects(engine.instance)
     label = {"label": f"{LABEL_INSTANCE}={engine.instance}"}
     assert engine.list_containers() == []
     assert engine.client.images.list(filters=label) == []

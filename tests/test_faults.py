@@ -42,7 +42,7 @@ from app.adapters.router import Slots
 from app.context import Context
 from app.deployments import schedule
 from app.exceptions import RouterError
-from app.jobs import DEPLOYS, QUEUES, REPORTS, job_id
+from app.jobs import DEPLOYS, QUEUES, REPORTS, DeployJob, job_id
 from app.locks import holder, is_held
 from app.models import Delivery, Deployment, DeploymentStatus, LogLine, Report, ReportState
 from app.plans import Deploy, Repo
@@ -51,7 +51,7 @@ from app.settings import load_settings
 from app.slots import find_slots
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
-from tests.support.dockerkit import make_sample_repo, require_caddy
+from tests.support.dockerkit import container_status, make_sample_repo, require_caddy
 from tests.support.faults import (
     PrivateCaddy,
     PrivateDocker,
@@ -64,7 +64,7 @@ from tests.support.faults import (
 from tests.support.requires import Part, missing, used
 from workers import report as report_job
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("remove_docker_objects")]
 
 REPO = "acme/shop"
 APP = "shop"
@@ -379,14 +379,14 @@ def test_a_worker_killed_mid_build_and_mid_rollout(make_stack):
                            30, "the new container to start", details=stack.worker_logs)
         assert started.host_port == slots.b
         worker.kill()
-        assert engine.container_status(started.container_id) == "running"  # left by the dead worker
+        assert container_status(engine, started.container_id) == "running"  # left by the dead worker
         wait_for(stack.lock_free, LOCK_SECONDS + 2, "the dead worker's lock to expire")
 
         worker = stack.start_worker()
         interrupted = stack.wait_status(rolling, "failed", timeout=30)
         assert interrupted.reason == INTERRUPTED
         assert interrupted.container_id is None
-        assert engine.container_status(started.container_id) is None and stack.containers_of(rolling) == []
+        assert container_status(engine, started.container_id) is None and stack.containers_of(rolling) == []
         assert f"failed: {INTERRUPTED}" in stack.lines(rolling)
         time.sleep(0.5)
 
@@ -510,7 +510,7 @@ def _promote(stack: Stack, source_id: int, phase: str) -> int:
             actor="dora"), source_id=source_id)
         session.flush()
         deployment_id = deployment.id
-    stack.ctx.jobs.deploy(deployment_id)
+    stack.ctx.jobs.enqueue(DeployJob(deployment_id))
     return deployment_id
 
 
@@ -543,8 +543,8 @@ def test_the_docker_engine_restarted(make_stack, private_docker):
     private_docker.start()
     # Demo's container is started again by its restart policy, on its slot: nothing to do.
     stack.serves_soon("1.0.0", "demo")
-    assert stack.ctx.engine.container_status(demo.container_id) == "running"
-    assert stack.ctx.engine.container_status(stage.container_id) is None
+    assert container_status(stack.ctx.engine, demo.container_id) == "running"
+    assert container_status(stack.ctx.engine, stage.container_id) is None
     with pytest.raises(requests.ConnectionError):  # nothing on stage's slot until reconciled
         stack.http.get(f"http://127.0.0.1:{stage.host_port}/version", timeout=5)
 

@@ -322,7 +322,9 @@ def test_release_branch_and_pull_request(github, repo):
 
     assert repo.find_open_pull("release-1.2", "main") == (number, html_url)
     assert html_url.endswith(f"/{REPO}/pull/{number}")
-    assert repo.get_pull(number)["title"] == "Release 1.2"
+    pull = repo.get_pull(number)
+    assert (pull.number, pull.title, pull.head_ref, pull.base_ref, pull.html_url) == (
+        number, "Release 1.2", "release-1.2", "main", html_url)
     assert github.refs[(REPO, "refs/heads/release-1.2")] == SHA
     (listing, _) = github.calls_to("GET", f"/repos/{REPO}/pulls?")
     assert listing.query["head"] == "acme:release-1.2"

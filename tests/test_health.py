@@ -14,6 +14,7 @@ from app.adapters.docker import ContainerSpec
 from app.health import waiting_line, wait_healthy
 from tests.support.dockerkit import (
     APP_PORT,
+    container_status,
     context_tar,
     free_port,
     write_sample_app,
@@ -172,7 +173,7 @@ def test_the_sample_app_container(docker_engine, tmp_path, healthy):
             # Long enough for a busy machine to start the container and answer once.
             timeout=10,
             interval=0.05,
-            is_alive=lambda: docker_engine.container_status(running.id) == "running",
+            is_alive=lambda: container_status(docker_engine, running.id) == "running",
         )
     finally:
         docker_engine.stop_and_remove(running.id, timeout=2)

@@ -1,4 +1,4 @@
-"""The planner, table-driven: one case per SPEC §5 row and per ignored case, no I/O."""
+"""The planner, table-driven: one case per row of the README's first table and per ignored case, no I/O."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ DEPLOYS = [
     ("release published → stage, same dedup key", "release", release(),
      dict(phase="stage", sha=None, dedup_key="tag:Codertocat/Hello-World:stage:v1.2.3")),
     ("merged promotion PR into live → live", "pull_request", merged_pr(),
-     dict(phase="live", sha=SHA, version="v1.4.0", required_approvals=1, prefer_tag=True, pr_number=2,
-          actor="maintainer", pr_author="Codertocat")),
+     dict(phase="live", sha=SHA, version="v1.4.0", required_approvals=1, pr_number=2,
+          actor="maintainer")),
     ("first push creating the default branch (recorded payload) → demo", "push", load_payload("push/with-new-branch"),
      dict(phase="demo", version="6113728", commit_title="Initial commit", commit_author="Codertocat")),
     ("push: the title is the message's first line, the author's GitHub name else git name", "push",

@@ -1,4 +1,4 @@
-"""Previews, decided purely (SPEC §12): the planner's PR events, `app.previews.decide`, which
+"""Previews, decided purely (README, Pull request previews): the planner's PR events, `app.previews.decide`, which
 previews make room or expire, and the `previews:` settings with path-bearing errors."""
 
 from __future__ import annotations

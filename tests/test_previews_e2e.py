@@ -1,4 +1,4 @@
-"""Pull request previews end to end (SPEC §12): signed `pull_request` and `issue_comment`
+"""Pull request previews end to end (README, Pull request previews): signed `pull_request` and `issue_comment`
 deliveries, jobs on a real queue, the GitHub stand-in, the Docker engine and Caddy.
 
 PR heads live only under the base repository's `refs/pull/<n>/head`, as GitHub serves them (a

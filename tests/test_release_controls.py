@@ -1,4 +1,4 @@
-"""Release controls (SPEC §13, issue 15), end to end: signed deliveries, the GitHub stand-in, the
+"""Release controls (README, Release controls; issue 15), end to end: signed deliveries, the GitHub stand-in, the
 real Docker engine. Release commands, freezes (and their override), what a promotion ships,
 redeploy, retry and cancel."""
 

@@ -1,7 +1,7 @@
 """Reporting to GitHub end to end: a signed push, the deploy job on a real queue, a real container,
 and every report sent to the GitHub stand-in over HTTP by its own RQ job.
 
-Pins what GitHub sees (the exact sequence and bodies of SPEC §8), that transient failures are
+Pins what GitHub sees (the exact sequence and bodies the README promises: commit statuses and GitHub Deployments), that transient failures are
 retried (502, `Retry-After`), that one installation token serves many jobs, that an outage of
 GitHub never fails a deployment and that its reports catch up afterwards, that reporting off
 records and logs what would have been sent, and that no credential ever reaches a log line.
@@ -26,7 +26,7 @@ from app.models import App, Deployment, DeploymentStatus, Report, ReportState
 from app.reporting import DESCRIPTION_LIMIT, Reports, short
 from app.settings import PROJECT_ROOT
 from tests.conftest import SECRET_KEY, WEBHOOK_SECRET
-from tests.support.dockerkit import make_sample_repo, require_engine
+from tests.support.dockerkit import make_sample_repo, remove_instance_objects, require_engine
 from tests.support.pipeline_e2e import INSTALLATION, REPO, REPO_FILE, Pipeline, service_environment
 from workers import report as report_job
 from workers import runtime
@@ -55,7 +55,7 @@ def make_pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypa
         yield make
     finally:
         runtime.reset()
-        engine.remove_instance_objects()
+        remove_instance_objects(engine.instance)
 
 
 @pytest.fixture

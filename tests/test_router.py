@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
 
 from app.adapters.router import CaddyRouter, DirectRouter, Router, Slots, migration_enabled
+from app.context import Context
 from app.exceptions import RouterError
 from tests.support.dockerkit import (
     RequestLoop,
@@ -262,6 +264,27 @@ def test_new_routes_go_before_a_catch_all(router, pair, caddy_server):
     router.ensure_route("late", "demo", slots_of(pair), serving=pair[0].port)
     assert _get(router.url_for("late", "demo")).text == "blue"
     assert _get(router.url_for("unrouted", "demo")).text == "fallback"
+
+
+def test_a_phase_with_its_own_url_is_served_and_reported_there(caddy_server, pair, make_settings, tmp_path):
+    """`phases.<name>.url` is where the router serves that phase (its route matches that host)
+    and what a deployment reports (the URL `url_for` gives the deploy job); other phases keep
+    `defaults.url`."""
+    pipeline = tmp_path / "pipeline.yml"
+    pipeline.write_text(Path("config/pipeline.yml").read_text().replace(
+        "  live:\n", '  live:\n    url: "http://{app}.shop-live.localhost:{port}"\n', 1))
+    port = free_port()
+    ctx = Context.from_settings(make_settings(ROUTER="caddy", CADDY_ADMIN_URL=caddy_server.admin_url, ROUTER_PORT=port,
+                                              PIPELINE_INSTANCE=unique_instance(), PIPELINE_CONFIG=str(pipeline)))
+    router = ctx.router
+    router.ensure_server()
+    assert router.url_for("shop", "live") == f"http://shop.shop-live.localhost:{port}"
+    assert router.url_for("shop", "demo") == f"http://shop-demo.localhost:{port}"
+    router.ensure_route("shop", "live", slots_of(pair), serving=pair[0].port)
+    router.ensure_route("shop", "demo", slots_of(pair), serving=pair[1].port)
+    assert _get(f"http://shop.shop-live.localhost:{port}").text == "blue"
+    assert _get(f"http://shop-demo.localhost:{port}").text == "green"
+    assert _get(f"http://shop-live.localhost:{port}").text == ""  # the default URL is not live's
 
 
 def test_refuses_unsafe_names_slots_and_ports(router):

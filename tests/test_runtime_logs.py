@@ -16,14 +16,12 @@ from app.crypto import MASK
 from tests.support.dockerkit import (
     BUSYBOX,
     context_tar,
-    docker_engine,  # noqa: F401 (fixture)
     wait_until,
 )
 from tests.support.portal_data import (
     ADMIN_TOKEN,
     add_app,
     add_deployment,
-    build,  # noqa: F401 (fixture)
     csrf_from,
     set_profile,
 )
@@ -39,12 +37,12 @@ CHATTY = ('echo "connecting with API_KEY=$API_KEY"; echo "db at postgres://app:$
 
 
 @pytest.fixture
-def engine(docker_engine):  # noqa: F811 (the real engine where the portal tests use a stub)
+def engine(docker_engine):  # the real engine where the portal tests use a stub
     return docker_engine
 
 
 @pytest.fixture(scope="module")
-def chatty_image(docker_engine, tmp_path_factory):  # noqa: F811
+def chatty_image(docker_engine, tmp_path_factory):
     folder = tmp_path_factory.mktemp("chatty")
     shutil.copy2(BUSYBOX, folder / "busybox")
     command = json.dumps(["/bin/busybox", "sh", "-c", CHATTY])
@@ -54,7 +52,7 @@ def chatty_image(docker_engine, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture
-def serving(build, docker_engine, chatty_image):  # noqa: F811
+def serving(build, docker_engine, chatty_image):
     """Demo serves a deployment whose container writes a line every 0.2 s, secrets included."""
     ctx, flask_app = build(ADMIN_TOKEN=ADMIN_TOKEN)
     app_id = add_app(ctx)
@@ -73,7 +71,7 @@ def serving(build, docker_engine, chatty_image):  # noqa: F811
     docker_engine.stop_and_remove(running.id, timeout=1)
 
 
-def test_the_adapter_reads_the_last_lines_and_what_came_after(serving, docker_engine):  # noqa: F811
+def test_the_adapter_reads_the_last_lines_and_what_came_after(serving, docker_engine):
     _, _, running = serving
     last = docker_engine.output(running.id, tail=3)
     assert len(last) == 3 and all(text.startswith("tick ") for _, text in last)

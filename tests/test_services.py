@@ -25,6 +25,7 @@ from app.models import AuditEntry, Profile, ServiceInstance
 from app.pipeline import parse_repo_config
 from app.web import create_app
 from tests.support.dockerkit import (
+    remove_instance_objects,
     APP_PORT,
     BUSYBOX,
     context_tar,
@@ -126,7 +127,7 @@ def svc_instance():
     try:
         yield name
     finally:
-        engine.remove_instance_objects()
+        remove_instance_objects(engine.instance)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,11 @@ from app.actions import Actions, Outcome, PromotionRequest, current, latest_in
 from app.commands import Command, CommandName
 from app.context import Context
 from app.exceptions import GitHubError
+from app.jobs import DeployJob, Job, PreviewTeardownJob, ReportJob, enqueue_committed
 from app.approvals import PROMOTION_REQUESTED
 from app.models import IN_PROGRESS, App, AuditEntry, Deployment, DeploymentStatus
 from app.plans import Trigger
-from app.permissions import Action, check
+from app.permissions import Action
 from app.plans import PreviewAction, PreviewEvent, Repo
 from workers import runtime
 
@@ -103,7 +104,8 @@ class CommandJob:
         #: Outcome reports of deployments a runner finished itself (a cancelled queued one).
         self.finished_reports: list[int] = []
         #: Jobs a runner queues once its transaction is committed (a preview's build or teardown).
-        self.after_commit: list[Callable[[], object]] = []
+        #: Jobs a runner recorded work for, queued with the reply once committed.
+        self.after_commit: list[Job] = []
 
     # -- GitHub ------------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class CommandJob:
             report = self.ctx.reports.reaction(session, session.get(App, self.app_id), self.comment_id, content)
             pending = report.id if report.state == "pending" else None
         if pending is not None:
-            self.ctx.jobs.report(pending)
+            enqueue_committed(self.ctx, [ReportJob(pending)])
 
     def reply(self, text: str) -> None:
         with self.ctx.db.session() as session:
@@ -147,12 +149,9 @@ class CommandJob:
         return [r.id for r in reports if r.state == "pending"]
 
     def send(self, deployment_id: int | None, report_ids: list[int]) -> None:
-        if deployment_id is not None:
-            self.ctx.jobs.deploy(deployment_id)
-        for enqueue in self.after_commit:
-            enqueue()
-        for report_id in report_ids:
-            self.ctx.jobs.report(report_id)
+        """Queue what was committed (`app.jobs.enqueue_committed`: withdrawn if Redis refuses)."""
+        enqueue_committed(self.ctx, [*([DeployJob(deployment_id)] if deployment_id is not None else []),
+                                     *self.after_commit, *(ReportJob(r) for r in report_ids)])
 
     # -- the job -----------------------------------------------------------------------------
 
@@ -167,10 +166,9 @@ class CommandJob:
         runner = RUNNERS[parsed.name]
         phase = runner.phase_of(parsed, self.ctx.config.phase_names)
         role, note = self.role()
-        decision = check(role, runner.action, phase, self.ctx.config.roles,
-                         fork_role=self.ctx.config.previews.fork_role)
-        if not decision.allowed:
-            self.reply(f"`{as_text(parsed)}` refused: {decision.reason}. Nothing was changed."
+        refused = self.actions.refusal(role, runner.action, phase)
+        if refused:  # asked before any runner reads GitHub or the database
+            self.reply(f"`{as_text(parsed)}` refused: {refused.message}. Nothing was changed."
                        + (f"\n\n{note}" if note else ""))
             return "refused"
         try:
@@ -200,8 +198,7 @@ def _worded(command: Command, outcome: Outcome) -> Outcome:
 
 def run_deploy(job: CommandJob, session: Session, app: App, command: commands.DeployHead, role: str) -> Outcome:
     """Deploy the pull request's head commit (built once, like any other commit)."""
-    pull = job.client().get_pull(job.pr_number)
-    sha = (pull.get("head") or {}).get("sha")
+    sha = job.client().get_pull(job.pr_number).head_sha
     if not sha:
         return Outcome(False, f"`{as_text(command)}`: GitHub did not say which commit heads #{job.pr_number}.")
     moved = moved_since_comment(job, command, sha)
@@ -233,13 +230,12 @@ def run_deploy_preview(job: CommandJob, session: Session, app: App, command: com
     if not job.ctx.config.previews.enabled:
         return Outcome(False, f"{said}: nothing was built: previews are off (previews.enabled in pipeline.yml).")
     pull = job.client().get_pull(job.pr_number)
-    head = pull.get("head") or {}
-    sha = head.get("sha")
+    sha = pull.head_sha
     if not sha:
         return Outcome(False, f"{said}: GitHub did not say which commit heads #{job.pr_number}.")
-    if pull.get("state") != "open":
-        return Outcome(False, f"{said}: nothing was built: #{job.pr_number} is {pull.get('state')}.")
-    base = (pull.get("base") or {}).get("ref")
+    if pull.state != "open":
+        return Outcome(False, f"{said}: nothing was built: #{job.pr_number} is {pull.state}.")
+    base = pull.base_ref
     if base != app.default_branch:
         return Outcome(False, f"{said}: nothing was built: previews are for pull requests into "
                               f"{app.default_branch} (#{job.pr_number} is into {base}).")
@@ -249,16 +245,15 @@ def run_deploy_preview(job: CommandJob, session: Session, app: App, command: com
     event = PreviewEvent(repo=Repo(app.full_name, app.clone_url, app.default_branch, app.html_url,
                                    app.installation_id),
                          pr_number=job.pr_number, action=PreviewAction.COMMAND, head_sha=sha,
-                         head_repo=(head.get("repo") or {}).get("full_name"), draft=bool(pull.get("draft")),
-                         updated_at=pull.get("updated_at") or "", actor=job.actor)
+                         head_repo=pull.head_repo, draft=pull.draft, updated_at=pull.updated_at, actor=job.actor)
     recorded = previews.record(job.ctx, session, app, event)
     job.finished_reports.extend(recorded.reports or [])
     for teardown in recorded.teardowns or []:
-        job.after_commit.append(lambda teardown=teardown: job.ctx.jobs.preview_teardown(**teardown))
+        job.after_commit.append(PreviewTeardownJob(**teardown))
     if recorded.deployment_id is None:
         return Outcome(False, f"{said}: nothing was built: {recorded.reason.split(': ', 1)[-1]}.")
     deployment_id = recorded.deployment_id
-    job.after_commit.append(lambda: job.ctx.jobs.deploy(deployment_id))
+    job.after_commit.append(DeployJob(deployment_id))
     return Outcome(True, f"{said}: building commit {sha}, the head of #{job.pr_number} now, as its preview; "
                          "the preview comment shows its URL once it serves. A later push needs a new "
                          "`/deploy preview`.")
@@ -389,7 +384,7 @@ def status_table(ctx: Context, session: Session, app: App) -> str:
             f"| {_health(containers, serving)} | {_when(serving.finished_at)} "
             f"| {'@' + serving.actor if serving.actor else '—'} |"
         )
-    for preview in previews.listing(session, app.id):  # pull request previews (SPEC §12)
+    for preview in previews.listing(session, app.id):  # pull request previews (README, Pull request previews)
         rows.append(f"| {preview['phase']} (#{preview['pr_number']}) | "
                     f"{'`' + preview['version'] + '`' if preview['version'] else '—'} | {preview['url'] or '—'} "
                     f"| {preview['state']} | {_when(preview['active_at'])} | — |")

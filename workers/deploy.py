@@ -1,6 +1,6 @@
 """The deploy job: a queued deployment becomes what serves its phase URL.
 
-Order of a rollout (SPEC §7, Kamal's boot): image (reused by commit or tree, else cloned and
+Order of a rollout (README, Zero downtime; Kamal's boot): image (reused by commit or tree, else cloned and
 built once) → backing services → release command → the new instances, started by the runtime
 (app.runtime: `ctx.runtime`, which knows slots or Swarm services; this job does not) → our
 health gate on every one → the router sends every new request to them → the old ones, which
@@ -32,6 +32,7 @@ from app.context import Context
 from app.deployments import version_taken, version_taken_reason
 from app.exceptions import EngineUnavailable, GitHubError, ReleasePipelineError, RouterError
 from app.freezes import frozen
+from app.jobs import ReportJob
 from app.locks import deploy_lock, holder
 from app.logs import log_context
 from app.metrics import Step
@@ -247,7 +248,7 @@ class Journal:
             reports = getattr(self.ctx.reports, which)(session, deployment.app, deployment)
             pending = [r.id for r in reports if r.state == "pending"]
         for report_id in pending:
-            self.ctx.jobs.report(report_id)
+            self.ctx.jobs.enqueue(ReportJob(report_id))
 
     def finish(self, status: DeploymentStatus, reason: str) -> str:
         log.info("deployment %s %s%s", self.deployment_id, status.value, f": {reason}" if reason else "")
@@ -476,7 +477,7 @@ class Rollout:
         client = self.ctx.github.repo(installation_id, full_name)
         pull = client.get_pull(deployment.pr_number)
         counted = count_approvals(client.list_reviews(deployment.pr_number),
-                                  author=(pull.get("user") or {}).get("login"), needed=needed,
+                                  author=pull.author, needed=needed,
                                   head=deployment.sha or "",
                                   requesters=promotion_requesters(self.ctx, deployment.app_id, deployment.pr_number),
                                   # Only people who could change the code count as reviewers.

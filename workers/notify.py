@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app import metrics
 from app.adapters import webhook
 from app.exceptions import ReleasePipelineError
+from app.jobs import NotifyJob
 from app.logs import log_context
 from app.models import Notification, NotificationAttempt, NotificationState, utcnow
 from app.notifications import render
@@ -89,5 +90,5 @@ def catch_up() -> int:
             Notification.state == NotificationState.PENDING.value, Notification.attempts == 0,
             Notification.created_at < utcnow() - CATCH_UP_AFTER)).all()
     for notification_id in lost:
-        ctx.jobs.notify(notification_id)
+        ctx.jobs.enqueue(NotifyJob(notification_id))
     return len(lost)

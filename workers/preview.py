@@ -1,4 +1,4 @@
-"""The preview jobs: tear a pull request's preview down, and expire idle ones (SPEC §12).
+"""The preview jobs: tear a pull request's preview down, and expire idle ones (README, Pull request previews).
 
 `teardown` runs under the preview phase's deploy lock, so a build still running finishes
 (or stops at its cancellation check) first; then the preview's containers, route, backing

@@ -1,6 +1,6 @@
 """The promotion-summary job: a promotion PR's one comment and `release-pipeline/promotion` status.
 
-Opening a promotion pull request is the request (SPEC §13): on every change of the PR or its
+Opening a promotion pull request is the request (README, Release controls): on every change of the PR or its
 reviews the bot says what merging would deploy, what it ships, the approvals needed and given,
 and any freeze, and sets a status branch protection can require. Nothing is deployed here; the
 merge keeps its own checks (`workers.deploy`), which stay the authority.
@@ -16,9 +16,11 @@ from sqlalchemy import select
 from app import gates
 from app.actions import current
 from app.adapters import git
+from app.adapters.github import PullRequest
 from app.approvals import ApprovalCount, count_approvals
 from app.context import Context
 from app.freezes import Freeze, frozen
+from app.jobs import ReportJob
 from app.models import App, Deployment, DeploymentStatus
 from app.permissions import role_allows
 from app.versions import is_release_tag, short_sha, version_from_title
@@ -56,8 +58,8 @@ def summarize(*, app_id: int, pr_number: int, phase: str) -> str:
     ctx = runtime.context()
     client = repo_client(ctx, app_id)
     pull = client.get_pull(pr_number)
-    head = pull["head"]["sha"]
-    author = (pull.get("user") or {}).get("login")
+    head = pull.head_sha
+    author = pull.author
     settings = ctx.config.phase(phase)
     with ctx.db.session() as session:
         app = session.get(App, app_id)
@@ -83,17 +85,17 @@ def summarize(*, app_id: int, pr_number: int, phase: str) -> str:
         app = session.get(App, app_id)
         reports = [ctx.reports.comment(session, app, pr_number, TOPIC, body),
                    ctx.reports.promotion_status(session, app, head, decided.state, decided.description,
-                                                pull.get("html_url") or ctx.settings.public_url)]
+                                                pull.html_url or ctx.settings.public_url)]
         pending = [r.id for r in reports if r.state == "pending"]
     for report_id in pending:
-        ctx.jobs.report(report_id)
+        ctx.jobs.enqueue(ReportJob(report_id))
     return decided.state
 
 
-def _version(ctx: Context, app: App, pull: dict, phase: str, head: str) -> str:
+def _version(ctx: Context, app: App, pull: PullRequest, phase: str, head: str) -> str:
     """The merge's rule: /promote's branch name, else a release tag at the head, else the
     title's version, else the short sha."""
-    promoted = _promoted_version(pull["head"].get("ref") or "", phase)
+    promoted = _promoted_version(pull.head_ref, phase)
     if promoted:
         return promoted
     try:
@@ -102,7 +104,7 @@ def _version(ctx: Context, app: App, pull: dict, phase: str, head: str) -> str:
                 if is_release_tag(t)]
     except Exception:  # the summary still answers; the merge reads the tag again
         tags = []
-    return sorted(tags)[-1] if tags else version_from_title(pull.get("title") or "") or short_sha(head)
+    return sorted(tags)[-1] if tags else version_from_title(pull.title) or short_sha(head)
 
 
 def _comment(*, phase: str, version: str, head: str, serving: Deployment | None, changelog: str,

@@ -20,7 +20,7 @@ from app import previews
 from app.actions import current
 from app.context import Context
 from app.deployments import schedule
-from app.jobs import DEPLOY_TIMEOUT, job_id
+from app.jobs import DEPLOY_TIMEOUT, DeployJob, ReportJob, enqueue_committed, job_id
 from app.locks import holder
 from app.models import IN_PROGRESS, TAKEN_UP, App, Build, BuildStatus, Deployment, DeploymentStatus, LogLine, utcnow
 from app.plans import Deploy, Repo, Trigger
@@ -88,7 +88,7 @@ def _settle_interrupted(ctx: Context, findings: Findings) -> None:
             findings.failed.append(deployment.id)
             pending += [r.id for r in reports if r.state == "pending"]
     for report_id in pending:
-        ctx.jobs.report(report_id)
+        ctx.jobs.enqueue(ReportJob(report_id))
 
 
 def _settle_builds(ctx: Context, findings: Findings) -> None:
@@ -121,7 +121,7 @@ def _requeue_lost(ctx: Context, findings: Findings) -> None:
     for deployment_id in queued:
         if Job.exists(job_id("deploy", deployment_id), connection=ctx.redis):
             continue
-        ctx.jobs.deploy(deployment_id)
+        ctx.jobs.enqueue(DeployJob(deployment_id))
         findings.requeued.append(deployment_id)
 
 
@@ -167,8 +167,7 @@ def _converge_containers(ctx: Context, findings: Findings) -> None:
         if instance.id not in expected:
             runtime.remove(instance)
             findings.removed_containers.append(instance.name)
-    for deployment_id in findings.redeployed:
-        ctx.jobs.deploy(deployment_id)
+    enqueue_committed(ctx, [DeployJob(deployment_id) for deployment_id in findings.redeployed])
 
 
 def _restore_pending(session, app_id: int, phase: str) -> bool:

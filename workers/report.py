@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from app.context import Context
 from app.exceptions import GitHubError, TransientGitHubError
-from app.jobs import job_id
+from app.jobs import ReportJob, job_id
 from app.models import App, PullRequestComment, Report, ReportState, utcnow
 from app.reporting import describe
 from workers import runtime
@@ -81,7 +81,7 @@ def catch_up(*, older_than_seconds: int = 60) -> int:
             job = None
         if job is not None and job.get_status(refresh=False) in _SETTLED:
             job.delete()
-        ctx.jobs.report(report_id)
+        ctx.jobs.enqueue(ReportJob(report_id))
     if ids:
         log.info("catch-up: %s pending report(s) queued again", len(ids))
     return len(ids)

@@ -28,6 +28,7 @@ from docker.errors import APIError, DockerException, NotFound
 
 from app.exceptions import BuildFailed, DeployFailed, EngineUnavailable, InvalidVersion
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION  # noqa: F401 (re-exported)
+from app.pipeline import ENV_NAME
 from app.versions import validate_version
 
 LABEL_INSTANCE = "release-pipeline.instance"
@@ -426,15 +427,6 @@ class Engine:
             lines.append((moment, text))
         return lines
 
-    def container_status(self, container_id: str) -> str | None:
-        """ "running", "restarting", "exited", … or None when the container is gone."""
-        try:
-            container = self._own_container(container_id)
-            container.reload()
-        except NotFound:
-            return None
-        return container.status
-
     def has_crashed(self, container_id: str) -> bool:
         """Whether the container is gone, stopped, or was restarted (its restart policy hides a
         crash loop from a status check that happens to catch it running)."""
@@ -486,22 +478,6 @@ class Engine:
 
     # Whole installation
 
-    def remove_instance_objects(self) -> None:
-        """Remove every container, image, network and volume of this instance (uninstall)."""
-        api, filters = self.client.api, self._filters()
-        for summary in api.containers(all=True, filters=filters):
-            with suppress(NotFound):
-                api.remove_container(summary["Id"], force=True, v=True)
-        for summary in api.images(filters=filters):
-            with suppress(NotFound):
-                api.remove_image(summary["Id"], force=True)
-        for network in api.networks(filters=filters):
-            with suppress(NotFound):
-                api.remove_network(network["Id"])
-        for volume in api.volumes(filters=filters).get("Volumes") or []:
-            with suppress(NotFound):
-                api.remove_volume(volume["Name"], force=True)
-
     # Labels
 
     def _labels(self, **labels: str) -> dict[str, str]:
@@ -528,7 +504,7 @@ class Engine:
     LABEL_SERVICE_APP = "release-pipeline.service-app"
     LABEL_SERVICE_PHASE = "release-pipeline.service-phase"
     LABEL_SERVICE_DEFINITION = "release-pipeline.service-definition"
-    _SERVICE_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+    _SERVICE_ENV = re.compile(ENV_NAME)
     _SIZES_TTL = 30.0
 
     def service_labels(self, app: str, phase: str | None = None, service: str | None = None,

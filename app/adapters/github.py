@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
@@ -162,6 +163,33 @@ def convert_manifest_code(api_url: str, code: str) -> dict:
     with _github_errors():
         response = client.rest.apps.create_from_manifest(code)
     return response.json()
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """The fields of a pull request the workers read, taken once from GitHub's JSON."""
+
+    number: int
+    title: str
+    author: str | None
+    head_sha: str | None
+    head_ref: str
+    base_ref: str
+    html_url: str | None
+    #: The head's repository (`owner/name`): another one than the base's is a fork.
+    head_repo: str | None = None
+    state: str = "open"
+    draft: bool = False
+    updated_at: str = ""
+
+    @classmethod
+    def from_json(cls, body: dict) -> PullRequest:
+        head, base = body.get("head") or {}, body.get("base") or {}
+        return cls(number=body.get("number"), title=body.get("title") or "",
+                   author=(body.get("user") or {}).get("login"), head_sha=head.get("sha"),
+                   head_ref=head.get("ref") or "", base_ref=base.get("ref") or "", html_url=body.get("html_url"),
+                   head_repo=(head.get("repo") or {}).get("full_name"), state=body.get("state") or "",
+                   draft=bool(body.get("draft")), updated_at=body.get("updated_at") or "")
 
 
 class GitHubApp:
@@ -410,9 +438,9 @@ class RepoClient:
                 return reviews
             page += 1
 
-    def get_pull(self, pr_number: int) -> dict:
+    def get_pull(self, pr_number: int) -> PullRequest:
         with self._github() as github:
-            return github.rest.pulls.get(self.owner, self.name, pr_number).json()
+            return PullRequest.from_json(github.rest.pulls.get(self.owner, self.name, pr_number).json())
 
     def commit_date(self, sha: str) -> str | None:
         """When `sha` was committed (the committer's date, as GitHub's git data API reports it)."""

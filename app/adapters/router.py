@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -123,12 +124,15 @@ class CaddyRouter:
         try_duration: float = 5.0,
         bind: str = "",
         fail_duration: float = 2.0,
+        phase_urls: Mapping[str, str] | None = None,
     ):
         self.admin_url = admin_url.rstrip("/")
         self.listen_port = listen_port
         #: The address the phase URLs are served on; "" or 0.0.0.0: every interface.
         self.bind = "" if bind in ("", "0.0.0.0", "::") else bind
         self.url_template = url_template
+        #: Phases with a URL template of their own (`phases.<name>.url`); the route matches its host.
+        self.phase_urls = dict(phase_urls or {})
         self.instance = _slug(instance, "instance")
         self.server_name = f"release-pipeline-{self.instance}"
         self.request_timeout = request_timeout
@@ -141,9 +145,8 @@ class CaddyRouter:
         self._session.headers["Connection"] = "close"
 
     def url_for(self, app: str, phase: str, port: int | None = None) -> str:
-        return self.url_template.format(
-            app=_slug(app, "app"), phase=_slug(phase, "phase"), port=self.listen_port
-        )
+        template = self.phase_urls.get(phase, self.url_template)
+        return template.format(app=_slug(app, "app"), phase=_slug(phase, "phase"), port=self.listen_port)
 
     def ensure_route(self, app: str, phase: str, slots: Slots, serving: int, also: tuple[int, ...] = ()) -> bool:
         """Create the route, or change it in place (one PATCH, applied atomically by Caddy)."""

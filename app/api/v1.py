@@ -16,7 +16,7 @@ from flask_wtf.csrf import generate_csrf
 from sqlalchemy import select
 
 from app import previews, shipped
-from app.actions import Outcome, profile_differences, rollback_target
+from app.actions import Outcome, profile_differences, rollback_refusal, rollback_target
 from app.exceptions import ReleasePipelineError
 from app.models import App, Deployment, Profile
 from app.permissions import Action, check
@@ -505,11 +505,9 @@ def rollback_preview(name: str, phase: str):
         role = _view(app)
         queries.require_phase(ctx.config, phase)
         now, target = rollback_target(session, app.id, phase, to_version=wanted)
-        if now is None:
-            abort(409, description=f"{phase} has no successful deployment to roll back from")
-        if target is None:
-            abort(409, description=f"{wanted} was never deployed successfully to {phase}" if wanted else
-                  f"{phase} has no earlier successful deployment to roll back to")
+        refused = rollback_refusal(phase, now, target, wanted)
+        if refused:
+            abort(409, description=refused)
         return jsonify({
             "phase": phase,
             "allowed": check(role, Action.ROLLBACK, phase, ctx.config.roles).allowed,

@@ -19,9 +19,8 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
-import requests
 from flask import (
     Blueprint,
     abort,
@@ -37,7 +36,8 @@ from flask import (
 from redis.exceptions import RedisError
 
 from app import api_tokens
-from app.exceptions import GitHubError, TransientGitHubError
+from app.adapters.oauth import GitHubOAuth
+from app.exceptions import GitHubError, OAuthFailed, TransientGitHubError
 from app.models import App, UserSession, utcnow
 from app.security import protect_forms
 from app.portal.queries import aware, iso
@@ -50,7 +50,6 @@ bp.before_request(protect_forms)
 ROLE_TTL_SECONDS = 300
 #: Roles of at most this many repositories are kept in the (cookie) session.
 ROLE_CACHE_SIZE = 40
-OAUTH_TIMEOUT_SECONDS = 10
 #: Failed sign-ins and wrong bearer tokens allowed per client address in one window.
 FAILURES_ALLOWED = 10
 FAILURE_WINDOW_SECONDS = 60
@@ -400,6 +399,13 @@ def signout():
     return redirect(url_for("auth.signin"))
 
 
+def _oauth() -> GitHubOAuth:
+    settings = _ctx().settings
+    return GitHubOAuth(web_url=settings.github_url, api_url=settings.github_api_url,
+                       client_id=settings.github_client_id,
+                       client_secret=settings.github_client_secret.get_secret_value())
+
+
 def _callback_url() -> str:
     return f"{_ctx().settings.public_url}{url_for('auth.github_callback')}"
 
@@ -408,17 +414,10 @@ def _callback_url() -> str:
 def github_start():
     if not methods().github:
         abort(404)
-    settings = _ctx().settings
     state = secrets.token_urlsafe(24)
     session["oauth_state"] = state
     session["oauth_next"] = safe_next(request.args.get("next"))
-    query = urlencode({
-        "client_id": settings.github_client_id,
-        "redirect_uri": _callback_url(),
-        "state": state,
-        "allow_signup": "false",
-    })
-    return redirect(f"{settings.github_url}/login/oauth/authorize?{query}")
+    return redirect(_oauth().authorize_url(redirect_uri=_callback_url(), state=state))
 
 
 @bp.get("/signin/github/callback")
@@ -437,58 +436,10 @@ def github_callback():
         return redirect(url_for("auth.signin"))
     code = request.args.get("code", "")
     try:
-        login = _github_login(_exchange_code(code))
+        login = _oauth().login_for(code, redirect_uri=_callback_url())
     except OAuthFailed as exc:
         log.warning("GitHub sign-in failed: %s", exc)
         flash(f"GitHub sign-in failed: {exc}", "error")
         return redirect(url_for("auth.signin"))
     sign_in(User(login=login, kind=Kind.GITHUB))
     return redirect(safe_next(next_url))
-
-
-class OAuthFailed(Exception):
-    """The OAuth exchange did not produce a user; the message is safe to show."""
-
-
-def _exchange_code(code: str) -> str:
-    settings = _ctx().settings
-    if not code:
-        raise OAuthFailed("GitHub sent no code")
-    try:
-        response = requests.post(
-            f"{settings.github_url}/login/oauth/access_token",
-            data={
-                "client_id": settings.github_client_id,
-                "client_secret": settings.github_client_secret.get_secret_value(),
-                "code": code,
-                "redirect_uri": _callback_url(),
-            },
-            headers={"Accept": "application/json"},
-            timeout=OAUTH_TIMEOUT_SECONDS,
-        )
-        body = response.json()
-    except (requests.RequestException, ValueError):
-        raise OAuthFailed("GitHub could not be reached") from None
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not token:
-        error = body.get("error") if isinstance(body, dict) else None
-        raise OAuthFailed(f"GitHub refused the code ({error or response.status_code})")
-    return token
-
-
-def _github_login(access_token: str) -> str:
-    """The user's login; the access token is used for this one request and then forgotten."""
-    settings = _ctx().settings
-    try:
-        response = requests.get(
-            f"{settings.github_api_url}/user",
-            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/vnd.github+json"},
-            timeout=OAUTH_TIMEOUT_SECONDS,
-        )
-        body = response.json()
-    except (requests.RequestException, ValueError):
-        raise OAuthFailed("GitHub could not be reached") from None
-    login = body.get("login") if isinstance(body, dict) and response.ok else None
-    if not isinstance(login, str) or not login:
-        raise OAuthFailed(f"GitHub did not say who you are ({response.status_code})")
-    return login

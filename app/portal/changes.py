@@ -14,17 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 
 from app import previews
 from app.actions import Actions, Outcome, audit
-from app.exceptions import InvalidVersion
+from app.exceptions import InvalidVersion, QueueUnavailable
+from app.jobs import DeployJob, Job, PromotionJob, ReportJob, enqueue_committed
 from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
 from app.plans import Trigger
 from app.permissions import Action, check
-from app.pipeline import MAX_STOP_TIMEOUT, MEMORY
+from app.pipeline import ENV_NAME, MAX_STOP_TIMEOUT
+from app.pipeline import Profile as PipelineProfile
 from app.profiles import SIZING
 from app.portal.queries import get_app, require_phase
 from app.profiles import resolve
@@ -32,7 +35,6 @@ from app.versions import validate_version
 
 log = logging.getLogger(__name__)
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 MAX_VALUE_LENGTH = 8192
 MAX_VARIABLES = 200
@@ -41,10 +43,11 @@ TRIGGER = Trigger.PORTAL
 RoleOf = Callable[[App], str]
 
 
-def _require(role: str, action: Action, phase: str, config) -> None:
-    decision = check(role, action, phase, config.roles)
-    if not decision.allowed:
-        raise Forbidden(decision.reason)
+def _require(role: str, action: Action, phase: str | None, config) -> None:
+    """403 unless `Actions` allows `role` to do `action` on `phase`."""
+    refused = Actions(config).refusal(role, action, phase)
+    if refused:
+        raise Forbidden(refused.message)
 
 
 def _version(value: str | None, field_name: str) -> str | None:
@@ -57,27 +60,30 @@ def _version(value: str | None, field_name: str) -> str | None:
 
 
 def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, action: Action, audit_action: str,
-               run: Callable[[Any, App], Outcome]) -> Outcome:
-    """Check, schedule and record in one transaction; enqueue only once it is committed."""
+               run: Callable[[Any, App, str], Outcome]) -> Outcome:
+    """Check, schedule and record in one transaction; enqueue only once it is committed. The
+    actor's role is read once (it may be a GitHub call) and handed to the action."""
     with ctx.db.session() as session:
         app = get_app(session, app_name)
         require_phase(ctx.config, phase)
-        _require(role_of(app), action, phase, ctx.config)
-        outcome = run(session, app)
+        role = role_of(app)
+        _require(role, action, phase, ctx.config)
+        outcome = run(session, app, role)
         if not outcome.ok:
-            raise Conflict(outcome.message)
-        reports: list[int] = []
+            raise (Forbidden if outcome.forbidden else Conflict)(outcome.message)
+        jobs: list[Job] = []
         stops = action == Action.CANCEL  # acts on an existing deployment: nothing to run
         if stops:
             if outcome.finished:  # cancelled before it started: its outcome goes to GitHub now
                 deployment = session.get(Deployment, outcome.deployment_id)
-                reports = [r.id for r in ctx.reports.finished(session, app, deployment) if r.state == "pending"]
+                jobs = [ReportJob(r.id) for r in ctx.reports.finished(session, app, deployment) if r.state == "pending"]
             audit(session, actor, app, phase, audit_action, {"deployment": outcome.deployment_id,
                                                              "message": outcome.message})
         elif outcome.deployment_id is not None:
             session.flush()
             deployment = session.get(Deployment, outcome.deployment_id)
-            reports = [r.id for r in ctx.reports.queued(session, app, deployment) if r.state == "pending"]
+            jobs = [DeployJob(deployment.id),
+                    *(ReportJob(r.id) for r in ctx.reports.queued(session, app, deployment) if r.state == "pending")]
             audit(session, actor, app, phase, audit_action,
                    {"deployment": deployment.id, "version": deployment.version, "sha": deployment.sha,
                     "message": outcome.message})
@@ -85,22 +91,14 @@ def _scheduled(ctx, app_name: str, phase: str, actor: str, role_of: RoleOf, acti
             p = outcome.promotion
             audit(session, actor, app, phase, f"{audit_action}.requested",
                    {"version": p.version, "sha": p.sha, "message": outcome.message})
-    if stops:
-        for report_id in reports:
-            ctx.jobs.report(report_id)
-    elif outcome.deployment_id is not None:
-        try:
-            ctx.jobs.deploy(outcome.deployment_id)
-            for report_id in reports:
-                ctx.jobs.report(report_id)
-        except RedisError:
-            log.error("queue unavailable: deployment %s could not be enqueued", outcome.deployment_id)
-            with ctx.db.session() as session:
-                deployment = session.get(Deployment, outcome.deployment_id)
-                deployment.status = DeploymentStatus.FAILED.value
-                deployment.reason = "the job queue (Redis) was unavailable; nothing was deployed"
-                deployment.finished_at = utcnow()
-            raise ServiceUnavailable("the job queue is unavailable; nothing was deployed, try again") from None
+    try:
+        enqueue_committed(ctx, jobs)
+    except QueueUnavailable:
+        if stops:  # the cancel itself stands; only GitHub's copy of its outcome is lost
+            log.warning("deployment %s was cancelled; its outcome was not reported (queue unavailable)",
+                        outcome.deployment_id)
+            return outcome
+        raise ServiceUnavailable("the job queue is unavailable; nothing was deployed, try again") from None
     return outcome
 
 
@@ -112,8 +110,8 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
     if force is not None and not str(force).strip():
         raise BadRequest("force: give the reason for overriding the freeze (it is recorded in the audit log)")
     result = _scheduled(ctx, app_name, phase, actor, role_of, Action.PROMOTE, "promote",
-                        lambda session, app: Actions(ctx.config).promote(
-                            session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
+                        lambda session, app, role: Actions(ctx.config).promote(
+                            session, app, phase, actor=actor, role=role, trigger=TRIGGER,
                             version=version, rename_to=rename_to, force=force))
     if result.promotion is not None:
         p = result.promotion
@@ -131,9 +129,9 @@ def promote(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, vers
         with ctx.db.session() as session:
             app_id = get_app(session, app_name).id
         try:
-            ctx.jobs.promotion(app_id=app_id, phase=p.phase, branch=p.branch, version=p.version, sha=p.sha,
-                               source_id=p.source_id, actor=actor, override=p.override)
-        except RedisError:
+            enqueue_committed(ctx, [PromotionJob(app_id=app_id, phase=p.phase, branch=p.branch, version=p.version,
+                                                 sha=p.sha, source_id=p.source_id, actor=actor, override=p.override)])
+        except QueueUnavailable:
             raise ServiceUnavailable("the job queue is unavailable; no pull request was opened, try again") from None
         return Outcome(
             True,
@@ -149,23 +147,23 @@ def deploy(ctx, app_name: str, phase: str, *, sha: str | None, actor: str, role_
     if not isinstance(sha, str) or not FULL_SHA.fullmatch(sha):
         raise BadRequest("sha: must be a full 40-character commit sha (git rev-parse <ref>)")
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.DEPLOY, "deploy",
-                      lambda session, app: Actions(ctx.config).deploy_commit(
-                          session, app, phase, sha=sha, actor=actor, role=role_of(app), trigger=TRIGGER))
+                      lambda session, app, role: Actions(ctx.config).deploy_commit(
+                          session, app, phase, sha=sha, actor=actor, role=role, trigger=TRIGGER))
 
 
 def rollback(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, to_version: str | None = None) -> Outcome:
     to_version = _version(to_version, "to_version")
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.ROLLBACK, "rollback",
-                      lambda session, app: Actions(ctx.config).rollback(
-                          session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER,
+                      lambda session, app, role: Actions(ctx.config).rollback(
+                          session, app, phase, actor=actor, role=role, trigger=TRIGGER,
                           to_version=to_version))
 
 
 def redeploy(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Outcome:
     """Deploy what `phase` serves again with its current profile (applies an edited profile)."""
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.REDEPLOY, "redeploy",
-                      lambda session, app: Actions(ctx.config).redeploy(
-                          session, app, phase, actor=actor, role=role_of(app), trigger=TRIGGER))
+                      lambda session, app, role: Actions(ctx.config).redeploy(
+                          session, app, phase, actor=actor, role=role, trigger=TRIGGER))
 
 
 def _deployment_phase(ctx, app_name: str, deployment_id: int) -> str:
@@ -182,27 +180,27 @@ def _deployment_phase(ctx, app_name: str, deployment_id: int) -> str:
 def retry(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Outcome:
     phase = _deployment_phase(ctx, app_name, deployment_id)
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.RETRY, "retry",
-                      lambda session, app: Actions(ctx.config).retry(
-                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
+                      lambda session, app, role: Actions(ctx.config).retry(
+                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role))
 
 
 def cancel(ctx, app_name: str, deployment_id: int, *, actor: str, role_of: RoleOf) -> Outcome:
     phase = _deployment_phase(ctx, app_name, deployment_id)
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.CANCEL, "cancel",
-                      lambda session, app: Actions(ctx.config).cancel(
-                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role_of(app)))
+                      lambda session, app, role: Actions(ctx.config).cancel(
+                          session, app, session.get(Deployment, deployment_id), actor=actor, role=role))
 
 
 def freeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf, reason: str) -> Outcome:
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.FREEZE, "freeze",
-                      lambda session, app: Actions(ctx.config).freeze(
-                          session, app, phase, actor=actor, role=role_of(app), reason=reason))
+                      lambda session, app, role: Actions(ctx.config).freeze(
+                          session, app, phase, actor=actor, role=role, reason=reason))
 
 
 def unfreeze(ctx, app_name: str, phase: str, *, actor: str, role_of: RoleOf) -> Outcome:
     return _scheduled(ctx, app_name, phase, actor, role_of, Action.UNFREEZE, "unfreeze",
-                      lambda session, app: Actions(ctx.config).unfreeze(
-                          session, app, phase, actor=actor, role=role_of(app)))
+                      lambda session, app, role: Actions(ctx.config).unfreeze(
+                          session, app, phase, actor=actor, role=role))
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -224,7 +222,7 @@ class ProfileChange:
 
 
 def _check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(ENV_NAME, name):
         raise BadRequest(f"{where}: {str(name)[:60]!r} is not a valid name "
                          "(letters, digits and _, not starting with a digit)")
     return name
@@ -238,42 +236,31 @@ def _check_value(value: Any, where: str) -> str:
     return value
 
 
-def _whole_number(value: Any) -> int | None:
-    try:
-        return int(value) if not isinstance(value, (bool, float)) else None
-    except (TypeError, ValueError):
-        return None
+#: What a form or API client is told when a sizing value does not fit the `Profile` model.
+SIZING_RULES = {
+    "memory": "must be a number with a unit b, k, m or g (e.g. 512m)",
+    "cpus": "must be a number greater than 0 and at most 64",
+    "replicas": "must be a whole number from 1 to 20",
+    "stop_timeout": f"must be a whole number of seconds from 1 to {MAX_STOP_TIMEOUT}",
+}
 
 
 def parse_sizing(key: str, value: Any) -> Any:
-    """One sizing value from a form or JSON; None (or blank) means inherit."""
+    """One sizing value from a form or JSON, read by the pipeline's `Profile` model (the one
+    place its limits are written); None (or blank) means inherit."""
+    if key not in SIZING_RULES:
+        raise BadRequest(f"sizing/{key}: not a setting ({', '.join(SIZING)})")
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    where = f"sizing/{key}"
-    if key == "memory":
-        text = str(value).strip().lower()
-        if not re.match(MEMORY, text):
-            raise BadRequest(f"{where}: must be a number with a unit b, k, m or g (e.g. 512m)")
-        return text
-    if key == "cpus":
-        try:
-            number = float(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not 0 < number <= 64:
-            raise BadRequest(f"{where}: must be a number greater than 0 and at most 64")
-        return number
-    if key == "replicas":
-        number = _whole_number(value)
-        if number is None or not 1 <= number <= 20:
-            raise BadRequest(f"{where}: must be a whole number from 1 to 20")
-        return number
-    if key == "stop_timeout":
-        number = _whole_number(value)
-        if number is None or not 1 <= number <= MAX_STOP_TIMEOUT:
-            raise BadRequest(f"{where}: must be a whole number of seconds from 1 to {MAX_STOP_TIMEOUT}")
-        return number
-    raise BadRequest(f"sizing/{key}: not a setting ({', '.join(SIZING)})")
+    if isinstance(value, str):
+        value = value.strip().lower()
+    whole = key in ("replicas", "stop_timeout")
+    if isinstance(value, bool) or (whole and isinstance(value, float)):
+        raise BadRequest(f"sizing/{key}: {SIZING_RULES[key]}")
+    try:
+        return getattr(PipelineProfile.model_validate({key: value}), key)
+    except ValidationError:
+        raise BadRequest(f"sizing/{key}: {SIZING_RULES[key]}") from None
 
 
 def validate(change: ProfileChange) -> ProfileChange:
@@ -302,7 +289,8 @@ def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, act
     with ctx.db.session() as session:
         app = get_app(session, app_name)
         require_phase(ctx.config, phase)
-        _require(role_of(app), Action.EDIT_PROFILE, phase, ctx.config)
+        role = role_of(app)
+        _require(role, Action.EDIT_PROFILE, phase, ctx.config)
         profile = session.scalar(select(Profile).where(Profile.app_id == app.id, Profile.phase == phase))
         if profile is None:
             profile = Profile(app_id=app.id, phase=phase, env={}, secrets={})
@@ -331,7 +319,7 @@ def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, act
             setattr(profile, key, value)
         profile.updated_by = actor
         session.flush()
-        _require_inheritors(role_of(app), phase, [
+        _require_inheritors(role, phase, [
             name for name in later if resolve(session, ctx.config, app.id, name).snapshot() != inherited_before[name]
         ], ctx.config)
         audit(session, actor, app, phase, "profile.update", {"changes": described})
@@ -340,13 +328,13 @@ def update_profile(ctx, app_name: str, phase: str, change: ProfileChange, *, act
 
 
 def _require_inheritors(role: str, phase: str, reached: list[str], config) -> None:
-    """A phase without a value of its own inherits it (SPEC §9), so an edit that changes what a
+    """A phase without a value of its own inherits it (README, Who may put what on a phase), so an edit that changes what a
     later phase runs with needs that phase's role too: a writer's Demo edit must not reach Live."""
     for name in reached:
-        decision = check(role, Action.EDIT_PROFILE, name, config.roles)
-        if not decision.allowed:
+        refused = Actions(config).refusal(role, Action.EDIT_PROFILE, name)
+        if refused:
             raise Forbidden(f"{name} inherits this from the {phase} profile, so the change needs {name}'s "
-                            f"role too: {decision.reason}")
+                            f"role too: {refused.message}")
 
 
 def _describe(old_env: dict, env: dict, old_secrets: dict, secrets: dict, resealed: set[str],

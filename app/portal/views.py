@@ -137,7 +137,7 @@ def board(name: str):
 
 @bp.get("/apps/<name>/previews")
 def previews_page(name: str):
-    """The app's pull request previews (SPEC §12): PR, state, URL, age, and a way to remove one."""
+    """The app's pull request previews (README, Pull request previews): PR, state, URL, age, and a way to remove one."""
     ctx = _ctx()
     with ctx.db.session() as session:
         app = queries.get_app(session, name)

@@ -1,5 +1,5 @@
 """`pull_request`: a merged promotion PR into a phase's branch deploys its head to that phase; a PR into
-the default branch gets a preview phase of its own (SPEC §12)."""
+the default branch gets a preview phase of its own (README, Pull request previews)."""
 
 from app.exceptions import InvalidVersion
 from app.plans import Deploy, Ignore, PreviewAction, PreviewEvent, SummarizePromotion, Trigger
@@ -38,9 +38,7 @@ def closed(payload, config):
         actor=merger,
         dedup_key=f"pr:{repo.full_name}:{number}:{phase.name}",
         pr_number=number,
-        pr_author=(pr.get("user") or {}).get("login"),
         required_approvals=phase.approvals,
-        prefer_tag=not promoted,
     )
 
 
@@ -75,7 +73,7 @@ def promotion_request(payload, config):
 
 
 def _preview_event(payload, config) -> PreviewEvent | Ignore | None:
-    """A pull request into the default branch gets a preview (SPEC §12); None: not such a PR."""
+    """A pull request into the default branch gets a preview (README, Pull request previews); None: not such a PR."""
     pr = payload["pull_request"]
     repo = repo_of(payload)
     if pr["base"]["ref"] != repo.default_branch:

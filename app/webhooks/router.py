@@ -36,7 +36,3 @@ class Router:
     def handler_for(self, event: str, action: str | None) -> Handler | None:
         """The action-specific handler first, then the event-wide one."""
         return self._handlers.get((event, action)) or self._handlers.get((event, None))
-
-    @property
-    def events(self) -> set[str]:
-        return {event for event, _ in self._handlers}

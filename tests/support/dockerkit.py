@@ -24,14 +24,17 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
+import docker
 import pytest
 import requests
+from docker.errors import NotFound
 
-from app.adapters.docker import Engine
+from app.adapters.docker import LABEL_INSTANCE, Engine
 from tests.support.requires import Part, first_line, missing, used
 
 BUSYBOX = Path("/bin/busybox")
@@ -197,6 +200,30 @@ def require_caddy() -> None:
     used(Part.CADDY, first_line(["caddy", "version"]).split()[0])
 
 
+def remove_instance_objects(instance: str) -> None:
+    """Remove every container, image, network and volume labelled with `instance` (a test
+    run's own objects; the product never removes a whole instance)."""
+    api = docker.from_env().api
+    filters = {"label": [f"{LABEL_INSTANCE}={instance}"]}
+    for summary in api.containers(all=True, filters=filters):
+        with suppress(NotFound):
+            api.remove_container(summary["Id"], force=True, v=True)
+    for summary in api.images(filters=filters):
+        with suppress(NotFound):
+            api.remove_image(summary["Id"], force=True)
+    for network in api.networks(filters=filters):
+        with suppress(NotFound):
+            api.remove_network(network["Id"])
+    for volume in api.volumes(filters=filters).get("Volumes") or []:
+        with suppress(NotFound):
+            api.remove_volume(volume["Name"], force=True)
+
+
+def container_status(engine: Engine, container_id: str) -> str | None:
+    """What `engine` sees of one of its app containers ("running", "exited", ...), or None."""
+    return next((c.status for c in engine.list_containers() if c.id == container_id), None)
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
     """A Docker engine adapter with its own instance label; its objects are removed afterwards."""
@@ -204,7 +231,7 @@ def docker_engine() -> Iterator[Engine]:
     try:
         yield engine
     finally:
-        engine.remove_instance_objects()
+        remove_instance_objects(engine.instance)
 
 
 @dataclass(frozen=True)
@@ -318,9 +345,10 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def remove_docker_objects(instance) -> Iterator[None]:
-    """Imported into a test module: it needs the engine; its run's objects are removed after it."""
+    """For a module that asks for it (`pytest.mark.usefixtures`): it needs the engine; its run's
+    objects are removed after it."""
     engine = require_engine(instance)
     yield
-    engine.remove_instance_objects()
+    remove_instance_objects(engine.instance)

@@ -32,7 +32,7 @@ from app.models import Build, Deployment, Report, ReportState
 from app.settings import PROJECT_ROOT, Settings, load_settings
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
-from tests.support.dockerkit import make_sample_repo, require_engine
+from tests.support.dockerkit import make_sample_repo, remove_instance_objects, require_engine
 from workers import runtime
 
 REPO = "acme/shop"
@@ -255,7 +255,7 @@ def _pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypatch,
                        repo_path=tmp_path / "repo")
     finally:
         runtime.reset()
-        engine.remove_instance_objects()
+        remove_instance_objects(engine.instance)
 
 
 @pytest.fixture

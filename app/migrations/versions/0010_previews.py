@@ -1,4 +1,4 @@
-"""previews: one row per pull request preview (SPEC §12)
+"""previews: one row per pull request preview (README, Pull request previews)
 
 Revision ID: 0010_previews
 Revises: 0012_commit_titles

@@ -1,4 +1,5 @@
-"""The only module that speaks HTTP to Release Pipeline's API: requests in, dicts and errors out.
+"""HTTP to a Release Pipeline installation's API (`app.client` re-exports it): requests in,
+dicts and errors out.
 
 Every failure becomes a ClientError whose message is fit to print: the server's own reason
 for a refusal (`{"error", "reason"}` bodies), or what went wrong reaching it.
