@@ -1,4 +1,4 @@
-"""RUNTIME=swarm: each app+phase a Swarm service, its tasks behind the router (SPEC §15).
+"""RUNTIME=swarm: each app+phase a Swarm service, its tasks behind the router (issue 13).
 
 The deploy job calls the same steps as on `docker` (app.runtime), but Swarm does the rolling
 update itself: `start` pushes the image to the registry and updates the service, and Swarm

@@ -25,14 +25,14 @@ from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingS
                                 app_service_spec, backing_service_spec, read_tasks, rollout_state, upstreams)
 from app.context import Context
 from app.deployments import schedule
+from app.jobs import DeployJob as QueuedDeploy
 from app.locks import holder
 from app.models import Deployment, LogLine
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.settings import load_settings
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET
-from tests.support.dockerkit import (BUSYBOX, RequestLoop, caddy_server, context_tar, free_port,  # noqa: F401
-                                     make_sample_repo)
+from tests.support.dockerkit import BUSYBOX, RequestLoop, context_tar, free_port, make_sample_repo
 from workers import reconcile as reconcile_job
 from workers.deploy import Rollout as DeployJob
 from tests.support.faults import WorkerProcess, wait_for
@@ -271,7 +271,7 @@ class SwarmRig:
 
 
 @pytest.fixture
-def rig(swarm, instance, database_url, redis_conn, caddy_server, tmp_path) -> SwarmRig:  # noqa: F811
+def rig(swarm, instance, database_url, redis_conn, caddy_server, tmp_path) -> SwarmRig:
     (tmp_path / "pipeline.yml").write_text(PIPELINE)
     router_port = free_port()
     environ = {"GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY, "REDIS_URL": REDIS_URL,
@@ -341,7 +341,7 @@ def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
     # puts back what our history says serves, by a rolling update again
     rig.commit("1.3.0")
     rolling = rig.schedule("1.3.0")
-    rig.ctx.jobs.deploy(rolling)
+    rig.ctx.jobs.enqueue(QueuedDeploy(rolling))
     worker = WorkerProcess(rig.environ, tmp_path / "worker.log")
     try:
         wait_for(lambda: rig.service_deployment() == str(rolling), 90, "the rolling update to start",

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 
 from app import previews, services
 from app.context import Context
+from app.jobs import PreviewTeardownJob, ReportJob, enqueue_committed
 from app.locks import deploy_lock
 from app.models import App, AuditEntry, PhaseSlots, Preview, PreviewState, Profile, utcnow
 from app.pipeline import preview_phase
@@ -59,8 +60,7 @@ def remove(ctx: Context, *, app_id: int, pr_number: int, generation: int, up_to:
                                detail={"pr_number": pr_number, "reason": reason, "containers": removed}))
         reports = ctx.reports.preview_removed(session, app, pr_number, phase, text)
         pending = [r.id for r in reports if r.state == "pending"]
-    for report_id in pending:
-        ctx.jobs.report(report_id)
+    enqueue_committed(ctx, [ReportJob(r) for r in pending])
     log.info("preview %s of %s removed (%s): %s", phase, app_name, reason, ", ".join(removed) or "no containers")
     return f"removed {phase}"
 
@@ -88,8 +88,5 @@ def sweep(ctx: Context) -> list[str]:
                                                "a push builds it again", closed=False)
                 jobs += done.teardowns
                 reports += done.reports
-    for report_id in reports:
-        ctx.jobs.report(report_id)
-    for job in jobs:
-        ctx.jobs.preview_teardown(**job)
+    enqueue_committed(ctx, [*(ReportJob(r) for r in reports), *(PreviewTeardownJob(**job) for job in jobs)])
     return [preview_phase(job["pr_number"]) for job in jobs]

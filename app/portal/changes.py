@@ -22,7 +22,7 @@ from werkzeug.exceptions import BadRequest, Conflict, Forbidden, NotFound, Servi
 from app import previews
 from app.actions import Actions, Outcome, audit
 from app.exceptions import InvalidVersion, QueueUnavailable
-from app.jobs import DeployJob, Job, PromotionJob, ReportJob, enqueue_committed
+from app.jobs import DeployJob, Job, PreviewTeardownJob, PromotionJob, ReportJob, enqueue_committed
 from app.models import App, AuditEntry, Deployment, DeploymentStatus, Profile, utcnow
 from app.plans import Trigger
 from app.permissions import Action, check
@@ -485,20 +485,16 @@ def remove_preview(ctx, app_name: str, pr_number: int, *, actor: str, role_of: R
     """Tear down a pull request's preview now (it comes back with the PR's next push)."""
     with ctx.db.session() as session:
         app = get_app(session, app_name)
-        decision = check(role_of(app), Action.REMOVE_PREVIEW, None, ctx.config.roles)
-        if not decision.allowed:
-            raise Forbidden(decision.reason)
+        _require(role_of(app), Action.REMOVE_PREVIEW, None, ctx.config)
         done = previews.remove_by_hand(ctx, session, app, pr_number, actor, channel)
         if done is None:
             raise Conflict(f"#{pr_number} has no running preview")
         session.add(AuditEntry(actor=actor, app_id=app.id, phase=f"pr-{pr_number}", action="preview.remove",
                                detail={"pr_number": pr_number, "channel": channel}))
     try:
-        for job in done.teardowns:
-            ctx.jobs.preview_teardown(**job)
-        for report_id in done.reports:
-            ctx.jobs.report(report_id)
-    except RedisError:  # its containers go at the next reconcile, which stops what no preview runs
+        enqueue_committed(ctx, [*(PreviewTeardownJob(**job) for job in done.teardowns),
+                                *(ReportJob(r) for r in done.reports)])
+    except QueueUnavailable:  # its containers go at the next reconcile, which stops what no preview runs
         raise ServiceUnavailable("the job queue (Redis) is unavailable: the preview is marked removed and its "
                                  "containers go at the next reconcile") from None
     return Outcome(True, f"removing the preview of #{pr_number}")
