@@ -162,3 +162,23 @@ def test_no_phase_may_take_a_preview_name(name):
 
 def test_the_defaults():
     assert CONFIG.previews == Previews(enabled=True, ttl_hours=72, max_active=10, drafts=False, fork_role="write")
+
+
+def test_a_ready_preview_is_announced_as_preview_ready():
+    from app.models import Deployment
+    from app.notifications import Event, finished_event
+
+    ready = Deployment(phase="pr-4", status="succeeded", trigger="preview")
+    failed = Deployment(phase="pr-4", status="failed", trigger="preview")
+    assert (finished_event(ready), finished_event(failed)) == (Event.PREVIEW_READY, Event.DEPLOYMENT_FAILED)
+    assert finished_event(Deployment(phase="demo", status="succeeded", trigger="push")) is Event.DEPLOYMENT_SUCCEEDED
+
+
+def test_a_preview_profile_has_no_secret_and_no_app_profile():
+    from app.profiles import resolve
+
+    config = parse_pipeline("phases: {demo: {trigger: push, profile: {env: {A: demo}}}}\n"
+                            "previews: {profile: {env: {B: preview}, memory: 64m}}\n")
+    resolved = resolve(None, config, 1, "pr-3")  # never reads the app's profiles (no session needed)
+    assert resolved.snapshot() == {"env": {"B": "preview"}, "secrets": {}, "memory": "64m", "cpus": 0.5,
+                                   "replicas": 1, "stop_timeout": 10}
