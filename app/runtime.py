@@ -145,6 +145,9 @@ class Started:
     to_retire: tuple[Instance, ...] = ()
     #: Where they run, in the deployment log's words ("slot port 20001").
     where: str = ""
+    #: The runtime already stopped the old instances while starting these, each once its
+    #: replacement was healthy (Swarm's start-first update): nothing is left to retire.
+    retired_old: bool = False
 
 
 @dataclass(frozen=True)

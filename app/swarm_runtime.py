@@ -120,7 +120,8 @@ class SwarmRuntime:
         if not instances:
             raise DeployFailed(f"Swarm started no task of service {name} ({followed.state.value})")
         nodes = sorted({i.node for i in instances if i.node})
-        return Started(instances=instances, where=f"{spec.replicas} Swarm task(s) of {name} on {', '.join(nodes)}")
+        return Started(instances=instances, where=f"{spec.replicas} Swarm task(s) of {name} on {', '.join(nodes)}",
+                       retired_old=True)
 
     def wait_healthy(self, spec: PhaseSpec, started: Started,
                      progress: Callable[[str], None] | None = None) -> HealthResult:
@@ -145,8 +146,8 @@ class SwarmRuntime:
         return self.router.url_for(spec.target.app, spec.target.phase)
 
     def retire(self, instances: Sequence[Instance], stop_timeout: int) -> list[Retired]:
-        """Nothing left to do: Swarm stopped each old task (SIGTERM, SIGKILL after the stop
-        grace period) once its replacement passed its health check."""
+        """Nothing left to do (`Started.retired_old`): Swarm stopped each old task (SIGTERM,
+        SIGKILL after the stop grace period) once its replacement passed its health check."""
         return []
 
     def run_once(self, spec: PhaseSpec, argv: list[str], *, timeout: float,

@@ -317,6 +317,9 @@ def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
         second = rig.deploy("1.1.0")
         time.sleep(0.5)
     assert second.status == "succeeded", rig.lines(second.id)
+    assert any(line.startswith("the previous version's instances were stopped during the rollout")
+               for line in rig.lines(second.id))
+    assert not any(line.startswith("stopping the previous container") for line in rig.lines(second.id))
     assert loop.failures == [] and len(loop.answers) > 20
     assert set(loop.answers[-5:]) == {"1.1.0"}
 

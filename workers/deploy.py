@@ -601,7 +601,12 @@ class Rollout:
             raise
         self.update(url=url)
         self.say(f"{url} now serves {spec.version} ({started.where})")
-        self.retire([*observed.serving, *started.to_retire], spec.stop_timeout)
+        if started.retired_old:
+            if observed.serving:
+                self.say("the previous version's instances were stopped during the rollout, each once its "
+                         f"replacement was healthy (SIGTERM, SIGKILL after {spec.stop_timeout} s)")
+        else:
+            self.retire([*observed.serving, *started.to_retire], spec.stop_timeout)
         # From healthy instances to the phase URL serving them with the old ones gone (drain included).
         metrics.DEPLOY_STEP.labels(step=Step.SWITCH.value).observe(time.monotonic() - switching)
 
