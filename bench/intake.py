@@ -224,11 +224,11 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
         for side in order[index % 2]:
             if side == "ours":
                 ours_rounds.append(run_wrk(env, url, body_file, signature, 202, threads=threads,
-                                           connections=connections, seconds=seconds, tag=f"ours{index}",
+                                           connections=connections, seconds=seconds, tag=f"ours{index}-{database}",
                                            server_pid=web.pid))
             else:
                 peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
-                                           connections=connections, seconds=seconds, tag=f"peer{index}",
+                                           connections=connections, seconds=seconds, tag=f"peer{index}-{database}",
                                            server_pid=peer.pid))
         log(f"  intake round {index + 1}/{rounds} ({database}): ours {ours_rounds[-1].rps:,.0f} req/s "
             f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
