@@ -402,6 +402,7 @@ def simulate_pr_merge(obj) -> None:
 def _simulated(ctx, delivery) -> None:
     """Send, then follow the deployment to its end; exit 1 unless it succeeded."""
     from app import simulate as sim
+    from app.models import DeploymentStatus
 
     try:
         answer = sim.send(ctx.settings.public_url, ctx.settings.webhook_secret or "", delivery)
@@ -413,7 +414,7 @@ def _simulated(ctx, delivery) -> None:
     if not answer.get("deployment"):
         sys.exit(1)
     deployment = sim.wait(ctx.db, answer["deployment"])
-    if deployment.status != "succeeded":
+    if deployment.status != DeploymentStatus.SUCCEEDED:
         raise click.ClickException(f"{deployment.phase}: {deployment.status}: {deployment.reason or 'see the portal'}")
     click.echo(f"{deployment.phase} serves {deployment.version} at {deployment.url}")
 

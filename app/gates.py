@@ -11,16 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.permissions import Action, role_allows
+from app.plans import Trigger
 
 #: The action each git trigger stands for, and so the role its sender needs on the phase.
 GIT_TRIGGERS: Mapping[str, Action] = {
-    "push": Action.DEPLOY,
-    "tag": Action.DEPLOY,
-    "pull_request": Action.MERGE_PROMOTION,
-    "promotion": Action.MERGE_PROMOTION,
+    Trigger.PUSH: Action.DEPLOY,
+    Trigger.TAG: Action.DEPLOY,
+    Trigger.PULL_REQUEST: Action.MERGE_PROMOTION,
+    Trigger.PROMOTION: Action.MERGE_PROMOTION,
 }
 #: Triggers that put back what a phase ran before: it passed the gates then.
-RESTORING = ("rollback", "restore")
+RESTORING = (Trigger.ROLLBACK, Trigger.RESTORE)
 
 
 def actor_action(trigger: str) -> Action | None:
@@ -31,7 +32,7 @@ def actor_action(trigger: str) -> Action | None:
 def proven_by_push(trigger: str, required: str) -> bool:
     """A push or tag reached GitHub, so its sender has write: a phase needing no more than that
     needs no question to GitHub (and a GitHub outage does not stop Demo's deploys)."""
-    return trigger in ("push", "tag") and role_allows("write", required)
+    return trigger in (Trigger.PUSH, Trigger.TAG) and role_allows("write", required)
 
 
 def previous_phase(phase_names: list[str], phase: str, trigger: str, *, required: bool) -> str | None:

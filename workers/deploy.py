@@ -37,7 +37,8 @@ from app.locks import deploy_lock, holder
 from app.logs import log_context
 from app.metrics import Step
 from app.permissions import Action, check, required_role, role_allows
-from app.models import AuditEntry, Build, Deployment, DeploymentStatus, LogLine, utcnow
+from app.models import AuditEntry, Build, BuildStatus, Deployment, DeploymentStatus, LogLine, utcnow
+from app.plans import Trigger
 from app.pipeline import DEFAULT_STOP_TIMEOUT, REPO_FILE, RepoConfig, parse_repo_config
 from app.profiles import container_env, resolve
 from app.runtime import HealthGate, Instance, Limits, PhaseRef, PhaseSpec, Started
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 SCRATCH_PREFIXES = ("clone-", "services-")
 #: Deployments that put code already on the phase back (no commits to list, no release command
 #: for the first two).
-SAME_CODE_TRIGGERS = ("rollback", "restore", "redeploy")
+SAME_CODE_TRIGGERS = (*gates.RESTORING, Trigger.REDEPLOY)
 
 
 def newer_queued(session, snap: Snapshot) -> int | None:
@@ -327,7 +328,7 @@ class Rollout:
             # No source, or its image was pruned: the same commit is built (once) again.
             build_id, tree, image_id = self.image_for(snap.app_id, snap.app_name, snap.clone_url, sha, token)
         version = snap.version
-        if snap.trigger == "pull_request":
+        if snap.trigger == Trigger.PULL_REQUEST:
             version = self.tag_version(snap.clone_url, sha, token) or version
         with self.ctx.db.session() as session:
             deployment = session.get(Deployment, self.deployment_id)
@@ -337,7 +338,7 @@ class Rollout:
             build = session.get(Build, build_id) if build_id else None
             repo_config = RepoConfig.model_validate(build.repo_config) if build else RepoConfig()
         app_id, phase = snap.app_id, snap.phase
-        restoring = source is not None and snap.trigger in ("rollback", "restore")
+        restoring = source is not None and snap.trigger in gates.RESTORING
         if repo_config.services and not restoring:
             # Before the snapshot, so a phase's first snapshot holds its own service passwords.
             services.ensure_passwords(self.ctx, app_id=app_id, phase=phase, repo_config=repo_config, say=self.say)
@@ -426,7 +427,7 @@ class Rollout:
         freeze = frozen(session, self.ctx.config, deployment.app_id, deployment.phase)
         if freeze is None:
             return
-        if not deployment.override and deployment.pr_number and deployment.trigger in ("promotion", "pull_request"):
+        if not deployment.override and deployment.pr_number and deployment.trigger in (Trigger.PROMOTION, Trigger.PULL_REQUEST):
             override = promotion_override(session, deployment.app_id, deployment.pr_number)
             if override is not None:  # an admin's /promote --force opened this PR
                 actor, reason = override
@@ -518,7 +519,7 @@ class Rollout:
         engine = self.ctx.engine
         with self.ctx.db.session() as session:
             known = session.scalars(
-                select(Build).where(Build.app_id == app_id, Build.commit_sha == sha, Build.status == "succeeded")
+                select(Build).where(Build.app_id == app_id, Build.commit_sha == sha, Build.status == BuildStatus.SUCCEEDED)
                 .order_by(Build.id.desc())
             ).first()
             if known is not None and engine.find_image(app_name, known.tree_sha):
@@ -532,7 +533,7 @@ class Rollout:
             with self.ctx.db.session() as session:
                 same_tree = session.scalars(
                     select(Build).where(Build.app_id == app_id, Build.tree_sha == checkout.tree,
-                                        Build.status == "succeeded").order_by(Build.id.desc())
+                                        Build.status == BuildStatus.SUCCEEDED).order_by(Build.id.desc())
                 ).first()
                 if same_tree is not None and engine.find_image(app_name, checkout.tree):
                     self.say(f"tree {checkout.tree[:7]} was already built: reusing its image", "build")
@@ -553,14 +554,14 @@ class Rollout:
                         dockerfile=repo_config.dockerfile, on_line=build_log.add,
                     )
             except ReleasePipelineError as exc:
-                self._finish_build(build_id, "failed", str(exc))
+                self._finish_build(build_id, BuildStatus.FAILED, str(exc))
                 raise
-            self._finish_build(build_id, "succeeded", "", image_id)
+            self._finish_build(build_id, BuildStatus.SUCCEEDED, "", image_id)
             return build_id, checkout.tree, image_id
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _finish_build(self, build_id: int, status: str, reason: str, image_id: str | None = None) -> None:
+    def _finish_build(self, build_id: int, status: BuildStatus, reason: str, image_id: str | None = None) -> None:
         with self.ctx.db.session() as session:
             build = session.get(Build, build_id)
             build.status, build.reason, build.image_id, build.finished_at = status, reason[:300], image_id, utcnow()
