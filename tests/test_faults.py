@@ -631,7 +631,7 @@ def _reports(pipeline_) -> list[Report]:
 
 def test_github_down_then_rate_limiting_for_many_rounds_then_the_reports_catch_up_in_order(
         pipeline, github, redis_conn, monkeypatch):
-    monkeypatch.setattr(app.jobs, "REPORT_RETRY", Retry(max=1, interval=0))  # RQ gives up quickly
+    monkeypatch.setitem(app.jobs.ReportJob.options, "retry", Retry(max=1, interval=0))  # RQ gives up quickly
     github.down()
     first_sha = pipeline.commit("1.0.0")
     pipeline.push(first_sha)

@@ -61,7 +61,7 @@ def make_pipeline(github, database_url, redis_conn, instance, tmp_path, monkeypa
 @pytest.fixture
 def quick_retries(monkeypatch):
     """Report jobs retried after 1 s (production waits 5 s, then longer)."""
-    monkeypatch.setattr(app.jobs, "REPORT_RETRY", Retry(max=3, interval=[1]))
+    monkeypatch.setitem(app.jobs.ReportJob.options, "retry", Retry(max=3, interval=[1]))
 
 
 def run_queues(redis_conn, queues=QUEUES, *, with_scheduler: bool = False) -> dict[str, list[str]]:
@@ -258,7 +258,7 @@ def test_one_installation_token_serves_report_jobs_in_separate_processes(make_pi
 def test_github_down_for_the_whole_deploy_then_the_reports_catch_up(make_pipeline, github, redis_conn, caplog,
                                                                      monkeypatch):
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(app.jobs, "REPORT_RETRY", Retry(max=1, interval=0))  # RQ gives up quickly
+    monkeypatch.setitem(app.jobs.ReportJob.options, "retry", Retry(max=1, interval=0))  # RQ gives up quickly
     pipeline = make_pipeline()
     sha = pipeline.commit("1.0.0")
     github.down()
