@@ -61,9 +61,14 @@ def wait_healthy(
         while True:
             attempts += 1
             remaining = deadline - time.monotonic()
-            answer = probe.get(url, timeout=max(0.05, min(request_timeout, remaining)))
-            description, healthy = answer.words, answer.healthy
-            responses.append(description)
+            probe_timeout = max(0.05, min(request_timeout, remaining))
+            answer = probe.get(url, timeout=probe_timeout)
+            healthy = answer.healthy
+            # A probe the deadline cut short that heard nothing says nothing about the app: the
+            # answer before it stays the evidence ("404 Not Found", not "no answer within 0.05s").
+            if healthy or not (answer.timed_out and probe_timeout < request_timeout and responses):
+                responses.append(answer.words)
+            description = responses[-1]
             if healthy:
                 reason = f"healthy: {description} on {path} after {attempts} attempt(s)"
                 return HealthResult(True, attempts, list(responses), reason)

@@ -28,13 +28,16 @@ class Scripted:
         self, port: int = 0, status: int = 200, delay: float = 0, location: str | None = None
     ):
         self.status, self.delay, self.location = status, delay, location
+        #: How many first requests are answered at once, whatever `delay` says.
+        self.quick_answers = 0
         self.requests = 0
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 scripted.requests += 1
-                time.sleep(scripted.delay)
+                if scripted.requests > scripted.quick_answers:
+                    time.sleep(scripted.delay)
                 self.send_response(scripted.status)
                 if scripted.location:
                     self.send_header("Location", scripted.location)
@@ -110,6 +113,14 @@ def test_a_slow_answer_counts_as_no_answer(scripted):
     result = wait_healthy(scripted.url, timeout=0.4, request_timeout=0.2, interval=0.05)
     assert not result.ok
     assert result.responses[0] == "no answer within 0.2s"
+
+
+def test_a_last_probe_cut_short_by_the_deadline_keeps_the_real_answer_as_evidence(scripted):
+    scripted.status, scripted.quick_answers, scripted.delay = 404, 1, 2
+    result = wait_healthy(scripted.url, timeout=0.6, request_timeout=2, interval=0.05)
+    assert not result.ok and scripted.requests >= 2  # the second probe ran into the deadline
+    assert result.reason == "health check failed: 404 Not Found on /healthz after 0.6s"
+    assert result.responses == ["404 Not Found"]
 
 
 def test_stops_early_when_the_container_has_exited():

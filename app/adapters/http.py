@@ -18,6 +18,8 @@ class Answer:
     status: int | None
     words: str
     body: bytes = b""
+    #: Nothing came back within the timeout (not refused, not closed).
+    timed_out: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -37,7 +39,7 @@ class Prober:
             with self._session.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
                 return Answer(response.status_code, f"{response.status_code} {response.reason}".strip())
         except requests.RequestException as exc:
-            return Answer(None, _failure(exc, timeout))
+            return Answer(None, _failure(exc, timeout), timed_out=isinstance(exc, requests.Timeout))
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Answer:
         try:
