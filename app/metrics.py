@@ -12,7 +12,7 @@ import glob
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
@@ -87,8 +87,9 @@ def prepare_directory(path: Path) -> int:
     for file in glob.glob(str(path / "*.db")):
         owner = Path(file).stem.rsplit("_", 1)[-1].rstrip("h")
         if not owner.isdigit() or not process_alive(int(owner)):
-            os.remove(file)
-            removed += 1
+            with suppress(FileNotFoundError):  # every process of the Procfile tidies at start, at once
+                os.remove(file)
+                removed += 1
     return removed
 
 
