@@ -292,10 +292,11 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 class RequestLoop:
-    """Requests from clients that never retry, until stopped (and at most `limit` seconds): one
-    opens a new connection per request, the other keeps one keep-alive connection (`keep_alive`
-    True or False: that client only). Any exception and any non-2xx answer is a failure;
-    `get(session)` makes one request."""
+    """Requests until stopped (and at most `limit` seconds): one client opens a new connection per
+    request and never retries; the other keeps one keep-alive connection (`keep_alive` True or
+    False: that client only) and, as HTTP clients do, sends a request again once on a new
+    connection when its idle connection was closed under it. Any other exception and any non-2xx
+    answer is a failure; `get(session)` makes one request."""
 
     def __init__(self, get: Callable[[requests.Session], requests.Response], limit: float = 60,
                  keep_alive: bool | None = None):
@@ -333,9 +334,28 @@ class RequestLoop:
                         self.failures.append(f"{response.status_code} {response.text[:80]!r}")
                     else:
                         self.answers.append(response.text.strip())
+                except requests.ConnectionError as exc:
+                    # A server may close an idle keep-alive connection at any moment (a router reload
+                    # does, as any idle timeout does: README, Zero downtime); HTTP clients then send an
+                    # idempotent request again on a new connection (RFC 9112 §9.3.1), once.
+                    if keep_alive and self._again(session):
+                        continue
+                    self.failures.append(repr(exc))
                 except requests.RequestException as exc:
                     self.failures.append(repr(exc))
                 time.sleep(0.002)
+
+    def _again(self, session: requests.Session) -> bool:
+        """The one retry of a keep-alive client whose reused connection broke: True when it was answered."""
+        session.close()
+        try:
+            response = self.get(session)
+        except requests.RequestException:
+            return False
+        if not 200 <= response.status_code < 300:
+            return False
+        self.answers.append(response.text.strip())
+        return True
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:
