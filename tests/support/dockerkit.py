@@ -329,11 +329,7 @@ class RequestLoop:
             stop_at = time.monotonic() + self.limit  # bounded even if the test forgets to stop it
             while not self._done.is_set() and time.monotonic() < stop_at:
                 try:
-                    response = self.get(session)
-                    if not 200 <= response.status_code < 300:
-                        self.failures.append(f"{response.status_code} {response.text[:80]!r}")
-                    else:
-                        self.answers.append(response.text.strip())
+                    self._record(self.get(session))
                 except requests.ConnectionError as exc:
                     # A server may close an idle keep-alive connection at any moment (a router reload
                     # does, as any idle timeout does: README, Zero downtime); HTTP clients then send an
@@ -345,16 +341,20 @@ class RequestLoop:
                     self.failures.append(repr(exc))
                 time.sleep(0.002)
 
+    def _record(self, response: requests.Response) -> None:
+        if 200 <= response.status_code < 300:
+            self.answers.append(response.text.strip())
+        else:
+            self.failures.append(f"{response.status_code} {response.text[:80]!r}")
+
     def _again(self, session: requests.Session) -> bool:
-        """The one retry of a keep-alive client whose reused connection broke: True when it was answered."""
+        """The one retry of a keep-alive client whose reused connection broke, on a new connection:
+        False when it broke again (the caller counts that failure); an answer is recorded as any."""
         session.close()
         try:
-            response = self.get(session)
+            self._record(self.get(session))
         except requests.RequestException:
             return False
-        if not 200 <= response.status_code < 300:
-            return False
-        self.answers.append(response.text.strip())
         return True
 
 
