@@ -150,6 +150,8 @@ class PreviewAction(str, enum.Enum):
     REOPENED = "reopened"
     SYNCHRONIZE = "synchronize"
     READY_FOR_REVIEW = "ready_for_review"
+    #: Back to draft: unless `previews.drafts`, what runs is removed until it is ready again.
+    CONVERTED_TO_DRAFT = "converted_to_draft"
     CLOSED = "closed"
     #: `/deploy preview` by someone with `previews.fork_role`: consent to build the head now.
     COMMAND = "command"

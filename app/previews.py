@@ -35,6 +35,8 @@ class Step(str, enum.Enum):
     ASK_APPROVAL = "ask_approval"
     WAIT = "wait"
     TEARDOWN = "teardown"
+    #: Remove what runs while the pull request stays open (back to draft); it builds again when ready.
+    SET_ASIDE = "set_aside"
     NOTHING = "nothing"
 
 
@@ -71,6 +73,13 @@ def decide(seen: Seen | None, event: PreviewEvent, previews: Previews) -> Decisi
         return Decision(Step.TEARDOWN, PreviewState.CLOSED, sha, why)
     if seen is not None and seen.state is PreviewState.CLOSED and event.action is not PreviewAction.REOPENED:
         return Decision(Step.NOTHING, None, sha, "the pull request is closed")
+    if event.action is PreviewAction.CONVERTED_TO_DRAFT:
+        if previews.drafts:
+            return Decision(Step.NOTHING, None, sha, "back to draft: drafts keep their preview (previews.drafts)")
+        if seen is not None and seen.state is PreviewState.ACTIVE:
+            return Decision(Step.SET_ASIDE, PreviewState.DRAFT, sha,
+                            "back to draft: the preview is removed until the pull request is ready for review")
+        return Decision(Step.WAIT, PreviewState.DRAFT, sha, "a draft: the preview waits for ready for review")
     if seen is not None and seen.built_sha == sha and seen.state is PreviewState.ACTIVE:
         return Decision(Step.NOTHING, None, sha, f"the preview already runs {sha[:7]}")
     if event.action is PreviewAction.COMMAND:
@@ -150,8 +159,11 @@ def record(ctx, session: Session, app: App, event: PreviewEvent) -> Recorded:
     if event.updated_at and event.updated_at > (preview.event_at or ""):
         preview.event_at = event.updated_at
     preview.head_sha, preview.head_repo, preview.fork = event.head_sha, event.head_repo, event.fork
-    if decision.step is Step.TEARDOWN:
-        teardown = begin_teardown(ctx, session, app, preview, decision.reason, closed=True)
+    if decision.step in (Step.TEARDOWN, Step.SET_ASIDE):
+        teardown = begin_teardown(ctx, session, app, preview, decision.reason,
+                                  closed=decision.step is Step.TEARDOWN)
+        if decision.step is Step.SET_ASIDE:
+            preview.state = decision.state.value  # a draft again: ready_for_review builds it
         return Recorded(f"preview of #{event.pr_number}: {decision.reason}; removing it",
                         reports=teardown.reports, teardowns=teardown.teardowns)
     preview.state, preview.reason = decision.state.value, decision.reason

@@ -41,7 +41,8 @@ def event(action, sha=A, *, fork=False, draft=False, merged=False, at="2026-12-0
                         updated_at=at, actor=actor)
 
 
-@pytest.mark.parametrize("action", ["opened", "reopened", "synchronize", "ready_for_review", "closed"])
+@pytest.mark.parametrize("action", ["opened", "reopened", "synchronize", "ready_for_review", "converted_to_draft",
+                                    "closed"])
 def test_a_pull_request_into_the_default_branch_is_a_preview_event(action):
     planned = plan("pull_request", pr_payload(action), CONFIG)
     assert planned == PreviewEvent(repo=REPO, pr_number=2, action=PreviewAction(action), head_sha=A,
@@ -106,6 +107,18 @@ DECISIONS = [
      Decision(Step.WAIT, PreviewState.DRAFT, A, "a draft: the preview waits for ready for review")),
     ("ready for review builds", Seen(PreviewState.DRAFT, A, "2026-12-02T09:00:00Z"), event("ready_for_review"),
      Decision(Step.BUILD, ACTIVE, A, "ready_for_review at aaaaaaa")),
+    ("back to draft removes what runs", Seen(ACTIVE, A, "2026-12-02T09:00:00Z", A),
+     event("converted_to_draft", draft=True),
+     Decision(Step.SET_ASIDE, PreviewState.DRAFT, A,
+              "back to draft: the preview is removed until the pull request is ready for review")),
+    ("back to draft with nothing running waits", Seen(PreviewState.AWAITING_APPROVAL, A, "2026-12-02T09:00:00Z"),
+     event("converted_to_draft", draft=True, fork=True),
+     Decision(Step.WAIT, PreviewState.DRAFT, A, "a draft: the preview waits for ready for review")),
+    ("back to draft after the close", Seen(CLOSED, A, "2026-12-02T10:00:00Z"), event("converted_to_draft", draft=True),
+     Decision(Step.NOTHING, None, A, "the pull request is closed")),
+    ("back to draft sent before a later push", Seen(ACTIVE, B, "2026-12-02T11:00:00Z", B),
+     event("converted_to_draft", draft=True),
+     Decision(Step.NOTHING, None, A, "a delivery older than one already applied (converted_to_draft)")),
 ]
 
 
@@ -116,6 +129,9 @@ def test_decide(seen, incoming, expected):
 
 def test_drafts_build_when_the_pipeline_says_so():
     assert decide(None, event("opened", draft=True), Previews(drafts=True)).step is Step.BUILD
+    back = decide(Seen(ACTIVE, A, "2026-12-02T09:00:00Z", A), event("converted_to_draft", draft=True),
+                  Previews(drafts=True))
+    assert back.step is Step.NOTHING and "previews.drafts" in back.reason
 
 
 T0 = datetime(2026, 12, 2, tzinfo=timezone.utc)

@@ -204,6 +204,17 @@ def test_late_and_out_of_order_deliveries_never_leave_a_preview_running(previews
                                                                               (fourth, "succeeded")]
     assert previews.get(3).text.strip() == "3.0.3" and third not in {b.commit_sha for b in pipeline.builds()}
 
+    # Back to draft: what runs goes (the PR stays open); ready for review builds it again, unbuilt.
+    previews.event("converted_to_draft", 3, fourth, draft=True, at="2026-12-02T01:01:00Z")
+    pipeline.work()
+    assert previews.containers(3) == [] and (APP, "pr-3") not in pipeline.ctx.router.routes()
+    assert previews.row(3).state == "draft" and "back to draft" in previews.comment(3)
+    builds = len(pipeline.builds())
+    previews.event("ready_for_review", 3, fourth, at="2026-12-02T01:01:10Z")
+    pipeline.work()
+    assert previews.get(3).text.strip() == "3.0.3" and previews.row(3).state == "active"
+    assert len(pipeline.builds()) == builds  # the same tree: the image it had
+
 
 def test_a_fork_runs_nothing_until_a_writer_says_deploy_preview(previews):
     pipeline = previews.pipeline

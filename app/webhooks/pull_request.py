@@ -57,6 +57,7 @@ def _promoted_version(head_ref: str, phase: str) -> str | None:
 @router.register("pull_request", action="reopened")
 @router.register("pull_request", action="synchronize")
 @router.register("pull_request", action="ready_for_review")
+@router.register("pull_request", action="converted_to_draft")
 @router.register("pull_request_review", action="submitted")
 @router.register("pull_request_review", action="dismissed")
 def promotion_request(payload, config):
