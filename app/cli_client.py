@@ -235,6 +235,27 @@ def logs(client: Client, out: Output, deployment: int, follow: bool) -> None:
 
 
 @client_command
+@APP
+@PHASE
+@click.option("--lines", "-n", type=click.IntRange(1, 2000), default=50, show_default=True,
+              help="How many of the last lines of each container to show.")
+@click.option("--follow", "-f", is_flag=True, help="Then keep printing new lines until Ctrl-C.")
+def output(client: Client, out: Output, app: str, phase: str, lines: int, follow: bool) -> None:
+    """What a phase's running app container and backing services print (secrets masked)."""
+    body = client.get(path("apps", app, "phases", phase, "logs"), lines=lines)
+    out.result(render.output_lines(body["sources"]), body)
+    if not follow:
+        return
+    shown = [render.moment(line["at"]) for source in body["sources"] for line in source["lines"]]
+    try:  # from the last line shown, so none falls between the two requests
+        for event in client.tail(app, phase, since=max(shown, default=None)):
+            if event.kind == "line":
+                out.progress(render.output_line(event.data))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@client_command
 def whoami(client: Client, out: Output) -> None:
     """Who the token acts as."""
     body = client.get(path("me"))
@@ -331,8 +352,8 @@ def unfreeze(client: Client, out: Output, app: str, phase: str) -> None:
     out.result(body.get("message") or f"{phase} is no longer frozen", body)
 
 
-COMMANDS = [apps, status, history, deploy, promote, rollback, redeploy, retry, cancel, logs, freeze, unfreeze,
-            whoami]
+COMMANDS = [apps, status, history, deploy, promote, rollback, redeploy, retry, cancel, logs, output, freeze,
+            unfreeze, whoami]
 
 
 def register(group: click.Group) -> None:

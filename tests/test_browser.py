@@ -19,13 +19,20 @@ from pathlib import Path
 import pytest
 from rq import Queue
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from app.context import Context
 from app.models import Deployment, LogLine, Preview, PreviewState, Profile, utcnow
 from app.profiles import resolve
 from app.web import create_app
-from tests.support.portal_data import ADMIN_TOKEN, StubEngine, add_app, add_deployment, add_log, set_profile
+from tests.support.portal_data import (
+    ADMIN_TOKEN,
+    StubEngine,
+    add_app,
+    add_deployment,
+    add_log,
+    on_socket,
+    set_profile,
+)
 from tests.support.requires import Part, missing, used
 
 pytestmark = pytest.mark.browser
@@ -72,12 +79,8 @@ def served(make_settings, database_url, redis_conn, tmp_path):
     pipeline.write_text(PIPELINE)
     ctx = Context.from_settings(make_settings(DATABASE_URL=database_url, ADMIN_TOKEN=ADMIN_TOKEN,
                                               PIPELINE_CONFIG=str(pipeline)), engine=(engine := StubEngine()))
-    server = make_server("127.0.0.1", 0, create_app(context=ctx), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield ctx, engine, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with on_socket(create_app(context=ctx)) as url:
+        yield ctx, engine, url
 
 
 @pytest.fixture

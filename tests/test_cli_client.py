@@ -9,19 +9,17 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from app.web import create_app
 from tests.support.dockerkit import free_port, remove_instance_objects, require_engine, stop_process
 from tests.support.pipeline_e2e import APP, REPO, Pipeline, service_environment
-from tests.support.portal_data import csrf_from, sign_in_as
+from tests.support.portal_data import csrf_from, on_socket, sign_in_as
 
 EXECUTABLE = str(Path(sys.executable).with_name("release-pipeline"))
 ELAPSED = re.compile(r"^\s*\d+\.\d+s  ", re.MULTILINE)
@@ -59,17 +57,6 @@ class Installation:
         return requests.get(row.url.rstrip("/") + "/version", timeout=5).text.strip()
 
 
-def _serve(flask_app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
 @pytest.fixture
 def installation(github, database_url, redis_conn, instance, tmp_path, monkeypatch) -> Iterator[Installation]:
     """The web side in this process (on a real socket), GitHub sign-in configured."""
@@ -81,7 +68,7 @@ def installation(github, database_url, redis_conn, instance, tmp_path, monkeypat
                         repo_path=tmp_path / "repo")
     flask_app = create_app(context=pipeline.ctx)
     try:
-        for url in _serve(flask_app):
+        with on_socket(flask_app) as url:
             yield Installation(pipeline, url, flask_app)
     finally:
         remove_instance_objects(instance)

@@ -66,7 +66,7 @@ def test_server_sent_events_are_parsed_as_the_server_writes_them():
               ": still here", "", "event: status", 'data: {"status": "deploying"}', "",
               "event: done", "data: not json", ""]
     assert list(parse_events(iter(stream))) == [
-        Event("line", {"id": 41, "text": "hi"}, 41), Event("status", {"status": "deploying"}), Event("done", {})]
+        Event("line", {"id": 41, "text": "hi"}, "41"), Event("status", {"status": "deploying"}), Event("done", {})]
 
 
 def test_api_paths_quote_every_part():

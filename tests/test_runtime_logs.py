@@ -4,8 +4,13 @@ a live tail, in the portal and the API, with every phase secret masked."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +28,7 @@ from tests.support.portal_data import (
     add_app,
     add_deployment,
     csrf_from,
+    on_socket,
     set_profile,
 )
 
@@ -67,12 +73,12 @@ def serving(build, docker_engine, chatty_image):
     wait_until(lambda: len(docker_engine.output(running.id, tail=10)) >= 5, timeout=20)
     client = flask_app.test_client()
     client.post("/signin", data={"token": ADMIN_TOKEN, "csrf_token": csrf_from(client.get("/signin").text)})
-    yield ctx, client, running
+    yield ctx, client, running, flask_app
     docker_engine.stop_and_remove(running.id, timeout=1)
 
 
 def test_the_adapter_reads_the_last_lines_and_what_came_after(serving, docker_engine):
-    _, _, running = serving
+    _, _, running, _ = serving
     last = docker_engine.output(running.id, tail=3)
     assert len(last) == 3 and all(text.startswith("tick ") for _, text in last)
     assert [moment for moment, _ in last] == sorted(moment for moment, _ in last)
@@ -83,7 +89,7 @@ def test_the_adapter_reads_the_last_lines_and_what_came_after(serving, docker_en
 
 
 def test_the_portal_and_the_api_show_the_output_with_every_phase_secret_masked(serving):
-    _, client, _ = serving
+    _, client, _, _ = serving
     page = client.get("/apps/shop/phases/demo/logs?lines=1000")
     assert page.status_code == 200
     assert f"connecting with API_KEY={MASK}" in page.text and f"postgres://app:{MASK}@db/app" in page.text
@@ -99,7 +105,7 @@ def test_the_portal_and_the_api_show_the_output_with_every_phase_secret_masked(s
 
 
 def test_the_live_tail_streams_new_lines_masked(serving, monkeypatch):
-    _, client, _ = serving
+    _, client, _, _ = serving
     monkeypatch.setattr(live_log, "STREAM_SECONDS", 1.2)
     monkeypatch.setattr(live_log, "WATCH_SECONDS", 0.1)
     since = time.time()
@@ -110,3 +116,33 @@ def test_the_live_tail_streams_new_lines_masked(serving, monkeypatch):
         assert len(ticks) >= 2 and ticks == list(range(ticks[0], ticks[0] + len(ticks))), ticks  # in order, no gap
         assert {line["source"] for line in lines} == {"app"}
         assert RUNNING_SECRET not in body and PROFILE_SECRET not in body
+
+
+def test_the_command_line_prints_the_last_lines_then_follows_masked(serving):
+    *_, flask_app = serving
+    executable = str(Path(sys.executable).with_name("release-pipeline"))
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+           "RELEASE_PIPELINE_TOKEN": ADMIN_TOKEN}
+    with on_socket(flask_app) as url:
+        env["RELEASE_PIPELINE_URL"] = url
+        last = subprocess.run([executable, "output", "shop", "demo", "--lines", "3"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert last.returncode == 0, last.stderr
+        shown = last.stdout.splitlines()
+        assert shown[0] == "== shop demo · a1b2c3d" and len(shown) == 4
+        assert all(" [app] tick " in line for line in shown[1:])
+        everything = subprocess.run([executable, "output", "shop", "demo", "-n", "2000"], env=env,
+                                    capture_output=True, text=True, timeout=60)
+        assert f"[app] connecting with API_KEY={MASK}" in everything.stdout
+        assert RUNNING_SECRET not in everything.stdout and PROFILE_SECRET not in everything.stdout
+
+        following = subprocess.Popen([executable, "output", "shop", "demo", "-n", "1", "--follow"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            lines = [following.stdout.readline() for _ in range(4)]  # the header, the last line, then new ones
+        finally:
+            following.send_signal(signal.SIGINT)
+            status = following.wait(timeout=30)
+    ticks = [int(line.split(" tick ")[1]) for line in lines[1:]]
+    assert ticks == list(range(ticks[0], ticks[0] + 3)), lines  # followed in order, none lost
+    assert status == 130

@@ -44,7 +44,8 @@ class Event:
 
     kind: str
     data: dict[str, Any]
-    id: int | None = None
+    #: As the server sent it: a log line's number, or a runtime log's unix time.
+    id: str | None = None
 
 
 def path(*parts: str | int) -> str:
@@ -101,12 +102,26 @@ class Client:
 
     def events(self, deployment_id: int, after: int = 0) -> Iterator[Event]:
         """A deployment's live log until its `done` event, resuming dropped streams."""
-        last, failures = after, 0
+        for event in self._stream(path("deployments", deployment_id, "events"), str(after)):
+            yield event
+            if event.kind == "done":
+                return
+
+    def tail(self, app: str, phase: str, since: float | None = None) -> Iterator[Event]:
+        """A phase's running containers' output after `since` (unix time; None: from now) as it
+        comes (`line` events), for as long as asked."""
+        return self._stream(path("apps", app, "phases", phase, "logs", "events"),
+                            repr(since) if since is not None else None)
+
+    def _stream(self, api_path: str, last: str | None) -> Iterator[Event]:
+        """Server-sent events from `api_path`, asking again from the last event id when a stream
+        ends (the server ends each after a minute) or drops."""
+        failures = 0
         while True:
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last} if last else {})}
             try:
-                with self.http.get(self.url + path("deployments", deployment_id, "events"),
-                                   headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
-                                   stream=True, timeout=(TIMEOUT_SECONDS, STREAM_READ_SECONDS)) as response:
+                with self.http.get(self.url + api_path, headers=headers, stream=True,
+                                   timeout=(TIMEOUT_SECONDS, STREAM_READ_SECONDS)) as response:
                     if not response.ok:
                         self._json(response)
                     for event in parse_events(response.iter_lines(decode_unicode=True)):
@@ -114,14 +129,11 @@ class Client:
                         if event.id is not None:
                             last = event.id
                         yield event
-                        if event.kind == "done":
-                            return
             except requests.RequestException as exc:
                 failures += 1
                 if failures > STREAM_RETRIES:
-                    raise ConnectionFailed(f"lost the log stream from {self.url}: {_reason(exc)}") from None
+                    raise ConnectionFailed(f"lost the event stream from {self.url}: {_reason(exc)}") from None
                 time.sleep(min(2 ** failures, 10) / 4)
-            # A stream ends after a minute without `done`: ask again from the last line seen.
 
 
 def parse_events(lines: Iterator[str]) -> Iterator[Event]:
@@ -138,9 +150,7 @@ def parse_events(lines: Iterator[str]) -> Iterator[Event]:
                 data = json.loads(fields["data"])
             except ValueError:
                 data = {}
-            event_id = fields.get("id")
-            yield Event(fields["event"], data if isinstance(data, dict) else {},
-                        int(event_id) if event_id and event_id.isdigit() else None)
+            yield Event(fields["event"], data if isinstance(data, dict) else {}, fields.get("id") or None)
         fields = {}
 
 

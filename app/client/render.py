@@ -71,6 +71,28 @@ def log_line(data: dict) -> str:
     return f"[{data.get('stream', 'log')}] {data.get('text', '')}"
 
 
+def moment(at: str) -> float:
+    """The unix time of one of the server's ISO times (`2026-12-02T04:30:00.123456Z`)."""
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
+def output_line(line: dict) -> str:
+    """`<time> [app] text`, or the backing service's name for its lines."""
+    return f"{line.get('at', '')} [{line.get('source', 'app')}] {line.get('text', '')}"
+
+
+def output_lines(sources: list[dict]) -> str:
+    """Each source's last lines under its name; a source not running says so."""
+    if not sources:
+        return "nothing runs on this phase"
+    parts = []
+    for source in sources:
+        state = "" if source.get("running") else " (not running)"
+        shown = [output_line(line) for line in source["lines"]] or ["(no output yet)"]
+        parts.append("\n".join([f"== {source['label']}{state}", *shown]))
+    return "\n\n".join(parts)
+
+
 def seconds(value: float) -> str:
     return f"{value:6.1f}s"
 

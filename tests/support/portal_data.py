@@ -7,6 +7,9 @@ only reads them, so tests describe exactly the state they need.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -15,6 +18,7 @@ from app.adapters.docker import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, Contai
 from app.context import Context
 from app.models import App, Deployment, LogLine, Profile, utcnow
 from app.web import create_app
+from werkzeug.serving import make_server
 
 ADMIN_TOKEN = "admin-token-for-portal-tests-7f3a"
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -148,3 +152,16 @@ def sign_in_as(client, ctx, login: str, kind: str = "github") -> None:
     raw = auth.open_session(ctx, auth.User(login=login, kind=kind), credential=credential, lifetime=timedelta(hours=1))
     with client.session_transaction() as session:
         session["sid"] = raw
+
+
+@contextmanager
+def on_socket(wsgi_app) -> Iterator[str]:
+    """`wsgi_app` served on 127.0.0.1:<free port> in a thread (for browsers and the command line)."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
