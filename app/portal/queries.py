@@ -10,9 +10,10 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session, joinedload
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
@@ -127,7 +128,7 @@ def containers(runtime, app_name: str | None = None) -> Containers:
     return index
 
 
-def health_of(index: Containers, app_name: str, phase: str, serving: Deployment | None) -> Health:
+def health_of(index: Containers, app_name: str, phase: str, serving: Deployment | Brief | None) -> Health:
     if serving is None:
         return Health("idle", "Not deployed")
     if index is None:
@@ -224,40 +225,90 @@ def board(ctx, session: Session, app: App, role: str, index: Containers) -> list
     return [phase_view(ctx, session, app, phase, role, index) for phase in ctx.config.phase_names]
 
 
+class Kind(str, Enum):
+    """What a deployment is to its phase on the apps list."""
+
+    SERVING = "serving"  # the newest that succeeded
+    MOVING = "moving"  # the newest still on its way
+    SETTLED = "settled"  # the newest that ended (succeeded, failed or refused)
+    LATEST = "latest"  # the app's newest, whatever its phase or status
+
+
+_KIND_STATUSES = {
+    Kind.SERVING: (DeploymentStatus.SUCCEEDED.value,),
+    Kind.MOVING: IN_PROGRESS,
+    Kind.SETTLED: FAILED_STATES + (DeploymentStatus.SUCCEEDED.value,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """The columns of a deployment the apps list shows (no JSON columns, no ORM object): at
+    hundreds of phases, loading whole rows was most of the page's time."""
+
+    id: int
+    app_id: int
+    phase: str
+    status: str
+    version: str
+    sha: str | None
+    url: str | None
+    container_id: str | None
+    queued_at: datetime | None
+    finished_at: datetime | None
+
+
+BRIEF_COLUMNS = tuple(getattr(Deployment, name) for name in Brief.__slots__)
+
+
 @dataclass(frozen=True)
 class AppSummary:
     app: App
-    phases: list[tuple[str, Deployment | None, Deployment | None, Health]]
+    phases: list[tuple[str, Brief | None, Brief | None, Health]]
     last_activity: datetime | None
     #: phase -> its newest deployment, when that one failed (or was refused) after what it serves.
-    failures: dict[str, Deployment] = field(default_factory=dict)
+    failures: dict[str, Brief] = field(default_factory=dict)
 
 
 def summaries(ctx, session: Session, apps: list[App], index: Containers) -> list[AppSummary]:
     """Per app and phase: what it serves, what is on its way, and whether it runs.
 
-    Three queries for all the apps together, not seven per app: the apps list stays fast
-    with many apps.
+    One query for all the apps together, whatever their number: the newest deployment of each
+    kind per phase, and each app's newest.
     """
-    ids = [app.id for app in apps]
-    serving = _newest_per_phase(session, ids, Deployment.status == DeploymentStatus.SUCCEEDED.value)
-    moving = _newest_per_phase(session, ids, Deployment.status.in_(IN_PROGRESS))
-    settled = _newest_per_phase(session, ids, Deployment.status.in_(FAILED_STATES + (DeploymentStatus.SUCCEEDED.value,)))
-    latest: dict[int, datetime] = {}
-    if ids:
-        newest = select(func.max(Deployment.id)).where(Deployment.app_id.in_(ids)).group_by(Deployment.app_id)
-        latest = dict(session.execute(select(Deployment.app_id, Deployment.queued_at)
-                                      .where(Deployment.id.in_(newest.scalar_subquery()))).all())
+    newest = _newest_briefs(session, [app.id for app in apps])
     result = []
     for app in apps:
-        phases = []
+        phases, failures = [], {}
         for phase in ctx.config.phase_names:
-            now = serving.get((app.id, phase))
-            phases.append((phase, now, moving.get((app.id, phase)), health_of(index, app.name, phase, now)))
-        failures = {phase: d for phase in ctx.config.phase_names
-                    if (d := settled.get((app.id, phase))) is not None and d.status in FAILED_STATES}
-        result.append(AppSummary(app, phases, aware(latest.get(app.id)), failures))
+            found = newest.get((app.id, phase), {})
+            now = found.get(Kind.SERVING)
+            phases.append((phase, now, found.get(Kind.MOVING), health_of(index, app.name, phase, now)))
+            settled = found.get(Kind.SETTLED)
+            if settled is not None and settled.status in FAILED_STATES:
+                failures[phase] = settled
+        latest = newest.get((app.id, None), {}).get(Kind.LATEST)
+        result.append(AppSummary(app, phases, aware(latest.queued_at) if latest else None, failures))
     return result
+
+
+def _newest_briefs(session: Session, app_ids: list[int]) -> dict[tuple[int, str | None], dict[Kind, Brief]]:
+    """(app id, phase) -> kind -> the newest deployment of that kind, and (app id, None) ->
+    LATEST, from one query: each kind's newest ids in a subquery, the rows by id."""
+    if not app_ids:
+        return {}
+    per_phase = [select(func.max(Deployment.id)).where(Deployment.app_id.in_(app_ids), Deployment.status.in_(statuses))
+                 .group_by(Deployment.app_id, Deployment.phase) for statuses in _KIND_STATUSES.values()]
+    per_app = select(func.max(Deployment.id)).where(Deployment.app_id.in_(app_ids)).group_by(Deployment.app_id)
+    wanted = union_all(*per_phase, per_app).scalar_subquery()
+    rows = [Brief(*row) for row in session.execute(select(*BRIEF_COLUMNS).where(Deployment.id.in_(wanted)))]
+    found: dict[tuple[int, str | None], dict[Kind, Brief]] = defaultdict(dict)
+    for row in sorted(rows, key=lambda r: r.id):  # the newest of each kind is written last
+        for kind, statuses in _KIND_STATUSES.items():
+            if row.status in statuses:
+                found[(row.app_id, row.phase)][kind] = row
+        found[(row.app_id, None)][Kind.LATEST] = row
+    return found
 
 
 def fingerprint(session: Session, app_ids: list[int], *, new_apps: bool = False) -> str:
@@ -283,17 +334,6 @@ def queue_position(session: Session, deployment: Deployment) -> list[Deployment]
     return list(session.scalars(select(Deployment).options(joinedload(Deployment.app))
                                 .where(Deployment.id < deployment.id, Deployment.status.in_(IN_PROGRESS))
                                 .order_by(Deployment.id).limit(LIVE_ROWS)))
-
-
-def _newest_per_phase(session: Session, app_ids: list[int], condition) -> dict[tuple[int, str], Deployment]:
-    """(app id, phase) -> the newest deployment matching `condition` (what `current` finds for
-    succeeded), for all the apps in one query."""
-    if not app_ids:
-        return {}
-    newest = (select(func.max(Deployment.id)).where(Deployment.app_id.in_(app_ids), condition)
-              .group_by(Deployment.app_id, Deployment.phase))
-    rows = session.scalars(select(Deployment).where(Deployment.id.in_(newest.scalar_subquery())))
-    return {(d.app_id, d.phase): d for d in rows}
 
 
 def history(session: Session, app: App, phase: str | None = None, limit: int = 50,
