@@ -153,6 +153,7 @@ def worker(burst: bool, queue_names: str) -> None:
             raise click.ClickException("; ".join(problems))
     _prepare_metrics_dir()
     _logging(ctx)
+    startup.warn_slot_ports(ctx.settings)
     metrics.use_worker_files()
     startup.run_worker(ctx, burst=burst, on_start=reconcile.on_worker_start, queues=queues)
 

@@ -49,6 +49,8 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_sign_in(ctx, redis_ok))
     checks.append(_web(settings))
     checks.append(_router(ctx))
+    if settings.runtime == "docker":  # swarm tasks publish on ports the engine picks
+        checks.append(_slot_ports(settings))
     if settings.router == "caddy":
         checks.append(_connection_migration())
     checks.append(_github(ctx))
@@ -155,6 +157,15 @@ def _router(ctx: Context) -> Check:
         return Check("router", False, f"caddy does not serve phase URLs on port {settings.router_port}: "
                      f"{answer.words}", "restart release-pipeline router; check ROUTER_PORT and BIND")
     return Check("router", True, f"caddy at {settings.caddy_admin_url}, phase URLs on port {settings.router_port}")
+
+
+def _slot_ports(settings: Settings) -> Check:
+    from app.slots import ephemeral_overlap, ephemeral_range
+
+    problem = ephemeral_overlap("SLOT_PORTS", settings.slot_range, ephemeral_range())
+    if problem is not None:
+        return Check("slot ports", False, problem, "set SLOT_PORTS outside it")
+    return Check("slot ports", True, f"{settings.slot_ports}, outside the kernel's ephemeral port range")
 
 
 def _connection_migration() -> Check:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -66,3 +67,27 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+#: Where Linux keeps the range it takes outgoing connections' local ports from.
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's ephemeral port range, both ends included (None: not Linux, or unreadable)."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_PORTS.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def ephemeral_overlap(setting: str, ports: tuple[int, int], ephemeral: tuple[int, int] | None) -> str | None:
+    """One line when `ports` (the range `setting` names) overlaps the kernel's ephemeral range:
+    any outgoing connection on the host can hold one of those ports, and a deploy that needs it
+    then fails with "port taken" (8 of 598 in the scale bench did)."""
+    if ephemeral is None or ports[1] < ephemeral[0] or ports[0] > ephemeral[1]:
+        return None
+    return (f"{setting} {ports[0]}-{ports[1]} overlaps the kernel's ephemeral port range {ephemeral[0]}-{ephemeral[1]} "
+            f"({EPHEMERAL_PORTS}): outgoing connections take ports from it, and a deploy whose slot port one holds "
+            f"fails; choose a range below {ephemeral[0]} or above {ephemeral[1]}")

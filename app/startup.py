@@ -65,6 +65,17 @@ def require_secret_key(settings: Settings, process: str) -> None:
                            "secrets): set it to a long random string, the same for every process")
 
 
+def warn_slot_ports(settings: Settings) -> None:
+    """Logged, not refused: a slot port an outgoing connection holds fails only that deploy,
+    and only sometimes; the operator should still hear it before the first one does."""
+    from app.slots import ephemeral_overlap, ephemeral_range
+
+    if settings.runtime == "docker":
+        problem = ephemeral_overlap("SLOT_PORTS", settings.slot_range, ephemeral_range())
+        if problem is not None:
+            log.warning("%s", problem)
+
+
 def wait_until(probe: Callable[[], bool], what: str) -> None:
     """Return once `probe()` is true; while it is not, say so once and try again with backoff."""
     if probe():

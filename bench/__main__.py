@@ -85,13 +85,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
         low, _, high = args.ports.partition("-")
         if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) - 8 <= 65535):
-            parser.error("--ports: LOW-HIGH, e.g. 38000-38999")
+            parser.error("--ports: LOW-HIGH, e.g. 12000-15999")
         bench_env.PORTS = (int(low), int(high))
+    problem = _ephemeral_problem(bench_env.PORTS if args.ports else None)
+    if problem:
+        parser.error(problem)
     args.parts = {part.strip() for part in args.only.split(",") if part.strip()}
     unknown = args.parts - {"intake", "deploy", "scale", "notify", "swarm"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     return args
+
+
+def _ephemeral_problem(ports: tuple[int, int] | None) -> str | None:
+    """Refused, not warned: in the kernel's ephemeral range, some slot ports are held by
+    outgoing connections, and the scale part fails deployments with "port taken"."""
+    from app.settings import Settings
+    from app.slots import ephemeral_overlap, ephemeral_range
+
+    if ports:
+        return ephemeral_overlap("--ports", ports, ephemeral_range())
+    low, _, high = Settings.model_fields["slot_ports"].default.partition("-")
+    problem = ephemeral_overlap("the default SLOT_PORTS", (int(low), int(high)), ephemeral_range())
+    return problem and f"{problem} (pass --ports LOW-HIGH)"
 
 
 def log(message: str) -> None:
