@@ -221,11 +221,11 @@ class Env:
         self.processes.clear()
         if self._ctx is not None:
             self._ctx.db.engine.dispose()
-        from app.adapters.docker import Engine
+        from tests.support.dockerkit import remove_instance_objects
 
         for instance in (self.instance, self.naive_instance):
             try:
-                Engine(instance=instance).remove_instance_objects()
+                remove_instance_objects(instance)
             except Exception as exc:  # noqa: BLE001
                 print(f"bench: could not remove Docker objects of {instance}: {exc}", file=sys.stderr)
         try:
