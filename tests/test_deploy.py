@@ -475,7 +475,8 @@ def test_the_installation_token_never_reaches_logs_the_database_or_errors(rig, m
         assert texts and not any(TOKEN in text for text in texts)
         assert not any(TOKEN in (app.clone_url or "") for app in session.scalars(select(App)))
     assert TOKEN not in caplog.text
-    assert not list((Path(settings.work_dir)).glob("*"))  # work directories removed
+    kept = [path for path in Path(settings.work_dir).rglob("*") if path.is_file()]  # the app's repository
+    assert kept and not any(TOKEN.encode() in path.read_bytes() for path in kept)
 
 
 # -- reconcile and retention -------------------------------------------------------------------

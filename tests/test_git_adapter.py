@@ -46,11 +46,68 @@ def test_fetches_one_commit_by_sha_shallowly(sample_repo, tmp_path):
     url, v1, _ = sample_repo
     checkout = gitadapter.fetch_commit(url, v1, tmp_path / "co", **FILE_RULES)
     assert checkout.sha == v1
-    assert checkout.tree == _git(tmp_path / "co", "rev-parse", "HEAD^{tree}")
-    assert (tmp_path / "co" / "www" / "version").read_text() == "1.0.0\n"
-    assert _git(tmp_path / "co", "rev-list", "--count", "HEAD") == "1"
-    assert (tmp_path / "co" / ".git" / "shallow").exists()
-    assert _git(tmp_path / "co", "remote", "get-url", "origin") == url
+    assert checkout.tree == _git(tmp_path / "co", "rev-parse", f"{v1}^{{tree}}")
+    assert gitadapter.read_file(checkout, "www/version") == "1.0.0\n"
+    assert _git(tmp_path / "co", "rev-list", "--count", v1) == "1"
+    assert _git(tmp_path / "co", "rev-parse", "--is-bare-repository", "--is-shallow-repository") == "true\ntrue"
+    assert url not in (tmp_path / "co" / "config").read_text()  # no remote: the URL is not kept
+
+
+def test_a_later_fetch_brings_only_new_objects(tmp_path):
+    """The app's repository is kept: the next commit's fetch brings what changed (the version
+    files, their trees, the commit), not the unchanged 2 MB busybox again."""
+    origin = tmp_path / "origin"
+    url, first = make_sample_repo(origin, version_text="1.0.0")
+    repository = tmp_path / "app.git"
+    gitadapter.fetch_commit(url, first, repository, **FILE_RULES)
+    before, size_before = _objects(repository), _size(repository / "objects")
+    assert size_before > 1_000_000  # the busybox binary
+    _, second = make_sample_repo(origin, version_text="1.1.0")
+    commit = gitadapter.fetch_commit(url, "main", repository, **FILE_RULES)
+    assert commit.sha == second and gitadapter.read_file(commit, "www/version") == "1.1.0\n"
+    changed = {line.split()[0] for line in _git(origin, "rev-list", "--objects", second, "--not", first).splitlines()}
+    assert _objects(repository) - before == changed
+    assert _size(repository / "objects") - size_before < 100_000
+    # Both commits stay readable; fetching one it holds again brings nothing.
+    again = gitadapter.fetch_commit(url, first, repository, **FILE_RULES)
+    assert gitadapter.read_file(again, "www/version") == "1.0.0\n"
+    assert _objects(repository) == before | changed
+
+
+def test_a_fetch_killed_midway_does_not_block_the_next(sample_repo, tmp_path):
+    url, v1, head = sample_repo
+    repository = tmp_path / "app.git"
+    gitadapter.fetch_commit(url, v1, repository, **FILE_RULES)
+    (repository / "shallow.lock").write_text("")  # what a fetch killed while it wrote the shallow file leaves
+    (repository / "refs" / "pipeline" / "fetching.lock").write_text("")
+    assert gitadapter.fetch_commit(url, head, repository, **FILE_RULES).sha == head
+
+
+def test_concurrent_fetches_into_one_repository_all_succeed(sample_repo, tmp_path):
+    url, v1, head = sample_repo
+    repository = tmp_path / "app.git"
+    results, errors = [], []
+
+    def fetch(ref):
+        try:
+            results.append(gitadapter.fetch_commit(url, ref, repository, **FILE_RULES).sha)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch, args=(ref,)) for ref in (v1, head) * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(results) == sorted([v1, head] * 4)
+
+
+def test_refuses_a_directory_that_is_not_a_repository(sample_repo, tmp_path):
+    (tmp_path / "co").mkdir()
+    (tmp_path / "co" / "notes.txt").write_text("mine")
+    with pytest.raises(CloneFailed, match="not a bare git repository"):
+        gitadapter.fetch_commit(sample_repo[0], "main", tmp_path / "co", **FILE_RULES)
+    assert (tmp_path / "co" / "notes.txt").read_text() == "mine"
 
 
 def test_fetches_by_tag_and_branch(sample_repo, tmp_path):
@@ -218,7 +275,7 @@ def test_token_never_leaks_when_fetch_fails(tmp_path, caplog):
             repr(failure.value),
             str(ls_failure.value),
             caplog.text,
-            (tmp_path / "co" / ".git" / "config").read_text(),
+            _every_file_text(tmp_path),
         ):
             assert secret not in text
     assert failure.value.__cause__ is None and failure.value.__suppress_context__
@@ -248,7 +305,7 @@ def test_token_travels_only_as_an_authorization_header(tmp_path, monkeypatch, ca
     assert f"Basic {_basic(TOKEN)}" in seen_headers
     assert TOKEN not in str(failure.value) and _basic(TOKEN) not in str(failure.value)
     assert TOKEN not in caplog.text and _basic(TOKEN) not in caplog.text
-    assert TOKEN not in (tmp_path / "co" / ".git" / "config").read_text()
+    assert TOKEN not in _every_file_text(tmp_path) and _basic(TOKEN) not in _every_file_text(tmp_path)
 
 
 def _https_server(tmp_path: Path, seen_headers: list) -> tuple[ThreadingHTTPServer, Path]:
@@ -310,3 +367,17 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def _objects(repository: Path) -> set[str]:
+    """Every object the repository holds, loose or packed."""
+    listed = _git(repository, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    return set(listed.split())
+
+
+def _size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
+def _every_file_text(root: Path) -> str:
+    return "".join(path.read_bytes().decode(errors="replace") for path in root.rglob("*") if path.is_file())

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +45,8 @@ from workers import runtime
 
 log = logging.getLogger(__name__)
 
-#: Scratch directories in WORK_DIR; reconcile sweeps old ones a killed worker left behind.
-SCRATCH_PREFIXES = ("clone-", "services-")
+#: WORK_DIR/repos/<app>.git: each app's bare repository, kept between deploys (fetch only what is new).
+REPOSITORIES = "repos"
 #: Deployments that put code already on the phase back (no commits to list, no release command
 #: for the first two).
 SAME_CODE_TRIGGERS = (*gates.RESTORING, Trigger.REDEPLOY)
@@ -354,13 +352,12 @@ class Rollout:
             repo_config=repo_config, snapshot=profile, env={},
             network=services.network_name(self.ctx.settings.pipeline_instance, snap.app_name, phase)
             if repo_config.services else None, health_timeout=self.ctx.config.health_timeout(phase)))
-        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIXES[1], dir=self._work_dir()) as scratch:
-            # Backing services come first (created and healthy before the app container starts);
-            # a `build:` service needs the repository, fetched only if it is really built.
-            provisioned = services.provision(
-                self.ctx, app_name=snap.app_name, app_id=app_id, phase=phase, repo_config=repo_config,
-                checkout_archive=self.lazy_archive(snap.clone_url, sha, token, scratch), say=self.say,
-                snapshot=profile, apply_pending=not restoring)
+        # Backing services come first (created and healthy before the app container starts);
+        # a `build:` service needs the repository, fetched only if it is really built.
+        provisioned = services.provision(
+            self.ctx, app_name=snap.app_name, app_id=app_id, phase=phase, repo_config=repo_config,
+            checkout_archive=self.lazy_archive(snap.clone_url, sha, snap.app_name, token), say=self.say,
+            snapshot=profile, apply_pending=not restoring)
         spec = phase_spec(PhaseRef(app_id, snap.app_name, phase), self.deployment_id, version=version, sha=sha,
                           image=image_id, repo_config=repo_config, snapshot=profile,
                           env={**container_env(profile, self.ctx.box), **provisioned.env},
@@ -373,13 +370,13 @@ class Rollout:
         if snap.trigger not in SAME_CODE_TRIGGERS and phase in self.ctx.config.phase_names[1:]:
             self.record_commits(snap.clone_url, snap.installation_id, snap.serving_sha, sha)
 
-    def lazy_archive(self, clone_url: str, sha: str, token: str | None, scratch: str):
-        """A tar of a directory at the deployed commit, cloning on first use only."""
-        fetched: list[git.Checkout] = []
+    def lazy_archive(self, clone_url: str, sha: str, app_name: str, token: str | None):
+        """A tar of a directory at the deployed commit, fetching on first use only."""
+        fetched: list[git.Commit] = []
 
         def archive(path: str) -> bytes:
             if not fetched:
-                fetched.append(git.fetch_commit(clone_url, sha, scratch + "/src", token=token, **self.git_options()))
+                fetched.append(self.fetch(clone_url, sha, app_name, token))
             return git.archive(fetched[0], path)
 
         return archive
@@ -525,50 +522,51 @@ class Rollout:
             if known is not None and engine.find_image(app_name, known.tree_sha):
                 self.say(f"reusing image {known.image_id[:19]} built for tree {known.tree_sha[:7]}")
                 return known.id, known.tree_sha, known.image_id
-        workdir = tempfile.mkdtemp(prefix=SCRATCH_PREFIXES[0], dir=self._work_dir())
+        self.say(f"fetching {sha[:7]}", "build")
+        with metrics.step(Step.CLONE):
+            commit = self.fetch(clone_url, sha, app_name, token)
+        with self.ctx.db.session() as session:
+            same_tree = session.scalars(
+                select(Build).where(Build.app_id == app_id, Build.tree_sha == commit.tree,
+                                    Build.status == BuildStatus.SUCCEEDED).order_by(Build.id.desc())
+            ).first()
+            if same_tree is not None and engine.find_image(app_name, commit.tree):
+                self.say(f"tree {commit.tree[:7]} was already built: reusing its image", "build")
+                return same_tree.id, commit.tree, same_tree.image_id
+        repo_config = parse_repo_config(git.read_file(commit, REPO_FILE), REPO_FILE)
+        with self.ctx.db.session() as session:
+            build = Build(app_id=app_id, tree_sha=commit.tree, commit_sha=sha,
+                          repo_config=repo_config.model_dump(mode="json"))
+            session.add(build)
+            session.flush()
+            build_id = build.id
+        self.say(f"building {repo_config.dockerfile} (tree {commit.tree[:7]})", "build")
         try:
-            self.say(f"fetching {sha[:7]}", "build")
-            with metrics.step(Step.CLONE):
-                checkout = git.fetch_commit(clone_url, sha, workdir + "/src", token=token, **self.git_options())
-            with self.ctx.db.session() as session:
-                same_tree = session.scalars(
-                    select(Build).where(Build.app_id == app_id, Build.tree_sha == checkout.tree,
-                                        Build.status == BuildStatus.SUCCEEDED).order_by(Build.id.desc())
-                ).first()
-                if same_tree is not None and engine.find_image(app_name, checkout.tree):
-                    self.say(f"tree {checkout.tree[:7]} was already built: reusing its image", "build")
-                    return same_tree.id, checkout.tree, same_tree.image_id
-            repo_config = parse_repo_config(git.read_file(checkout, REPO_FILE), REPO_FILE)
-            with self.ctx.db.session() as session:
-                build = Build(app_id=app_id, tree_sha=checkout.tree, commit_sha=sha,
-                              repo_config=repo_config.model_dump(mode="json"))
-                session.add(build)
-                session.flush()
-                build_id = build.id
-            self.say(f"building {repo_config.dockerfile} (tree {checkout.tree[:7]})", "build")
-            try:
-                with metrics.step(Step.BUILD), BatchedLog(lambda lines: self.say_all(lines, "build")) as build_log:
-                    image_id = engine.build_image(
-                        app=app_name, tree=checkout.tree, sha=sha,
-                        context_tar=git.archive(checkout, repo_config.context),
-                        dockerfile=repo_config.dockerfile, on_line=build_log.add,
-                    )
-            except ReleasePipelineError as exc:
-                self._finish_build(build_id, BuildStatus.FAILED, str(exc))
-                raise
-            self._finish_build(build_id, BuildStatus.SUCCEEDED, "", image_id)
-            return build_id, checkout.tree, image_id
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            with metrics.step(Step.BUILD), BatchedLog(lambda lines: self.say_all(lines, "build")) as build_log:
+                image_id = engine.build_image(
+                    app=app_name, tree=commit.tree, sha=sha,
+                    context_tar=git.archive(commit, repo_config.context),
+                    dockerfile=repo_config.dockerfile, on_line=build_log.add,
+                )
+        except ReleasePipelineError as exc:
+            self._finish_build(build_id, BuildStatus.FAILED, str(exc))
+            raise
+        self._finish_build(build_id, BuildStatus.SUCCEEDED, "", image_id)
+        return build_id, commit.tree, image_id
+
+    def fetch(self, clone_url: str, sha: str, app_name: str, token: str | None) -> git.Commit:
+        """The commit, in the app's own repository on this worker (WORK_DIR/repos): a push
+        fetches only what the previous ones did not bring."""
+        started = time.monotonic()
+        repository = self.ctx.settings.work_dir / REPOSITORIES / f"{app_name}.git"
+        commit = git.fetch_commit(clone_url, sha, repository, token=token, **self.git_options())
+        self.say(f"fetched {sha[:7]} in {time.monotonic() - started:.2f} s", "build")
+        return commit
 
     def _finish_build(self, build_id: int, status: BuildStatus, reason: str, image_id: str | None = None) -> None:
         with self.ctx.db.session() as session:
             build = session.get(Build, build_id)
             build.status, build.reason, build.image_id, build.finished_at = status, reason[:300], image_id, utcnow()
-
-    def _work_dir(self) -> str:
-        self.ctx.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        return str(self.ctx.settings.work_dir)
 
     def roll_out(self, spec: PhaseSpec, serving_id: int | None) -> None:
         """Kamal's boot: the new instances start beside the serving ones (those of deployment

@@ -26,7 +26,10 @@ from app.models import IN_PROGRESS, TAKEN_UP, App, Build, BuildStatus, Deploymen
 from app.plans import Deploy, Repo, Trigger
 from app.runtime import PhaseRef
 from workers import runtime
-from workers.deploy import SCRATCH_PREFIXES
+
+#: Scratch directories in WORK_DIR that deploys used to clone into, before each app kept its
+#: repository in WORK_DIR/repos; a worker killed meanwhile left them behind.
+SCRATCH_PREFIXES = ("clone-", "services-")
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,8 @@ def _settle_builds(ctx: Context, findings: Findings) -> None:
 
 
 def _sweep_work_dir(ctx: Context, findings: Findings) -> None:
-    """Clones left behind by a killed worker; old enough that no running deploy still uses them."""
+    """Scratch clones left behind by a killed worker (SCRATCH_PREFIXES); old enough that no
+    running deploy still uses them."""
     work_dir = ctx.settings.work_dir
     if not work_dir.is_dir():
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import re
 import tempfile
 from collections.abc import Iterator
@@ -31,10 +32,10 @@ NO_SPACE = "no space left in WORK_DIR"
 
 
 @dataclass(frozen=True)
-class Checkout:
-    """A working tree holding one fetched commit, detached."""
+class Commit:
+    """One fetched commit, in the bare repository that holds it (nothing is checked out)."""
 
-    path: Path
+    repository: Path
     sha: str
     tree: str
 
@@ -42,32 +43,61 @@ class Checkout:
 def fetch_commit(
     clone_url: str,
     ref: str,
-    dest: Path,
+    repository: Path,
     *,
     token: str | None = None,
     allowed_host: str,
     allow_file: bool,
-) -> Checkout:
-    """Fetch `ref` (a commit sha or a branch/tag name) at depth 1 into `dest` and check it out."""
+) -> Commit:
+    """Fetch `ref` (a commit sha or a branch/tag name) at depth 1 into the bare repository at
+    `repository`, created on first use and kept: a later fetch of the app's next commit brings
+    only the objects it does not hold yet (a push's changed files, not the whole tree again).
+
+    The URL is given on the command line, never stored as a remote; each fetched commit keeps
+    a ref (`refs/pipeline/<sha>`) so the next fetch can tell the remote what it already has.
+    One fetch at a time per repository (a lock file beside it): git's shallow file takes no
+    concurrent writers.
+    """
     _check_url(clone_url, allowed_host=allowed_host, allow_file=allow_file)
     ref = _check_ref(ref)
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise CloneFailed(f"destination {dest} is not empty")
+    repository = Path(repository)
     env = _git_env(token, allow_file=allow_file)
-    with _scrubbed_errors(token, "fetch"), Repo.init(dest, mkdir=True) as repo:
-        repo.create_remote("origin", clone_url)
-        repo.git.fetch(
-            "--depth=1",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "origin",
-            f"+{ref}:refs/pipeline/fetched",
-            env=env,
-        )
-        repo.git.checkout("--detach", "--quiet", "refs/pipeline/fetched^{commit}", env=env)
-        commit = repo.head.commit
-        return Checkout(path=dest, sha=commit.hexsha, tree=commit.tree.hexsha)
+    with _scrubbed_errors(token, "fetch"), _exclusive(repository), _bare(repository) as repo:
+        fetched = "refs/pipeline/fetching"  # the lock is held: no other fetch uses it
+        repo.git.fetch("--depth=1", "--no-tags", "--no-write-fetch-head", clone_url, f"+{ref}:{fetched}", env=env)
+        sha, tree = repo.git.rev_parse(f"{fetched}^{{commit}}", f"{fetched}^{{tree}}", env=env).split()
+        repo.git.update_ref(f"refs/pipeline/{sha}", sha, env=env)
+        repo.git.update_ref("-d", fetched, env=env)
+        return Commit(repository=repository, sha=sha, tree=tree)
+
+
+@contextmanager
+def _exclusive(repository: Path) -> Iterator[None]:
+    """Hold `<repository>.lock` (flock: released even if the process dies)."""
+    repository.parent.mkdir(parents=True, exist_ok=True)
+    with open(repository.parent / f"{repository.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _bare(repository: Path) -> Iterator[Repo]:
+    """The bare repository at `repository`, created if missing; called with its lock held, so
+    any git lock file left inside is a killed fetch's and is removed (it would block every
+    later fetch)."""
+    if repository.exists() and any(repository.iterdir()):
+        if not (repository / "HEAD").is_file() or not (repository / "objects").is_dir():
+            raise CloneFailed(f"{repository} is not a bare git repository")
+        for stale in (*repository.glob("*.lock"), *repository.glob("refs/pipeline/*.lock")):
+            stale.unlink(missing_ok=True)
+        repo = Repo(repository)
+    else:
+        repo = Repo.init(repository, mkdir=True, bare=True)
+    with repo:
+        yield repo
 
 
 def resolve_ref(
@@ -165,27 +195,28 @@ def log_between(
     return commits
 
 
-def archive(checkout: Checkout, context: str = ".") -> bytes:
-    """The commit's tree below `context` as a tar rooted there: a build context without .git."""
+def archive(commit: Commit, context: str = ".") -> bytes:
+    """The commit's tree below `context` as a tar rooted there: a build context without .git,
+    read from the repository's objects (no working tree)."""
     subdir = _check_relative_path(context)
-    treeish = checkout.sha if subdir == "." else f"{checkout.sha}:{subdir}"
-    with Repo(checkout.path) as repo:
-        if subdir != "." and _blob_or_tree(repo, checkout.sha, subdir) != "tree":
+    treeish = commit.sha if subdir == "." else f"{commit.sha}:{subdir}"
+    with Repo(commit.repository) as repo:
+        if subdir != "." and _blob_or_tree(repo, commit.sha, subdir) != "tree":
             raise ConfigError(
-                f"build context: {subdir!r} is not a directory at {checkout.sha[:12]}"
+                f"build context: {subdir!r} is not a directory at {commit.sha[:12]}"
             )
         return repo.git.archive(
             "--format=tar", treeish, stdout_as_string=False, strip_newline_in_stdout=False
         )
 
 
-def read_file(checkout: Checkout, path: str) -> str | None:
-    """The text of `path` at the checked-out commit, or None if there is no such file."""
+def read_file(commit: Commit, path: str) -> str | None:
+    """The text of `path` at the commit, or None if there is no such file."""
     relative = _check_relative_path(path)
-    with Repo(checkout.path) as repo:
-        if _blob_or_tree(repo, checkout.sha, relative) != "blob":
+    with Repo(commit.repository) as repo:
+        if _blob_or_tree(repo, commit.sha, relative) != "blob":
             return None
-        data = (repo.commit(checkout.sha).tree / relative).data_stream.read()
+        data = (repo.commit(commit.sha).tree / relative).data_stream.read()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
