@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -110,28 +111,25 @@ class Inbox:
             for entry_id, fields in messages:
                 entry_id = entry_id.decode()
                 if not fields:  # deleted while pending: nothing left to record
-                    self.done(entry_id)
+                    self.finish([entry_id])
                     continue
                 entries.append(Entry(entry_id, fields[b"delivery"].decode(), fields[b"event"].decode(),
                                      fields[b"body"]))
         return entries
 
-    def done(self, entry_id: str) -> None:
-        """Recorded: acknowledge and delete the entry in one transaction."""
+    def finish(self, done: Sequence[str] = (), aside: Sequence[tuple[Entry, str]] = ()) -> None:
+        """A batch handled, in one transaction: the `done` entries (recorded) acknowledged and
+        deleted; the `aside` ones (they cannot be recorded at all: a bug) moved to the failed
+        stream with their error, out of the way of the deliveries behind them."""
         pipe = self.redis.pipeline()
-        pipe.xack(self.stream, GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
-
-    def set_aside(self, entry: Entry, error: str) -> None:
-        """A delivery that cannot be recorded at all (a bug): kept in the failed stream, out of
-        the way of the deliveries behind it."""
-        pipe = self.redis.pipeline()
-        pipe.xadd(self.failed, {"delivery": entry.delivery_id, "event": entry.event, "body": entry.body,
-                                "error": error[:500]})
-        pipe.xack(self.stream, GROUP, entry.entry_id)
-        pipe.xdel(self.stream, entry.entry_id)
-        pipe.execute()
+        for entry, error in aside:
+            pipe.xadd(self.failed, {"delivery": entry.delivery_id, "event": entry.event, "body": entry.body,
+                                    "error": error[:500]})
+        ids = [*done, *(entry.entry_id for entry, _ in aside)]
+        if ids:
+            pipe.xack(self.stream, GROUP, *ids)
+            pipe.xdel(self.stream, *ids)
+            pipe.execute()
 
     def set_aside_count(self) -> int:
         return self.redis.xlen(self.failed)

@@ -1,25 +1,30 @@
 """Carrying out a plan at intake: record the delivery, record what it asks for, enqueue.
 
-The intake drainer (workers/intake.py) calls this for each delivery the webhook endpoint
-appended to the inbox. Only fast, local work happens here (database and Redis); everything
-that talks to GitHub, git or Docker runs in workers. A redelivered id is recognised by the
-delivery table, so an inbox entry read twice is recorded once.
+The intake drainer (workers/intake.py) calls this for each batch of deliveries the webhook
+endpoint appended to the inbox. Only fast, local work happens here (database and Redis);
+everything that talks to GitHub, git or Docker runs in workers. A redelivered id is recognised
+by the delivery table, so an inbox entry read twice is recorded once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.context import Context
 from app.deployments import schedule
 from app import previews
 from app.exceptions import QueueUnavailable
+from app.inbox import Entry
 from app.jobs import CommandJob, DeployJob, Job, PreviewTeardownJob, ReportJob, SummaryJob, enqueue_committed
+from app.logs import log_context
 from app.models import Delivery, DeliveryOutcome
+from app.planner import plan
 from app.plans import Deploy, Ignore, Invalid, Plan, PreviewEvent, Reply, RunCommand, SummarizePromotion, SyncInstallation
 from app.registry import ensure_app, sync_installation
 
@@ -29,52 +34,105 @@ log = logging.getLogger(__name__)
 @dataclass
 class Receipt:
     """The answer to a delivery (its reason, the deployment it planned) and the jobs to enqueue
-    once it is recorded; 503 while the database or the queue is down."""
+    once it is recorded; 503 while the database or the queue is down, 500 when recording it
+    broke (a bug: it is set aside, the deliveries around it are recorded)."""
 
     status: int
     body: dict
     enqueue: list[Job] = field(default_factory=list)
+    #: This pass wrote the delivery's row (not: seen before, set aside, or nothing written).
+    new: bool = False
 
 
-def accept(ctx: Context, delivery_id: str, event: str, plan: Plan, payload: dict) -> Receipt:
-    """Record and enqueue; 503 when the database or the queue is down (the delivery is then
-    forgotten, so its redelivery is accepted; what it planned is withdrawn, `enqueue_committed`)."""
-    # Events that deploy nothing are recorded without their handler reading the payload: any
-    # field may have any type here.
-    repository = payload.get("repository")
-    repository = repository.get("full_name") if isinstance(repository, dict) else None
-    action = payload.get("action")
+def accept_many(ctx: Context, entries: Sequence[Entry]) -> list[Receipt]:
+    """Plan and record deliveries in order, all in one transaction, then queue all their jobs:
+    a receipt for each. A batch costs one commit, not one per delivery.
+
+    503 for all when the database or the queue is down: nothing of the batch is kept (the
+    deliveries are forgotten, so their next reading records them afresh; what they planned is
+    withdrawn, `enqueue_committed`). When one delivery breaks the planner or intake (a bug),
+    the batch is undone and each is recorded alone, so only that one gets 500 (set aside)."""
     try:
         with ctx.db.session() as session:
-            delivery = Delivery(
-                id=delivery_id,
-                event=event,
-                action=_column_text(action, 50),
-                repository=_column_text(repository, 200),
-                outcome=DeliveryOutcome.ACCEPTED.value,
-            )
-            try:
-                with session.begin_nested():
-                    session.add(delivery)
-            except IntegrityError:
-                return Receipt(202, {"ok": True, "reason": f"delivery {delivery_id} was already received"})
-            receipt = _carry_out(ctx, session, plan, delivery)
-            delivery.reason = _column_text(receipt.body.get("reason", ""), 300) or ""
-            if receipt.status == 400:
-                delivery.outcome = DeliveryOutcome.MALFORMED.value
-            elif receipt.enqueue:
-                delivery.job_id = ",".join(job.ident() or type(job).__name__ for job in receipt.enqueue)[:100]
-            else:
-                delivery.outcome = DeliveryOutcome.IGNORED.value
+            # Read once for the batch, not a savepoint per delivery. Only the drainer holding
+            # the inbox writes deliveries; should a second one race it, the flush's
+            # IntegrityError undoes the batch (503), and its next reading finds them known.
+            known = set(session.scalars(select(Delivery.id).where(Delivery.id.in_([e.delivery_id for e in entries]))))
+            receipts = []
+            for entry in entries:
+                with log_context(delivery_id=entry.delivery_id):
+                    receipts.append(_accept(ctx, session, entry, known))
     except SQLAlchemyError:
-        log.exception("database unavailable while recording delivery %s", delivery_id)
-        return Receipt(503, {"error": "database unavailable", "reason": "try the delivery again later"})
+        log.exception("database unavailable while recording deliveries %s", _ids(entries))
+        return [_unavailable("database") for _ in entries]
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the deliveries around it
+        if len(entries) > 1:
+            return _one_by_one(ctx, entries)
+        log.exception("delivery %s %s could not be recorded; set aside", entries[0].delivery_id, entries[0].event)
+        return [Receipt(500, {"error": "could not be recorded", "reason": f"{type(exc).__name__}: {exc}"})]
     try:
-        enqueue_committed(ctx, receipt.enqueue)
+        enqueue_committed(ctx, [job for receipt in receipts for job in receipt.enqueue])
     except QueueUnavailable:
-        log.error("queue unavailable; forgetting delivery %s so a redelivery is accepted", delivery_id)
-        _forget(ctx, delivery_id)
-        return Receipt(503, {"error": "queue unavailable", "reason": "try the delivery again later"})
+        recorded = [entry.delivery_id for entry, receipt in zip(entries, receipts) if receipt.new]
+        log.error("queue unavailable; forgetting deliveries %s so they are recorded again", ", ".join(recorded))
+        _forget(ctx, recorded)
+        return [_unavailable("queue") for _ in entries]
+    for entry, receipt in zip(entries, receipts):
+        log.info("delivery %s %s: %s %s", entry.delivery_id, entry.event, receipt.status,
+                 receipt.body.get("reason", ""),
+                 extra={"delivery_id": entry.delivery_id, "deployment_id": receipt.body.get("deployment")})
+    return receipts
+
+
+def _one_by_one(ctx: Context, entries: Sequence[Entry]) -> list[Receipt]:
+    """Each delivery in a transaction of its own, in order, up to the first that must wait."""
+    receipts: list[Receipt] = []
+    for entry in entries:
+        receipts += accept_many(ctx, [entry])
+        if receipts[-1].status == 503:
+            break
+    return receipts
+
+
+def _unavailable(what: str) -> Receipt:
+    return Receipt(503, {"error": f"{what} unavailable", "reason": "try the delivery again later"})
+
+
+def _ids(entries: Sequence[Entry]) -> str:
+    return ", ".join(entry.delivery_id for entry in entries)
+
+
+def _accept(ctx: Context, session, entry: Entry, known: set[str]) -> Receipt:
+    """Plan (the request checked the signature, headers and JSON), record the delivery and
+    what it asks for; `known`: the delivery ids recorded before (this one is added)."""
+    if entry.delivery_id in known:
+        return Receipt(202, {"ok": True, "reason": f"delivery {entry.delivery_id} was already received"})
+    known.add(entry.delivery_id)
+    payload = json.loads(entry.body)
+    decided = plan(entry.event, payload, ctx.config)
+    # Events that deploy nothing are recorded without their handler reading the payload: any
+    # field may have any type here.
+    payload = payload if isinstance(payload, dict) else {}
+    repository = payload.get("repository")
+    repository = repository.get("full_name") if isinstance(repository, dict) else None
+    receipt = _carry_out(ctx, session, decided)
+    receipt.new = True
+    outcome = DeliveryOutcome.ACCEPTED
+    if receipt.status == 400:
+        outcome = DeliveryOutcome.MALFORMED
+    elif not receipt.enqueue:
+        outcome = DeliveryOutcome.IGNORED
+    # Added complete, after what it asks for: one INSERT (batched with the others at the
+    # commit), no UPDATE.
+    session.add(Delivery(
+        id=entry.delivery_id,
+        event=entry.event,
+        action=_column_text(payload.get("action"), 50),
+        repository=_column_text(repository, 200),
+        outcome=outcome.value,
+        reason=_column_text(receipt.body.get("reason", ""), 300) or "",
+        job_id=",".join(job.ident() or type(job).__name__ for job in receipt.enqueue)[:100] or None,
+    ))
     return receipt
 
 
@@ -93,7 +151,7 @@ def _column_text(value, limit: int) -> str | None:
     return value[:limit].encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
-def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt:
+def _carry_out(ctx: Context, session, plan: Plan) -> Receipt:
     if isinstance(plan, Invalid):
         return Receipt(400, {"error": "malformed delivery", "reason": plan.reason})
     if isinstance(plan, Ignore):
@@ -141,7 +199,8 @@ def _carry_out(ctx: Context, session, plan: Plan, delivery: Delivery) -> Receipt
     raise TypeError(f"no executor for {type(plan).__name__}")
 
 
-def _forget(ctx: Context, delivery_id: str) -> None:
-    """GitHub's redelivery of this id must start afresh: the delivery is no longer known."""
-    with ctx.db.session() as session:
-        session.execute(delete(Delivery).where(Delivery.id == delivery_id))
+def _forget(ctx: Context, delivery_ids: list[str]) -> None:
+    """These deliveries must be recorded afresh when read again: they are no longer known."""
+    if delivery_ids:
+        with ctx.db.session() as session:
+            session.execute(delete(Delivery).where(Delivery.id.in_(delivery_ids)))

@@ -23,7 +23,7 @@ from app.models import Deployment, Delivery
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
 from tests.support.faults import wait_for
-from workers.intake import Unavailable
+from workers.intake import Unavailable, drain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,6 +155,76 @@ def test_doctor_says_whether_a_drainer_holds_the_inbox_and_what_waits(ctx, clien
     held = _intake(ctx)
     assert held.ok and held.detail == f"drainer {ctx.inbox.holder}, 1 deliveries waiting"
     ctx.inbox.ensure_group()
-    ctx.inbox.set_aside(Entry(ctx.inbox.read()[0].entry_id, "w-1", "push", body), "TypeError: a bug")
+    ctx.inbox.finish(aside=[(Entry(ctx.inbox.read()[0].entry_id, "w-1", "push", body), "TypeError: a bug")])
     aside = _intake(ctx)
     assert (aside.ok, aside.detail) == (False, "1 deliveries set aside: they could not be recorded")
+
+
+def deployed_shas(ctx: Context) -> list[str]:
+    with ctx.db.session() as session:
+        return [sha[:7] for sha in session.scalars(select(Deployment.sha).where(Deployment.status == "queued")
+                                                   .order_by(Deployment.id))]
+
+
+def test_a_batch_is_recorded_in_order_in_one_pass_and_a_redelivery_in_it_once(any_database_url, make_settings,
+                                                                              redis_conn):
+    """The drainer reads many entries at once and records them in one transaction: in the
+    order accepted; an id recorded before (its seen key expired) is recognised, not deployed."""
+    ctx = Context.from_settings(make_settings(DATABASE_URL=any_database_url))
+    ctx.inbox.ensure_group()
+    assert ctx.inbox.append("b-1", "push", push("1" * 40))
+    drain_inbox(ctx)
+    redis_conn.delete(ctx.inbox._seen_prefix + "b-1")  # as after SEEN_TTL: the inbox takes it again
+    for name, sha in (("b-2", "2"), ("b-1", "1"), ("b-3", "3"), ("b-4", "4")):
+        assert ctx.inbox.append(name, "push", push(sha * 40))
+    outcomes = drain(ctx)  # one pass
+    assert [o.body["reason"] for o in outcomes] == [
+        "deploying 2222222 to demo", "delivery b-1 was already received", "deploying 3333333 to demo",
+        "deploying 4444444 to demo"]
+    assert deployed_shas(ctx) == ["1111111", "2222222", "3333333", "4444444"]
+    assert (count(ctx, Delivery), len(deploy_jobs(redis_conn))) == (4, 4)
+    assert ctx.inbox.waiting() == 0 and pending(ctx) == 0
+
+
+def test_a_delivery_that_breaks_intake_is_set_aside_and_the_rest_of_its_batch_recorded(ctx, redis_conn,
+                                                                                      monkeypatch):
+    import app.intake
+
+    real_plan = app.intake.plan
+
+    def plan_with_a_bug(event, payload, config):
+        if payload.get("after") == "2" * 40:
+            raise TypeError("a bug in the planner")
+        return real_plan(event, payload, config)
+
+    monkeypatch.setattr(app.intake, "plan", plan_with_a_bug)
+    ctx.inbox.ensure_group()
+    for name, sha in (("x-1", "1"), ("x-2", "2"), ("x-3", "3")):
+        ctx.inbox.append(name, "push", push(sha * 40))
+    outcomes = drain(ctx)
+    assert [o.body["reason"] for o in outcomes] == ["deploying 1111111 to demo", "deploying 3333333 to demo"]
+    assert deployed_shas(ctx) == ["1111111", "3333333"] and count(ctx, Delivery) == 2
+    assert ctx.inbox.waiting() == 0 and ctx.inbox.set_aside_count() == 1
+    [(_, aside)] = redis_conn.xrange(ctx.inbox.failed)
+    assert (aside[b"delivery"], aside[b"error"]) == (b"x-2", b"TypeError: a bug in the planner")
+
+
+def test_the_queue_refusing_a_batch_s_jobs_keeps_the_whole_batch_for_later(ctx, redis_conn):
+    """Recorded, then the deploy jobs cannot be queued (a real Redis error: the queue's key holds
+    the wrong type): the batch's deliveries are forgotten, their deployments withdrawn, the
+    entries kept; the next pass records and queues each once."""
+    ctx.inbox.ensure_group()
+    for name, sha in (("q-1", "1"), ("q-2", "2"), ("q-3", "3")):
+        ctx.inbox.append(name, "push", push(sha * 40))
+    queue_key = Queue("deploys", connection=redis_conn).key
+    redis_conn.set(queue_key, "not a list")
+    with pytest.raises(Unavailable, match="queue unavailable: delivery q-1 waits in the inbox"):
+        drain(ctx)
+    assert count(ctx, Delivery) == 0 and deployed_shas(ctx) == []  # withdrawn: failed, not queued
+    assert ctx.inbox.waiting() == 3
+
+    redis_conn.delete(queue_key)
+    assert [o.body["reason"] for o in drain_inbox(ctx)] == [
+        "deploying 1111111 to demo", "deploying 2222222 to demo", "deploying 3333333 to demo"]
+    assert deployed_shas(ctx) == ["1111111", "2222222", "3333333"]
+    assert (count(ctx, Delivery), len(deploy_jobs(redis_conn))) == (3, 3) and ctx.inbox.waiting() == 0
