@@ -180,7 +180,7 @@ def intake() -> None:
 @main.command()
 def scheduler() -> None:
     """Enqueue the periodic jobs: reconcile, report and notification catch-up, redelivery of missed webhooks,
-    expiry of idle pull request previews."""
+    expiry of idle pull request previews; with RUNTIME=swarm, also keep the phase URLs on their tasks."""
     from app import startup
     from app.jobs import DEPLOYS, NOTIFICATIONS, REPORTS
     from workers import notify, preview, reconcile, redeliver, report
@@ -194,6 +194,14 @@ def scheduler() -> None:
 
     ctx = _context(schema=True)
     _logging(ctx)
+    if ctx.settings.runtime == "swarm":
+        import threading
+
+        from workers import follow
+
+        # Its own Context: the thread's database sessions and engine clients are its own.
+        threading.Thread(target=follow.loop, args=(_context(), threading.Event()), name="follow",
+                         daemon=True).start()
     startup.run_scheduler(ctx, register)
 
 

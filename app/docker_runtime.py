@@ -142,6 +142,7 @@ class DockerRuntime:
     def __init__(self, engine: Engine, router: Router, db: Database, slot_range: tuple[int, int], *,
                  spreads: bool):
         self.engine, self.router, self.db, self.slot_range = engine, router, db, slot_range
+        self.services = engine
         #: Whether the router can spread a phase's requests over several ports (Caddy can;
         #: ROUTER=direct gives a phase one port).
         self.spreads = spreads

@@ -371,6 +371,8 @@ class ServiceInstance(Base):
     container_id: Mapped[str | None] = mapped_column(String(100))
     network: Mapped[str | None] = mapped_column(String(200))
     volume: Mapped[str | None] = mapped_column(String(200))
+    #: The Swarm node its volume lives on (RUNTIME=swarm): chosen once, the service stays pinned there.
+    node: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default=ServiceStatus.CREATING.value)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(

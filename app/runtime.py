@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from app.health import HealthResult
 from app.pipeline import DEFAULT_STOP_TIMEOUT
@@ -167,6 +167,9 @@ class Runtime(Protocol):
     cannot be reached); never an engine library's own exceptions."""
 
     kind: RuntimeKind
+    #: Where the backing services run (`app.services.ServiceHost`): the engine on `docker`,
+    #: Swarm services on `swarm`; app.services decides, this carries it out.
+    services: Any
 
     def check(self, spec: PhaseSpec) -> None:
         """Refuse, before anything starts, a spec this runtime cannot run as asked (DeployFailed)."""

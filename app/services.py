@@ -1,6 +1,10 @@
 """Backing services per app and phase: each phase's own database, cache, … (README, Backing services; issue 9).
 
 A repository declares `services:` in `.release-pipeline.yml` (see `app.pipeline.Service`).
+This module decides; the runtime's `services` host carries it out (`ServiceHost`): on
+`RUNTIME=docker` the Docker engine, with the objects below; on `RUNTIME=swarm` Swarm services
+(app.swarm_runtime.SwarmServices): the same names, an attachable overlay network, each service
+with data pinned to the node its volume lives on (chosen once, recorded in `ServiceInstance.node`).
 For every app+phase this module keeps, on the Docker engine:
 
 - one bridge network `<instance>-<app>-<phase>`; the app container joins it and reaches each
@@ -61,7 +65,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 
@@ -91,6 +95,42 @@ class Provisioned:
 
 class ServiceUnhealthy(DeployFailed):
     """A backing service did not start or did not pass its health check in time."""
+
+
+class ServiceHost(Protocol):
+    """What provisioning asks of where services run: `app.adapters.docker.Engine` (one engine)
+    or `app.swarm_runtime.SwarmServices`. A "container id" is whatever the host names a running
+    service by; its methods' docstrings (the Engine's) are the contract."""
+
+    instance: str
+    LABEL_SERVICE: str
+    LABEL_SERVICE_PHASE: str
+    LABEL_SERVICE_DEFINITION: str
+
+    def ensure_network(self, name: str, *, app: str, phase: str) -> str: ...
+    def ensure_volume(self, name: str, *, app: str, phase: str, service: str) -> str: ...
+    def volume_node(self, known: str | None) -> str | None: ...
+    def inspect_local_image(self, reference: str) -> tuple[str, dict[str, str]] | None: ...
+    def built_for(self, labels: dict[str, str], app: str) -> bool: ...
+    def find_service_image(self, app: str, service: str, definition: str) -> str | None: ...
+    def build_service_image(self, *, app: str, service: str, definition: str, context_tar: bytes,
+                            dockerfile: str = "Dockerfile", on_line: Callable[[str], None]) -> str: ...
+    def remove_service_image(self, image_id: str) -> bool: ...
+    def run_service_container(self, *, app: str, phase: str, service: str, definition: str, image: str,
+                              network: str, env: dict[str, str], command: list[str] | None = None,
+                              volume: str | None = None, data_path: str | None = None, memory: str | None = None,
+                              cpus: float | None = None, healthcheck: list[str] | str | None = None,
+                              node: str | None = None) -> str: ...
+    def service_containers(self, app: str, phase: str | None = None) -> list: ...
+    def service_state(self, container_id: str) -> ServiceState | None: ...
+    def exec_check(self, container_id: str, command: list[str] | str, timeout: float = 5.0) -> int | None: ...
+    def keep_running(self, container_id: str) -> None: ...
+    def start_service_container(self, container_id: str) -> None: ...
+    def update_service_resources(self, container_id: str, memory: str | None, cpus: float | None) -> None: ...
+    def remove_service_container(self, container_id: str, timeout: int = 10) -> None: ...
+    def service_logs(self, container_id: str, tail: int = 20) -> list[str]: ...
+    def volume_sizes(self) -> dict[str, int | None]: ...
+    def remove_services(self, app: str, phase: str) -> list[str]: ...
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -157,8 +197,8 @@ def _provision(ctx, app_name: str, app_id: int, phase: str, repo_config: RepoCon
     if not declared and not known:
         return Provisioned(network=None, env={})
     _check_exports(declared)
-    engine = ctx.engine
-    network = engine.ensure_network(network_name(engine.instance, app_name, phase), app=app_name, phase=phase)
+    host: ServiceHost = ctx.runtime.services
+    network = host.ensure_network(network_name(host.instance, app_name, phase), app=app_name, phase=phase)
     for name in sorted(set(known) - set(declared)):
         say(f"service {name} is no longer declared in {REPO_FILE}: it keeps running with its data "
             f"(remove the {phase} services in the portal to delete them)")
@@ -200,12 +240,17 @@ class _Provisioner:
     def __init__(self, ctx, app_name: str, app_id: int, phase: str, network: str,
                  checkout_archive: Callable[[str], bytes] | None, say: Callable[[str], None],
                  snapshot: dict[str, Any]):
-        self.ctx, self.engine = ctx, ctx.engine
+        self.ctx = ctx
         self.app_name, self.app_id, self.phase, self.network = app_name, app_id, phase, network
         self.checkout_archive = checkout_archive
         self.snapshot = snapshot
         self.hidden: list[str] = []
         self._say = say
+
+    @property
+    def host(self) -> ServiceHost:
+        """Where the services run (the runtime's host), looked up only when one is touched."""
+        return self.ctx.runtime.services
 
     def say(self, text: str) -> None:
         self._say(mask(text, self.hidden))
@@ -232,22 +277,24 @@ class _Provisioner:
                              f"{self.phase}{'' if apply_pending else ' (not on a rollback)'}")
         elif row is not None and row.pending_hash and row.definition_hash == wanted_hash:
             self.say(f"service {name}: the pending definition change was withdrawn; nothing to apply")
-        volume = (self.engine.ensure_volume(volume_name(self.engine.instance, self.app_name, self.phase, name),
+        volume = (self.host.ensure_volume(volume_name(self.host.instance, self.app_name, self.phase, name),
                                             app=self.app_name, phase=self.phase, service=name)
                   if target.data else None)
+        # Where its data lives, once and for good (a swarm's node; None on one engine).
+        node = self.host.volume_node(row.node if row is not None else None) if volume else None
         try:
             image_id = self.image(name, target, target_hash)
-            container_id = self.container(name, target, target_hash, image_id, volume, password, row)
+            container_id = self.container(name, target, target_hash, image_id, volume, password, row, node)
         except ReleasePipelineError as exc:
             self.record(name, row, status=ServiceStatus.FAILED, pending=pending if pending else
                         (wanted_hash if previous is not None else None))
             if previous is not None:
-                self.restore(name, previous, row, volume, password, pending=wanted_hash)
+                self.restore(name, previous, row, volume, password, node, pending=wanted_hash)
             raise type(exc)(mask(str(exc), self.hidden)) from None
         self.record(name, row, status=ServiceStatus.HEALTHY, pending=pending, definition=target, definition_hash=target_hash,
-                    exports=wanted.exports, image_id=image_id, container_id=container_id, volume=volume)
+                    exports=wanted.exports, image_id=image_id, container_id=container_id, volume=volume, node=node)
         if previous is not None and row is not None and row.image_id and row.image_id != image_id:
-            self.engine.remove_service_image(row.image_id)  # kept when another phase still uses it
+            self.host.remove_service_image(row.image_id)  # kept when another phase still uses it
         exported = {secret_name(name): password}
         for variable, template in wanted.exports.items():
             exported[variable] = render(template, host=name, port=target.port, password=password)
@@ -277,7 +324,7 @@ class _Provisioner:
 
     def image(self, name: str, service: Service, definition: str) -> str:
         if service.image is not None:
-            found = self.engine.inspect_local_image(service.image)
+            found = self.host.inspect_local_image(service.image)
             if found is None:
                 raise DeployFailed(
                     f"service {name}: image {service.image} is not on the Docker engine, and service images "
@@ -285,12 +332,12 @@ class _Provisioner:
                     f"{service.image}) or declare build: instead")
             image_id, labels = found
             # An image id or name could be another app's (or installation's) image, with its files.
-            if service.image not in self.ctx.config.images.allow and not self.engine.built_for(labels, self.app_name):
+            if service.image not in self.ctx.config.images.allow and not self.host.built_for(labels, self.app_name):
                 raise DeployFailed(
                     f"service {name}: image {service.image[:100]} was not built by this installation for "
                     f"{self.app_name} and is not in images.allow of pipeline.yml")
             return image_id
-        image_id = self.engine.find_service_image(self.app_name, name, definition)
+        image_id = self.host.find_service_image(self.app_name, name, definition)
         if image_id is not None:
             return image_id
         if self.checkout_archive is None:
@@ -298,51 +345,51 @@ class _Provisioner:
                                "but no checkout of the repository was supplied")
         self.say(f"service {name}: building {service.build}/{service.dockerfile} (definition {definition[:12]})")
         context = self.checkout_archive(service.build)
-        return self.engine.build_service_image(
+        return self.host.build_service_image(
             app=self.app_name, service=name, definition=definition, context_tar=context,
             dockerfile=service.dockerfile, on_line=lambda line: self.say(f"service {name}: {line}"))
 
     def container(self, name: str, service: Service, definition: str, image_id: str, volume: str | None,
-                  password: str, row: ServiceInstance | None) -> str:
-        engine = self.engine
-        found = [c for c in engine.service_containers(self.app_name, self.phase)
-                 if c.labels.get(engine.LABEL_SERVICE) == name]
-        current = next((c for c in found if c.labels.get(engine.LABEL_SERVICE_DEFINITION) == definition), None)
+                  password: str, row: ServiceInstance | None, node: str | None) -> str:
+        host = self.host
+        found = [c for c in host.service_containers(self.app_name, self.phase)
+                 if c.labels.get(host.LABEL_SERVICE) == name]
+        current = next((c for c in found if c.labels.get(host.LABEL_SERVICE_DEFINITION) == definition), None)
         memory, cpus = self.snapshot.get("memory"), self.snapshot.get("cpus")
         if current is not None:
             for stale in found:
                 if stale is not current:
-                    engine.remove_service_container(stale.id)
-            state = engine.service_state(current.id)  # None: gone meanwhile, wait_healthy says so
+                    host.remove_service_container(stale.id)
+            state = host.service_state(current.id)  # None: gone meanwhile, wait_healthy says so
             restarts = state.restarts if state is not None else 0
             if state is not None and state.status in ("created", "exited"):
                 self.say(f"service {name}: starting its stopped container again")
-                engine.start_service_container(current.id)
+                host.start_service_container(current.id)
                 restarts = None
             if state is not None:
                 self.resize(name, current.id, state, memory, cpus)
             self.wait_healthy(name, service, current.id, restarts_before=restarts)
-            engine.keep_running(current.id)
+            host.keep_running(current.id)
             self.say(f"service {name}: reusing its running instance (healthy, definition {definition[:12]})")
             return current.id
         for stale in found:
             self.say(f"service {name}: replacing its container (the data volume is kept)")
-            engine.remove_service_container(stale.id)
+            host.remove_service_container(stale.id)
         env = {key: render(value, host=name, port=service.port, password=password)
                for key, value in service.environment.items()}
         self.say(f"service {name}: starting {service.image or service.build} on {self.network}"
-                 + (f" with volume {volume}" if volume else ""))
-        container_id = engine.run_service_container(
+                 + (f" with volume {volume}" if volume else "") + (f" on node {node}" if node else ""))
+        container_id = host.run_service_container(
             app=self.app_name, phase=self.phase, service=name, definition=definition, image=image_id,
             network=self.network, env=env, command=service.command, volume=volume, data_path=service.data,
-            memory=memory, cpus=cpus, healthcheck=service.healthcheck)
+            memory=memory, cpus=cpus, healthcheck=service.healthcheck, node=node)
         try:
             started = time.monotonic()
             self.wait_healthy(name, service, container_id, restarts_before=0)
         except ServiceUnhealthy:
-            engine.remove_service_container(container_id, timeout=2)
+            host.remove_service_container(container_id, timeout=2)
             raise
-        engine.keep_running(container_id)
+        host.keep_running(container_id)
         self.say(f"service {name}: healthy after {time.monotonic() - started:.1f}s")
         return container_id
 
@@ -354,18 +401,18 @@ class _Provisioner:
         if not changed:
             return
         try:
-            self.engine.update_service_resources(container_id, memory, cpus)
+            self.host.update_service_resources(container_id, memory, cpus)
             self.say(f"service {name}: resized to the {self.phase} profile ({memory or '—'}, {cpus or '—'} CPU)")
         except ReleasePipelineError as exc:
             self.say(f"service {name}: kept its sizing ({exc})")
 
     def wait_healthy(self, name: str, service: Service, container_id: str, *, restarts_before: int | None) -> None:
-        engine = self.engine
+        host = self.host
         started = time.monotonic()
         deadline = started + service.health_timeout
         last = "no health check has answered yet"
         while True:
-            state = engine.service_state(container_id)
+            state = host.service_state(container_id)
             if state is None:
                 raise ServiceUnhealthy(f"service {name}: its container disappeared while starting")
             if restarts_before is None:
@@ -377,7 +424,7 @@ class _Provisioner:
             if state.status == "running":
                 if service.healthcheck:
                     remaining = max(0.5, deadline - time.monotonic())
-                    code = engine.exec_check(container_id, service.healthcheck, timeout=min(5.0, remaining))
+                    code = host.exec_check(container_id, service.healthcheck, timeout=min(5.0, remaining))
                     if code == 0:
                         return
                     last = ("its health check did not finish in time" if code is None
@@ -394,17 +441,17 @@ class _Provisioner:
             time.sleep(POLL_SECONDS)
 
     def fail(self, name: str, container_id: str, reason: str) -> None:
-        for line in self.engine.service_logs(container_id, tail=20):
+        for line in self.host.service_logs(container_id, tail=20):
             self.say(f"service {name}: {line}")
         raise ServiceUnhealthy(reason)
 
     def restore(self, name: str, previous: Service, row: ServiceInstance, volume: str | None, password: str,
-                *, pending: str) -> None:
+                node: str | None, *, pending: str) -> None:
         """Applying a changed definition failed: run the previous one again (best effort)."""
         self.say(f"service {name}: starting its previous definition ({row.definition_hash[:12]}) again")
         try:
             image_id = self.image(name, previous, row.definition_hash)
-            container_id = self.container(name, previous, row.definition_hash, image_id, volume, password, row)
+            container_id = self.container(name, previous, row.definition_hash, image_id, volume, password, row, node)
         except ReleasePipelineError as exc:
             self.say(f"service {name}: the previous definition did not start either: {exc}")
             return
@@ -414,7 +461,7 @@ class _Provisioner:
     def record(self, name: str, row: ServiceInstance | None, *, status: ServiceStatus, pending: str | None,
                definition: Service | None = None, definition_hash: str | None = None,
                exports: dict[str, str] | None = None, image_id: str | None = None,
-               container_id: str | None = None, volume: str | None = None) -> None:
+               container_id: str | None = None, volume: str | None = None, node: str | None = None) -> None:
         with self.ctx.db.session() as session:
             found = session.scalar(select(ServiceInstance).where(
                 ServiceInstance.app_id == self.app_id, ServiceInstance.phase == self.phase,
@@ -431,6 +478,7 @@ class _Provisioner:
                 found.definition = {**definition.model_dump(mode="json"), "exports": dict(exports or {})}
                 found.definition_hash = definition_hash
                 found.volume = volume
+                found.node = node
             if image_id is not None:
                 found.image_id = image_id
             if container_id is not None:
@@ -456,20 +504,13 @@ def remove(ctx, app_name: str, app_id: int, phase: str) -> list[str]:
 
     Irreversible: only for the explicit, confirmed portal/API action (never during a deploy).
     The network stays while the phase's app container is attached (it keeps serving, without
-    its services); the next deploy creates fresh services, with new data, on it.
+    its services); the next deploy creates fresh services, with new data, on it. On a swarm the
+    data is emptied by a job on its node, where the (empty) volume stays.
     """
-    engine = ctx.engine
     with ctx.db.session() as session:
         names = set(session.scalars(select(ServiceInstance.name).where(
             ServiceInstance.app_id == app_id, ServiceInstance.phase == phase)).all())
-    for container in engine.service_containers(app_name, phase):
-        names.add(container.labels.get(engine.LABEL_SERVICE, ""))
-        engine.remove_service_container(container.id, timeout=1)
-    for volume in engine.service_volumes(app_name, phase):
-        engine.remove_volume(volume)
-    for network in engine.service_networks(app_name, phase):
-        if not engine.remove_network(network):
-            log.info("kept network %s: the %s app container of %s still uses it", network, phase, app_name)
+    names.update(ctx.runtime.services.remove_services(app_name, phase))
     with ctx.db.session() as session:
         session.execute(delete(ServiceInstance).where(
             ServiceInstance.app_id == app_id, ServiceInstance.phase == phase))
@@ -496,16 +537,16 @@ def describe_app(ctx, app_id: int, phases: list[str] | None = None) -> dict[str,
         app = session.get(App, app_id) if rows else None
     if not rows or app is None:
         return {}
-    engine = ctx.engine
+    host: ServiceHost = ctx.runtime.services
     try:
-        containers = {(c.labels.get(engine.LABEL_SERVICE_PHASE), c.labels.get(engine.LABEL_SERVICE)): c
-                      for c in engine.service_containers(app.name)}
+        containers = {(c.labels.get(host.LABEL_SERVICE_PHASE), c.labels.get(host.LABEL_SERVICE)): c
+                      for c in host.service_containers(app.name)}
     except Exception as exc:  # the engine being unreachable only makes health unknown
         log.warning("cannot list service containers: %s", exc)
         containers = None
     sizes: dict[str, int | None] | None
     try:
-        sizes = engine.volume_sizes() if any(row.volume for row in rows) else {}
+        sizes = host.volume_sizes() if any(row.volume for row in rows) else {}
     except Exception as exc:
         log.warning("cannot read volume sizes: %s", exc)
         sizes = None
@@ -527,6 +568,7 @@ def describe_app(ctx, app_id: int, phases: list[str] | None = None) -> dict[str,
             "volume_size": size,
             "volume_size_label": _human(size) if size is not None else ("—" if not row.volume else "unknown"),
             "network": row.network,
+            "node": row.node,
             "exports": sorted({secret_name(row.name), *(definition.get("exports") or {})}),
             "password_secret": secret_name(row.name),
             "updated_at": row.updated_at.isoformat() if row.updated_at else None,

@@ -10,26 +10,33 @@ is gone. A rollback of ours (`/rollback`, the portal) is a deployment like any o
 earlier image and profile from our history, never Swarm's one-step rollback.
 
 Instance ids are `<service>.<slot>.<deployment>`: a task that Swarm moves to another node
-(a drained or lost one) keeps its slot, so the deployment's record stays true.
+(a drained or lost one) keeps its slot, so the deployment's record stays true; `follow` (the
+scheduler's thread, workers/follow.py) moves the route after them within seconds. Backing
+services run as Swarm services too (`SwarmServices`, what app.services provisions through).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
 from app.actions import current
-from app.adapters.docker import Engine
+from app.adapters.docker import Engine, ServiceContainer, ServiceState
 from app.adapters.router import CaddyRouter
-from app.adapters.swarm import (HEALTH_INTERVAL, HEALTH_RETRIES, AppService, Followed, Rollout, Swarm, Task,
-                                app_service_spec, monitor_seconds, service_name, upstreams)
+from app.adapters.swarm import (HEALTH_INTERVAL, HEALTH_RETRIES, AppService, BackingService, Followed, Rollout,
+                                Swarm, Task, app_service_spec, backing_container, backing_service_spec,
+                                backing_state, monitor_seconds, pick_node, placed_on, resources, served_routes,
+                                service_name, wipe_spec)
 from app.db import Database
 from app.docker_runtime import container_spec
 from app.exceptions import DeployFailed
 from app.health import HealthResult
 from app.models import App
 from app.runtime import LABEL_DEPLOYMENT, Instance, Observed, PhaseRef, PhaseSpec, Retired, RuntimeKind, Started
+
+log = logging.getLogger(__name__)
 
 #: Seconds beyond the health checks' own time a rolling update may take per task (pull, start).
 SLACK_PER_TASK = 30
@@ -45,7 +52,8 @@ def app_service(spec: PhaseSpec, image: str) -> AppService:
     return AppService(app=spec.target.app, phase=spec.target.phase, version=spec.version, sha=spec.sha,
                       deployment_id=spec.deployment_id, image=image, env=dict(spec.env), port=spec.port,
                       health_path=spec.health.path, health_timeout=spec.health.timeout, replicas=spec.replicas,
-                      memory=spec.limits.memory, cpus=spec.limits.cpus, stop_timeout=spec.stop_timeout)
+                      memory=spec.limits.memory, cpus=spec.limits.cpus, stop_timeout=spec.stop_timeout,
+                      networks=(spec.network,) if spec.network else ())
 
 
 def update_timeout(spec: PhaseSpec) -> float:
@@ -82,6 +90,7 @@ class SwarmRuntime:
 
     def __init__(self, swarm: Swarm, engine: Engine, router: CaddyRouter, db: Database):
         self.swarm, self.engine, self.router, self.db = swarm, engine, router, db
+        self.services = SwarmServices(swarm, engine)
         #: What each deployment's update went through (start → wait_healthy/discard), per process.
         self._followed: dict[int, tuple[Followed, bool]] = {}
 
@@ -89,9 +98,7 @@ class SwarmRuntime:
         return service_name(self.swarm.instance, target.app, target.phase)
 
     def check(self, spec: PhaseSpec) -> None:
-        if spec.network:
-            raise DeployFailed("backing services (services: in .release-pipeline.yml) are not supported with "
-                               "RUNTIME=swarm yet; run this app with RUNTIME=docker")
+        """Nothing is refused: replicas spread over the nodes, backing services pinned to theirs."""
 
     def observe(self, target: PhaseRef, serving_deployment: int | None) -> Observed:
         name = self._name(target)
@@ -192,10 +199,165 @@ class SwarmRuntime:
     def restore_route(self, target: PhaseRef, serving: Sequence[Instance]) -> bool:
         """The router onto the serving deployment's running tasks, wherever Swarm runs them now
         (reconcile calls it: after a drain or a lost node, tasks come back on other nodes)."""
-        deployment = next((i.deployment_id for i in serving), None)
-        name = self._name(target)
-        endpoints = upstreams([t for t in self._tasks(name) if t.deployment == str(deployment)],
-                              self.swarm.ready_nodes())
-        if not endpoints:
+        deployment = next((i.deployment_id for i in serving if i.deployment_id is not None), None)
+        if deployment is None:
             return False
-        return self.router.ensure_upstreams(target.app, target.phase, endpoints)
+        routes = served_routes(self._tasks(self._name(target)), self.swarm.ready_nodes(),
+                               {(target.app, target.phase): deployment})
+        return bool(self._route(routes))
+
+    def follow(self, serving: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
+        """Point each served phase's URL at its serving deployment's tasks where they run now
+        (a drained or lost node's tasks moved); `serving`: (app, phase) → deployment id. Three
+        calls to the manager, one to the router per phase; the (app, phase)s whose route changed."""
+        tasks, ready_nodes = self.swarm.app_tasks()
+        return self._route(served_routes(tasks, ready_nodes, serving))
+
+    def _route(self, routes: dict[tuple[str, str], list[str]]) -> list[tuple[str, str]]:
+        """Write each route; the phases whose route changed. A phase with no task running keeps
+        its route (Caddy skips what it cannot reach; a later follow finds the new tasks)."""
+        return [(app, phase) for (app, phase), endpoints in sorted(routes.items())
+                if endpoints and self.router.ensure_upstreams(app, phase, endpoints)]
+
+class SwarmServices:
+    """Backing services on the swarm: what `app.services` asks of a host (the docker runtime's
+    is its `Engine`), carried out as Swarm services. app.services decides everything (reuse,
+    replace, pending changes, passwords, health deadlines); this only executes. A service's
+    "container id" is its Swarm service name. Images are built on the manager's engine, as on
+    docker, and pushed to the registry before a service runs them.
+
+    What differs from one engine: a service with data is pinned to one node (`volume_node`,
+    chosen once and recorded), where Swarm creates its volume; its health check is Swarm's
+    (a task is "running" only once it passed); it restarts by its restart policy; and its data
+    is removed by a job on its node that empties the volume (the manager cannot delete
+    another node's volume: the empty volume stays there)."""
+
+    LABEL_SERVICE = Engine.LABEL_SERVICE
+    LABEL_SERVICE_APP = Engine.LABEL_SERVICE_APP
+    LABEL_SERVICE_PHASE = Engine.LABEL_SERVICE_PHASE
+    LABEL_SERVICE_DEFINITION = Engine.LABEL_SERVICE_DEFINITION
+
+    def __init__(self, swarm: Swarm, engine: Engine):
+        self.swarm, self.engine = swarm, engine
+        self.instance = swarm.instance
+
+    # images: built and kept on the manager's engine, as on docker
+
+    def inspect_local_image(self, reference: str) -> tuple[str, dict[str, str]] | None:
+        return self.engine.inspect_local_image(reference)
+
+    def built_for(self, labels: dict[str, str], app: str) -> bool:
+        return self.engine.built_for(labels, app)
+
+    def find_service_image(self, app: str, service: str, definition: str) -> str | None:
+        return self.engine.find_service_image(app, service, definition)
+
+    def build_service_image(self, **kwargs) -> str:
+        return self.engine.build_service_image(**kwargs)
+
+    def remove_service_image(self, image_id: str) -> bool:
+        return self.engine.remove_service_image(image_id)
+
+    # the phase's network and volumes
+
+    def ensure_network(self, name: str, *, app: str, phase: str) -> str:
+        """The phase's attachable overlay network: its services, its app service (every node)
+        and the release command's container on the manager join it."""
+        return self.swarm.ensure_network(name, self.engine.service_labels(app, phase))
+
+    def ensure_volume(self, name: str, *, app: str, phase: str, service: str) -> str:
+        """The volume's name: Swarm creates it, labelled, on the node the service is pinned to."""
+        self.engine.service_labels(app, phase, service)  # refuses unsafe names, as on docker
+        return name
+
+    def volume_node(self, known: str | None) -> str:
+        """The node a service's data lives on: the recorded one, else a ready node with the
+        fewest of our backing services."""
+        if known:
+            return known
+        placed = [placed_on(s) for s in self.swarm.services() if self.LABEL_SERVICE in (s["Spec"].get("Labels") or {})]
+        return pick_node(self.swarm.ready_nodes(), [node for node in placed if node])
+
+    # services
+
+    def run_service_container(self, *, app: str, phase: str, service: str, definition: str, image: str,
+                              network: str, env: dict[str, str], command: list[str] | None = None,
+                              volume: str | None = None, data_path: str | None = None, memory: str | None = None,
+                              cpus: float | None = None, healthcheck: list[str] | str | None = None,
+                              node: str | None = None) -> str:
+        self.engine.service_labels(app, phase, service)  # refuses unsafe names, as on docker
+        reference = self.swarm.push(image, app, definition[:12])
+        spec = backing_service_spec(self.instance, BackingService(
+            app=app, phase=phase, name=service, definition=definition, image=reference, node=node, env=env,
+            volume=volume, data=data_path, network=network, command=tuple(command) if command else None,
+            healthcheck=tuple(healthcheck) if isinstance(healthcheck, list) else healthcheck, memory=memory,
+            cpus=cpus))
+        self.swarm.apply(spec)
+        return spec["Name"]
+
+    def _backing(self, app: str, phase: str | None = None) -> list[dict]:
+        return self.swarm.services(**self.engine.service_labels(app, phase))
+
+    def service_containers(self, app: str, phase: str | None = None) -> list[ServiceContainer]:
+        return [backing_container(s, self.swarm.tasks(s["Spec"]["Name"])) for s in self._backing(app, phase)]
+
+    def service_state(self, container_id: str) -> ServiceState | None:
+        found = self.swarm.service(container_id)
+        if found is None or self.LABEL_SERVICE not in (found["Spec"].get("Labels") or {}):
+            return None
+        return backing_state(found, self.swarm.tasks(container_id))
+
+    def exec_check(self, container_id: str, command: list[str] | str, timeout: float = 5.0) -> int | None:
+        """Swarm runs the service's health check itself (in its spec): 0 once the task is
+        running, which Swarm allows only after the check passed; None while it is not."""
+        state = self.service_state(container_id)
+        return 0 if state is not None and state.status == "running" else None
+
+    def keep_running(self, container_id: str) -> None:
+        """Nothing to do: a Swarm service restarts its task by its restart policy from the start."""
+
+    def start_service_container(self, container_id: str) -> None:
+        """Nothing to do: Swarm starts a stopped task again by itself (never reported "exited")."""
+
+    def update_service_resources(self, container_id: str, memory: str | None, cpus: float | None) -> None:
+        """New limits: a new task on the same node with the same volume (Swarm cannot resize in place)."""
+        found = self.swarm.service(container_id)
+        if found is None:
+            return
+        spec = found["Spec"]
+        spec["TaskTemplate"]["Resources"] = resources(memory, cpus)
+        self.swarm.apply(spec)
+
+    def remove_service_container(self, container_id: str, timeout: int = 10) -> None:
+        """Stop its task (the stop grace period), then remove the service; its volume stays on its node."""
+        self.swarm.scale_down(container_id)
+        self.swarm.remove(container_id)
+
+    def service_logs(self, container_id: str, tail: int = 20) -> list[str]:
+        """What its tasks went through (where Swarm placed them, why they failed), then their output."""
+        story = [f"task on {t.node or '?'}: {t.state}" + (f" ({t.error or t.message})" if t.error or t.message else "")
+                 for t in self.swarm.tasks(container_id)[:3]]
+        return [*story, *self.swarm.logs(container_id, tail)]
+
+    def volume_sizes(self) -> dict[str, int | None]:
+        """Unknown: the volumes are on the nodes, whose engines the manager does not ask."""
+        return {}
+
+    def remove_services(self, app: str, phase: str) -> list[str]:
+        """Remove the phase's services, empty their volumes (a job on each one's node, once the
+        service stopped), and the network unless the phase's app service still uses it."""
+        names = []
+        for service in self._backing(app, phase):
+            spec = service["Spec"]
+            names.append(spec["Labels"][self.LABEL_SERVICE])
+            self.remove_service_container(spec["Name"])
+            wipe = wipe_spec(spec)
+            if wipe is not None:
+                task = self.swarm.run_job(wipe)
+                if task is None or task.state != "complete":
+                    raise DeployFailed(f"the data of {spec['Name']} was not removed: the job on "
+                                       f"{placed_on(spec) or 'its node'} ended {task.state if task else 'never'}")
+        for network in self.swarm.networks(**self.engine.service_labels(app, phase)):
+            if not self.swarm.remove_network(network):
+                log.info("kept network %s: the %s app service of %s still uses it", network, phase, app)
+        return names

@@ -20,19 +20,22 @@ import requests
 from sqlalchemy import select
 
 from app.actions import current
-from app.adapters.docker import Engine
-from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Rollout, Swarm, Task,
-                                app_service_spec, backing_service_spec, read_tasks, rollout_state, upstreams)
+from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Rollout,
+                                app_service_spec, backing_container, backing_service_spec, backing_state, pick_node,
+                                placed_on, read_tasks, rollout_state, served_routes, upstreams, wipe_spec)
+from app.exceptions import DeployFailed
 from app.context import Context
 from app.deployments import schedule
 from app.jobs import DeployJob as QueuedDeploy
 from app.locks import holder
-from app.models import Deployment, LogLine
+from app import services
+from app.models import Deployment, LogLine, ServiceInstance
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.settings import load_settings
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET
 from tests.support.dockerkit import BUSYBOX, RequestLoop, context_tar, free_port, make_sample_repo
+from workers import follow
 from workers import reconcile as reconcile_job
 from workers.deploy import Rollout as DeployJob
 from tests.support.faults import WorkerProcess, wait_for
@@ -87,15 +90,99 @@ def test_an_app_service_spec_asks_swarm_for_everything_the_profile_says():
 
 
 def test_a_backing_service_is_one_replica_pinned_to_its_node_with_its_volume():
-    spec = backing_service_spec("rp", BackingService(app="shop", phase="demo", name="db", image="rp-db:1",
-                                                     node="node-2", env={"PASSWORD": "x"}, volume="rp-shop-demo-db",
-                                                     data="/var/lib/data", network="rp-shop-demo"))
-    assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
-    assert spec["TaskTemplate"]["Placement"] == {"Constraints": ["node.hostname==node-2"]}
-    assert spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"] == "rp-shop-demo-db"
-    assert spec["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Target"] == "/var/lib/data"
-    assert spec["UpdateConfig"]["Order"] == "stop-first"  # never two tasks on one data directory
-    assert spec["TaskTemplate"]["Networks"] == [{"Target": "rp-shop-demo", "Aliases": ["db"]}]
+    spec = backing_service_spec("rp", BackingService(
+        app="shop", phase="demo", name="db", definition="d" * 64, image="10.0.0.1:5000/rp-shop:dddd@sha256:1",
+        node="node-2", env={"PASSWORD": "x"}, volume="rp-shop.demo.db.data", data="/var/lib/data",
+        network="rp-shop-demo", command=("serve", "--port", "5432"), healthcheck=("pg_isready",),
+        memory="64m", cpus=0.25))
+    labels = {"release-pipeline.instance": "rp", "release-pipeline.service-app": "shop",
+              "release-pipeline.service-phase": "demo", "release-pipeline.service": "db",
+              "release-pipeline.service-definition": "d" * 64}
+    assert spec == {
+        "Name": "rp-shop-demo-db",
+        "Labels": labels,  # a backing service's labels, as on docker: never taken for an app's task
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": "10.0.0.1:5000/rp-shop:dddd@sha256:1", "Labels": labels, "Hostname": "db",
+                "Env": ["PASSWORD=x"], "Init": True, "Args": ["serve", "--port", "5432"],
+                "Mounts": [{"Type": "volume", "Source": "rp-shop.demo.db.data", "Target": "/var/lib/data",
+                            "VolumeOptions": {"Labels": labels}}],
+                "Healthcheck": {"Test": ["CMD", "pg_isready"], "Interval": SECOND, "Timeout": 5 * SECOND,
+                                "Retries": 3},
+            },
+            "Resources": {"Limits": {"MemoryBytes": 64 * 1024 * 1024, "NanoCPUs": 250_000_000}},
+            "Placement": {"Constraints": ["node.hostname==node-2"]},
+            "RestartPolicy": {"Condition": "any", "Delay": SECOND, "MaxAttempts": 0},
+            "Networks": [{"Target": "rp-shop-demo", "Aliases": ["db"]}],
+        },
+        "Mode": {"Replicated": {"Replicas": 1}},
+        "UpdateConfig": {"Parallelism": 1, "Order": "stop-first", "FailureAction": "pause"},  # never two on one volume
+        "EndpointSpec": {"Mode": "dnsrr"},
+    }
+    # a service without data may run anywhere; a shell health check runs in a shell
+    free = backing_service_spec("rp", BackingService(app="shop", phase="demo", name="cache", definition="e" * 64,
+                                                     image="img", node=None, env={}, healthcheck="true"))
+    assert free["TaskTemplate"]["Placement"] == {} and free["TaskTemplate"]["ContainerSpec"]["Mounts"] == []
+    assert free["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"] == ["CMD-SHELL", "true"]
+    assert placed_on({"Spec": spec}) == "node-2" and placed_on({"Spec": free}) is None
+
+
+def test_removing_a_backing_services_data_is_a_job_on_its_node_that_empties_the_volume():
+    spec = backing_service_spec("rp", BackingService(app="shop", phase="demo", name="db", definition="d" * 64,
+                                                     image="img@sha256:1", node="node-2", env={"A": "b"},
+                                                     volume="rp-shop.demo.db.data", data="/data"))
+    wipe = wipe_spec(spec)
+    assert wipe["Name"] == "rp-shop-demo-db-wipe" and wipe["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1,
+                                                                                       "TotalCompletions": 1}}
+    assert wipe["TaskTemplate"]["Placement"] == {"Constraints": ["node.hostname==node-2"]}
+    container = wipe["TaskTemplate"]["ContainerSpec"]
+    assert container["Command"] == [PROBE_TARGET, "find", "/data", "-mindepth", "1", "-maxdepth", "1", "-exec",
+                                    PROBE_TARGET, "rm", "-rf", "{}", "+"]
+    assert container["Mounts"][0]["Source"] == "rp-shop.demo.db.data"
+    assert wipe["TaskTemplate"]["RestartPolicy"] == {"Condition": "none"}
+    cache = backing_service_spec("rp", BackingService(app="shop", phase="demo", name="cache", definition="e" * 64,
+                                                      image="img", node=None, env={}))
+    assert wipe_spec(cache) is None
+
+
+def test_a_new_backing_service_goes_to_the_ready_node_with_the_fewest():
+    assert pick_node({"manager", "worker1"}, []) == "manager"
+    assert pick_node({"manager", "worker1"}, ["manager"]) == "worker1"
+    assert pick_node({"manager"}, ["manager", "manager"]) == "manager"
+    with pytest.raises(DeployFailed, match="no Swarm node is ready"):
+        pick_node(set(), [])
+
+
+def test_a_backing_service_reads_as_a_container_to_the_provisioner():
+    spec = backing_service_spec("rp", BackingService(app="shop", phase="demo", name="db", definition="d" * 64,
+                                                     image="img", node="manager", env={}, memory="64m"))
+    service = {"Spec": spec}
+    starting = read_tasks([_task("1", "n1", state="starting", port=None)], NODES)
+    state = backing_state(service, starting)
+    assert (state.status, state.restarts, state.memory) == ("starting", 0, 64 * 1024 * 1024)
+    crashed = read_tasks([_task("2", "n1", state="starting", port=None),
+                          {**_task("1", "n1", state="failed", port=None, desired="shutdown"),
+                           "Status": {"State": "failed", "ContainerStatus": {"ExitCode": 3}}}], NODES)
+    assert (backing_state(service, crashed).restarts, backing_state(service, crashed).exit_code) == (1, 3)
+    running = read_tasks([_task("1", "n1", port=None)], NODES)
+    assert backing_state(service, running).status == "running"
+    assert backing_container(service, running).id == "rp-shop-demo-db"
+
+
+def test_each_served_phase_routes_to_its_serving_deployments_tasks_on_ready_nodes():
+    def task(id, node, deployment, phase="demo", port=30001):
+        return {**_task(id, node, deployment=deployment, port=port),
+                "Spec": {"ContainerSpec": {"Labels": {"release-pipeline.deployment": deployment,
+                                                      "release-pipeline.app": "shop",
+                                                      "release-pipeline.phase": phase}}}}
+
+    tasks = read_tasks([task("1", "n1", "7"), task("2", "n2", "7", port=30002), task("3", "n2", "8", port=30003),
+                        task("4", "n1", "9", phase="stage", port=30004)], NODES)
+    assert served_routes(tasks, {"manager", "worker1"}, {("shop", "demo"): 7, ("shop", "stage"): 9}) == {
+        ("shop", "demo"): ["10.0.0.10:30001", "10.0.0.11:30002"], ("shop", "stage"): ["10.0.0.10:30004"]}
+    # worker1 drained: only the manager's task is named
+    assert served_routes(tasks, {"manager"}, {("shop", "demo"): 7}) == {("shop", "demo"): ["10.0.0.10:30001"]}
+    assert served_routes(tasks, {"manager"}, {("shop", "prod"): 5}) == {("shop", "prod"): []}
 
 
 def _task(id: str, node: str, state: str = "running", deployment: str = "7", port: int | None = 30001,
@@ -161,50 +248,6 @@ def swarm(instance) -> Iterator[TwoNodeSwarm]:
         cluster.close()
 
 
-def _backing_app(path: Path) -> bytes:
-    """A stateful service: on first start it writes a random id into its data directory,
-    and serves that directory."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "busybox").write_bytes(BUSYBOX.read_bytes())
-    (path / "busybox").chmod(0o755)
-    start = ("[ -f /data/id ] || /bin/busybox head -c 8 /dev/urandom | /bin/busybox md5sum > /data/id; "
-             "exec /bin/busybox httpd -f -p 9000 -h /data")
-    (path / "Dockerfile").write_text(f'FROM scratch\nCOPY busybox /bin/busybox\n'
-                                     f'CMD ["/bin/busybox", "sh", "-c", "{start}"]\n')
-    return context_tar(path)
-
-
-@pytest.mark.slow
-def test_a_backing_service_keeps_its_data_on_its_node(swarm, instance, tmp_path):
-    manager_engine = Engine(base_url=swarm.manager.socket, instance=instance)
-    cluster = Swarm(swarm.manager.socket, instance, swarm.registry)
-    image = manager_engine.build_image(app="shop", tree="d" * 40, sha="c" * 40,
-                                       context_tar=_backing_app(tmp_path / "db"), on_line=lambda line: None)
-    db = backing_service_spec(instance, BackingService(
-        app="shop", phase="demo", name="db", image=cluster.push(image, "shop", "d" * 12), node="manager",
-        env={}, volume=f"{instance}-shop-demo-db", data="/data"))
-    cluster.apply(db)
-
-    def data_id() -> str | None:
-        running = [t for t in cluster.tasks(db["Name"]) if t.state == "running"]
-        return _read_on_node(swarm.manager, running[0]) if running else None
-
-    first = wait_for(data_id, 60, "the backing service's data")
-    db["TaskTemplate"]["ContainerSpec"]["Env"] = ["RESTARTED=1"]  # a changed definition: a new task
-    cluster.apply(db)
-    wait_for(lambda: len(cluster.tasks(db["Name"])) == 2
-             and len([t for t in cluster.tasks(db["Name"]) if t.state == "running"]) == 1, 60,
-             "the backing service's new task")
-    assert wait_for(data_id, 60, "the new task's data") == first
-    assert {t.node for t in cluster.tasks(db["Name"])} == {"manager"}
-    client = swarm.workers[0].client()
-    try:
-        assert f"{instance}-shop-demo-db" not in {v.name for v in client.volumes.list()}
-    finally:
-        client.close()
-    cluster.remove(db["Name"])
-
-
 PIPELINE = """\
 defaults:
   health_timeout: 4
@@ -223,9 +266,11 @@ class SwarmRig:
         self.ctx, self.repo, self.router_port, self.environ = ctx, repo, router_port, environ
         self.clone_url, self.shas, self.ids = "", {}, {}
 
-    def commit(self, version: str, repo_file: str = REPO_FILE[".release-pipeline.yml"], **options) -> None:
+    def commit(self, version: str, repo_file: str = REPO_FILE[".release-pipeline.yml"],
+               files: dict[str, str] | None = None, **options) -> None:
         self.clone_url, self.shas[version] = make_sample_repo(
-            self.repo, version_text=version, extra_files={".release-pipeline.yml": repo_file}, **options)
+            self.repo, version_text=version, extra_files={".release-pipeline.yml": repo_file, **(files or {})},
+            **options)
 
     def schedule(self, version: str, *, trigger: str = "push", source: str | None = None) -> int:
         with self.ctx.db.session() as session:
@@ -269,6 +314,12 @@ class SwarmRig:
     def version(self, session: requests.Session) -> str:
         return self.get(session, "/version").text.strip()
 
+    def upstreams(self) -> list[str]:
+        """The phase URL's upstreams as Caddy holds them now (its admin API)."""
+        route = requests.get(f"{self.ctx.settings.caddy_admin_url}/id/{self.ctx.settings.pipeline_instance}.shop.demo",
+                             timeout=5).json()
+        return sorted(_dials(route))
+
 
 @pytest.fixture
 def rig(swarm, instance, database_url, redis_conn, caddy_server, tmp_path) -> SwarmRig:
@@ -285,18 +336,96 @@ def rig(swarm, instance, database_url, redis_conn, caddy_server, tmp_path) -> Sw
     return SwarmRig(ctx, tmp_path / "repo", router_port, environ)
 
 
+def _backing_app(path: Path) -> bytes:
+    """A stateful service: on first start it writes a random id into its data directory,
+    and serves that directory on port 9000."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "busybox").write_bytes(BUSYBOX.read_bytes())
+    (path / "busybox").chmod(0o755)
+    start = ("[ -f /data/id ] || /bin/busybox head -c 8 /dev/urandom | /bin/busybox md5sum > /data/id; "
+             "exec /bin/busybox httpd -f -p 9000 -h /data")
+    (path / "Dockerfile").write_text(f'FROM scratch\nCOPY busybox /bin/busybox\n'
+                                     f'CMD ["/bin/busybox", "sh", "-c", "{start}"]\n')
+    return context_tar(path)
+
+
+#: The app asks its backing service, by name over the phase's overlay network, for its data.
+CGI_DB = """\
+#!/bin/busybox sh
+echo "Content-Type: text/plain"
+echo ""
+echo "APP_NODE=$APP_NODE"
+echo "DB=$(/bin/busybox wget -q -O - http://db:9000/id | /bin/busybox cut -c1-32)"
+echo "PASSWORD_SET=${DB_PASSWORD:+yes}"
+"""
+
+
+@pytest.mark.slow
+def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
+    """services: on a swarm: the app's tasks on both nodes reach their database by name; the
+    database is one task pinned to the node chosen at its creation (recorded), where its volume
+    lives; its data survives the app's rolling update; removing it empties the volume on its node."""
+    engine = rig.ctx.engine  # the manager's: builds happen there
+    image = engine.build_image(app="shop", tree="d" * 40, sha="c" * 40, context_tar=_backing_app(tmp_path / "db"),
+                               on_line=lambda line: None)
+    repo_file = (REPO_FILE[".release-pipeline.yml"]
+                 + f"services:\n  db:\n    image: {image}\n    port: 9000\n    data: /data\n"
+                   "    healthcheck: [/bin/busybox, wget, -q, -O, /dev/null, 'http://127.0.0.1:9000/id']\n")
+    rig.commit("2.0.0", repo_file=repo_file, files={"www/cgi-bin/db": CGI_DB})
+    first = rig.deploy("2.0.0")
+    assert first.status == "succeeded", rig.lines(first.id)
+    with rig.ctx.db.session() as session:
+        row = session.scalar(select(ServiceInstance).where(ServiceInstance.app_id == first.app_id))
+        node, volume, db_name = row.node, row.volume, row.container_id
+    assert node in {"manager", "worker1"} and volume == f"{rig.ctx.settings.pipeline_instance}-shop.demo.db.data"
+    assert any(line.startswith("service db: starting") and f"on node {node}" in line for line in rig.lines(first.id))
+    db_task = wait_for(lambda: next((t for t in rig.ctx.swarm.tasks(db_name) if t.state == "running"), None), 30,
+                       "the database's task")
+    assert db_task.node == node
+    with requests.Session() as session:
+        answers = [dict(line.split("=", 1) for line in rig.get(session, "/cgi-bin/db").text.splitlines()
+                        if "=" in line) for _ in range(20)]
+    data = answers[0]["DB"]
+    assert len(data) == 32 and {a["DB"] for a in answers} == {data}  # one database for every task
+    assert {a["APP_NODE"] for a in answers} == {"manager", "worker1"}  # reached across the overlay
+    assert {a["PASSWORD_SET"] for a in answers} == {"yes"}  # DB_PASSWORD, as on docker
+
+    # a rolling update of the app: the database is reused untouched, same task, same node, same data
+    rig.commit("2.1.0", repo_file=repo_file, files={"www/cgi-bin/db": CGI_DB})
+    with RequestLoop(lambda session: rig.get(session, "/cgi-bin/db"), keep_alive=False) as loop:
+        second = rig.deploy("2.1.0")
+    assert second.status == "succeeded", rig.lines(second.id)
+    assert any(line.startswith("service db: reusing its running instance") for line in rig.lines(second.id))
+    assert loop.failures == [] and {a.split("DB=")[1].split()[0] for a in loop.answers} == {data}
+    running = [t for t in rig.ctx.swarm.tasks(db_name) if t.state == "running"]
+    assert [t.id for t in running] == [db_task.id] and running[0].node == node
+    with rig.ctx.db.session() as session:
+        assert session.scalar(select(ServiceInstance.node).where(ServiceInstance.app_id == first.app_id)) == node
+
+    # removal (the portal's, after the app service went, as app deletion does): the service, its
+    # data (emptied by a job on its node, where the manager cannot delete the volume) and the network
+    app_service = f"{rig.ctx.settings.pipeline_instance}-shop-demo"
+    rig.ctx.swarm.scale_down(app_service)
+    rig.ctx.swarm.remove(app_service)
+    rig.ctx.router.remove("shop", "demo")
+    assert services.remove(rig.ctx, "shop", first.app_id, "demo") == ["db"]
+    assert rig.ctx.swarm.service(db_name) is None and rig.ctx.swarm.services() == []
+    assert rig.ctx.swarm.networks() == []
+    holder_node = next(n for n in swarm.nodes if n.name == node)
+    client = holder_node.client()
+    try:
+        mountpoint = Path(client.volumes.get(volume).attrs["Mountpoint"])
+    finally:
+        client.close()
+    assert mountpoint.is_dir() and list(mountpoint.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
     from app.doctor import run_checks
 
     checks = {check.name: check for check in run_checks(rig.ctx.settings)}
     assert checks["swarm"].ok and checks["registry"].ok, checks
-    # backing services are not run on a swarm yet: refused before anything is created
-    rig.commit("0.9.0", repo_file=REPO_FILE[".release-pipeline.yml"] + "services: {db: {image: pg, port: 5432}}\n")
-    refused = rig.deploy("0.9.0")
-    assert refused.status == "failed" and "not supported with RUNTIME=swarm" in refused.reason
-    assert rig.ctx.engine.service_containers("shop") == [] and rig.ctx.swarm.services() == []
-
     # replicas: 3 from the profile, spread over both nodes, every one answering at the phase URL
     rig.commit("1.0.0")
     first = rig.deploy("1.0.0")
@@ -369,26 +498,29 @@ def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
     with rig.ctx.db.session() as session:
         back = current(session, first.app_id, "demo")
 
-    # the worker drained, then killed (the last thing this module's swarm does): its tasks move to the manager; reconcile (periodic)
-    # points the phase URL at them, and no request fails
+    # the worker drained, then killed (the last thing this module's swarm does): its tasks move to
+    # the manager, and the scheduler's follow (not reconcile, which never runs here) points the
+    # phase URL at them within seconds; no request fails
     stop = threading.Event()
-
-    def reconciling() -> None:
-        while not stop.is_set():
-            reconcile_job.reconcile(rig.ctx)
-            time.sleep(0.5)
+    follower = threading.Thread(target=follow.loop, args=(Context.from_settings(load_settings(rig.environ)), stop,
+                                                         0.5), daemon=True)
+    worker_address = swarm.workers[0].address
 
     def on_manager_only() -> bool:
         running = [t for t in rig.ctx.swarm.tasks(f"{rig.ctx.settings.pipeline_instance}-shop-demo")
                    if t.state == "running" and t.desired == "running"]
         return len(running) == 3 and {t.node for t in running} == {"manager"}
 
-    follower = threading.Thread(target=reconciling, daemon=True)
+    assert any(dial.startswith(worker_address) for dial in rig.upstreams())  # tasks on both nodes now
     follower.start()
     try:
         with RequestLoop(lambda session: rig.get(session), keep_alive=False) as loop:
             swarm.drain(swarm.workers[0])
             wait_for(on_manager_only, 90, "every task on the manager")
+            dials = wait_for(lambda: (lambda d: d if len(d) == 3 and not any(
+                x.startswith(worker_address) for x in d) else None)(rig.upstreams()), 15,
+                "the route to follow the tasks", details=lambda: str(rig.upstreams()))
+            assert all(dial.startswith(swarm.manager.address) for dial in dials)
             time.sleep(1)
             swarm.kill(swarm.workers[0])
             time.sleep(3)
@@ -401,13 +533,7 @@ def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
         assert current(session, back.app_id, "demo").id == back.id
 
 
-def _read_on_node(node, task: Task) -> str | None:
-    """The backing task's data file, read inside its container on its node."""
-    client = node.client()
-    try:
-        for container in client.containers.list(filters={"label": f"com.docker.swarm.task.id={task.id}"}):
-            result = container.exec_run(["/bin/busybox", "cat", "/data/id"])
-            return result.output.decode().strip() if result.exit_code == 0 else None
-        return None
-    finally:
-        client.close()
+def _dials(value) -> list[str]:
+    if isinstance(value, dict):
+        return [value["dial"]] if "dial" in value else [d for v in value.values() for d in _dials(v)]
+    return [d for v in value for d in _dials(v)] if isinstance(value, list) else []

@@ -11,6 +11,7 @@ requests' exceptions.
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 import re
 import tarfile
@@ -30,6 +31,8 @@ from app.exceptions import BuildFailed, DeployFailed, EngineUnavailable, Invalid
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION  # noqa: F401 (re-exported)
 from app.pipeline import ENV_NAME
 from app.versions import validate_version
+
+log = logging.getLogger(__name__)
 
 LABEL_INSTANCE = "release-pipeline.instance"
 LABEL_TREE = "release-pipeline.tree"
@@ -613,9 +616,10 @@ class Engine:
         self, *, app: str, phase: str, service: str, definition: str, image: str, network: str,
         env: dict[str, str], command: list[str] | None = None, volume: str | None = None,
         data_path: str | None = None, memory: str | None = None, cpus: float | None = None,
-        healthcheck: list[str] | str | None = None,
+        healthcheck: list[str] | str | None = None, node: str | None = None,
     ) -> str:
         """Create and start a service container on `network` (alias: the service name); its id.
+        (`node` is always None here: `volume_node`.)
 
         Not published on the host: only containers on the phase network reach it. It starts
         without a restart policy, so an exit while starting shows its real exit code; call
@@ -654,6 +658,25 @@ class Engine:
                 api.remove_container(created["Id"], force=True, v=True)
             raise DeployFailed(f"cannot start service container {name}: {_first_line(_explanation(exc))}") from None
         return created["Id"]
+
+    def volume_node(self, known: str | None) -> None:
+        """Where a service's data lives: one engine, no choice (a swarm pins it to a node)."""
+        return None
+
+    def remove_services(self, app: str, phase: str) -> list[str]:
+        """Delete the phase's service containers, data volumes and network; the service names.
+        The network stays while the phase's app container is attached: taking it away would
+        re-publish that container on another host port behind the router's back."""
+        names = []
+        for container in self.service_containers(app, phase):
+            names.append(container.labels.get(self.LABEL_SERVICE, ""))
+            self.remove_service_container(container.id, timeout=1)
+        for volume in self.service_volumes(app, phase):
+            self.remove_volume(volume)
+        for network in self.service_networks(app, phase):
+            if not self.remove_network(network):
+                log.info("kept network %s: the %s app container of %s still uses it", network, phase, app)
+        return names
 
     def service_containers(self, app: str, phase: str | None = None) -> list[ServiceContainer]:
         """This app's service containers (of one phase)."""

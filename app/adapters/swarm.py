@@ -27,12 +27,10 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_bytes
 
-from app.adapters.docker import LABEL_INSTANCE, _unsafe
+from app.adapters.docker import LABEL_INSTANCE, Engine, ServiceContainer, ServiceState, _unsafe
 from app.exceptions import DeployFailed, EngineUnavailable
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION
 
-#: Which node a backing service (and so its volume) lives on.
-LABEL_SERVICE = "release-pipeline.service"
 #: The node's own busybox-static, mounted read-only into every task: the health probe runs
 #: inside the task, and an app image need not ship an HTTP client.
 PROBE_SOURCE = "/bin/busybox"
@@ -85,7 +83,7 @@ def monitor_seconds(health_timeout: float) -> float:
     return health_timeout + HEALTH_RETRIES * HEALTH_INTERVAL + 5
 
 
-def _resources(memory: str | None, cpus: float | None) -> dict:
+def resources(memory: str | None, cpus: float | None) -> dict:
     limits: dict = {}
     if memory:
         limits["MemoryBytes"] = parse_bytes(memory)
@@ -118,7 +116,7 @@ def app_service_spec(instance: str, svc: AppService) -> dict:
                                 "Retries": HEALTH_RETRIES, "StartPeriod": round(svc.health_timeout * SECOND)},
                 "Mounts": [{"Type": "bind", "Source": PROBE_SOURCE, "Target": PROBE_TARGET, "ReadOnly": True}],
             },
-            "Resources": _resources(svc.memory, svc.cpus),
+            "Resources": resources(svc.memory, svc.cpus),
             "RestartPolicy": {"Condition": "any", "Delay": SECOND, "MaxAttempts": 0},
             "Networks": [{"Target": network} for network in svc.networks],
         },
@@ -133,39 +131,139 @@ def app_service_spec(instance: str, svc: AppService) -> dict:
 
 @dataclass(frozen=True)
 class BackingService:
+    """One backing service of an app+phase (app.services decides what it is made of)."""
+
     app: str
     phase: str
     name: str
-    image: str
-    node: str  # hostname of the node it is pinned to, with its volume
+    definition: str  # its definition hash (app.services.definition_hash)
+    image: str  # a registry reference every node can pull
+    #: Hostname of the node it is pinned to, where its volume lives; None: anywhere (no data).
+    node: str | None
     env: dict[str, str] = field(hash=False)
     volume: str | None = None
     data: str | None = None  # where the volume is mounted in the task
     network: str | None = None
+    command: tuple[str, ...] | None = None
+    healthcheck: tuple[str, ...] | str | None = None
+    memory: str | None = None
+    cpus: float | None = None
+
+
+def backing_labels(instance: str, app: str, phase: str | None = None, service: str | None = None,
+                   definition: str | None = None) -> dict[str, str]:
+    """The same labels a backing service's container has on docker (never LABEL_APP/LABEL_PHASE:
+    nothing that handles an app's instances may take a database for one)."""
+    labels = {LABEL_INSTANCE: instance, Engine.LABEL_SERVICE_APP: app, Engine.LABEL_SERVICE_PHASE: phase,
+              Engine.LABEL_SERVICE: service, Engine.LABEL_SERVICE_DEFINITION: definition}
+    return {key: value for key, value in labels.items() if value is not None}
+
+
+def backing_service_name(instance: str, app: str, phase: str, name: str) -> str:
+    return f"{service_name(instance, app, phase)}-{name}"
+
+
+def _health_test(check: tuple[str, ...] | list[str] | str) -> list[str]:
+    return ["CMD-SHELL", check] if isinstance(check, str) else ["CMD", *check]
 
 
 def backing_service_spec(instance: str, backing: BackingService) -> dict:
-    """One replica pinned to one node, so its named volume (local to that node) stays its own."""
-    labels = {LABEL_INSTANCE: instance, LABEL_APP: backing.app, LABEL_PHASE: backing.phase,
-              LABEL_SERVICE: backing.name}
+    """One replica, pinned to one node when it has data, so its named volume (local to that
+    node) stays its own; on the phase's overlay network under its own name. Swarm runs its
+    health check and calls the task running only once it passes."""
+    labels = backing_labels(instance, backing.app, backing.phase, backing.name, backing.definition)
     mounts = ([{"Type": "volume", "Source": backing.volume, "Target": backing.data,
                 "VolumeOptions": {"Labels": labels}}] if backing.volume and backing.data else [])
+    container = {"Image": backing.image, "Labels": labels, "Hostname": backing.name,
+                 "Env": [f"{k}={v}" for k, v in sorted(backing.env.items())], "Init": True, "Mounts": mounts}
+    if backing.command:
+        container["Args"] = list(backing.command)
+    if backing.healthcheck:
+        container["Healthcheck"] = {"Test": _health_test(backing.healthcheck), "Interval": HEALTH_INTERVAL * SECOND,
+                                    "Timeout": 5 * SECOND, "Retries": HEALTH_RETRIES}
     return {
-        "Name": f"{service_name(instance, backing.app, backing.phase)}-{backing.name}",
+        "Name": backing_service_name(instance, backing.app, backing.phase, backing.name),
         "Labels": labels,
         "TaskTemplate": {
-            "ContainerSpec": {"Image": backing.image, "Labels": labels, "Hostname": backing.name,
-                              "Env": [f"{k}={v}" for k, v in sorted(backing.env.items())], "Init": True,
-                              "Mounts": mounts},
-            "Placement": {"Constraints": [f"node.hostname=={backing.node}"]},
-            # Stop the old task before the new one starts: two must never share the data.
+            "ContainerSpec": container,
+            "Resources": resources(backing.memory, backing.cpus),
+            "Placement": {"Constraints": [f"node.hostname=={backing.node}"]} if backing.node else {},
             "RestartPolicy": {"Condition": "any", "Delay": SECOND, "MaxAttempts": 0},
             "Networks": [{"Target": backing.network, "Aliases": [backing.name]}] if backing.network else [],
         },
         "Mode": {"Replicated": {"Replicas": 1}},
+        # Stop the old task before the new one starts: two must never share the data.
         "UpdateConfig": {"Parallelism": 1, "Order": "stop-first", "FailureAction": "pause"},
         "EndpointSpec": {"Mode": "dnsrr"},
     }
+
+
+def wipe_spec(service: dict) -> dict | None:
+    """A one-off job on the backing service's node that empties its volume (what removing
+    its data means on a swarm: the manager cannot delete another node's volume), run with the
+    node's busybox; None when the service has no volume."""
+    template = service["TaskTemplate"]
+    container = template["ContainerSpec"]
+    volumes = [m for m in container.get("Mounts") or [] if m.get("Type") == "volume"]
+    if not volumes:
+        return None
+    data = volumes[0]["Target"]
+    return {
+        "Name": f"{service['Name']}-wipe",
+        "Labels": service["Labels"],
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": container["Image"], "Labels": service["Labels"], "Init": True,
+                "Command": [PROBE_TARGET, "find", data, "-mindepth", "1", "-maxdepth", "1", "-exec", PROBE_TARGET,
+                            "rm", "-rf", "{}", "+"],
+                "Mounts": [*volumes, {"Type": "bind", "Source": PROBE_SOURCE, "Target": PROBE_TARGET,
+                                      "ReadOnly": True}],
+            },
+            "Placement": template.get("Placement") or {},
+            "RestartPolicy": {"Condition": "none"},
+        },
+        "Mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
+    }
+
+
+def pick_node(ready: set[str], placed: list[str]) -> str:
+    """Where a new backing service with data goes: the ready node with the fewest of ours
+    (then by name). Chosen once: the volume then lives there."""
+    if not ready:
+        raise DeployFailed("no Swarm node is ready to run a backing service")
+    return min(sorted(ready), key=placed.count)
+
+
+def placed_on(service: dict) -> str | None:
+    """The node a backing service is pinned to, from its placement constraint."""
+    for constraint in ((service.get("Spec") or service).get("TaskTemplate", {}).get("Placement") or {}).get(
+            "Constraints") or []:
+        if constraint.startswith("node.hostname=="):
+            return constraint.removeprefix("node.hostname==")
+    return None
+
+
+def backing_state(service: dict, tasks: list[Task]) -> ServiceState:
+    """A backing service as app.services reads a container: the state of its current task
+    ("running" only once Swarm's health check passed), restarts as the tasks that failed."""
+    spec = service["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    limits = (spec["TaskTemplate"].get("Resources") or {}).get("Limits") or {}
+    current = next((t for t in tasks if t.desired == "running"), None)
+    failed = [t for t in tasks if t.state in ("failed", "rejected")]
+    status = "running" if current is not None and current.state == "running" else "starting"
+    return ServiceState(status=status, exit_code=failed[0].exit_code if failed else None,
+                        memory=limits.get("MemoryBytes") or None,
+                        cpus=limits["NanoCPUs"] / SECOND if limits.get("NanoCPUs") else None,
+                        restarts=len(failed), health=None, image_id=container.get("Image"),
+                        labels=dict(spec.get("Labels") or {}), has_image_healthcheck=False)
+
+
+def backing_container(service: dict, tasks: list[Task]) -> ServiceContainer:
+    """A backing service as app.services lists a container; its id is the service's name."""
+    state = backing_state(service, tasks)
+    return ServiceContainer(id=service["Spec"]["Name"], name=service["Spec"]["Name"], labels=state.labels,
+                            state=state.status, health=None, image_id=state.image_id)
 
 
 # -- reading what the manager reports (pure) -------------------------------------------------------
@@ -186,6 +284,9 @@ class Task:
     container_id: str = ""
     slot: int = 0
     version: str | None = None
+    #: The app and phase of an app service's task (None for a backing service's).
+    app: str | None = None
+    phase: str | None = None
 
     @property
     def endpoint(self) -> str | None:
@@ -208,8 +309,15 @@ def read_tasks(tasks: list[dict], nodes: list[dict]) -> list[Task]:
             published_port=next((p.get("PublishedPort") for p in ports if p.get("PublishedPort")), None),
             error=status.get("Err") or "", message=status.get("Message") or "", exit_code=(status.get("ContainerStatus") or {}).get("ExitCode"),
             container_id=(status.get("ContainerStatus") or {}).get("ContainerID") or "",
-            slot=task.get("Slot") or 0, version=labels.get(LABEL_VERSION)))
+            slot=task.get("Slot") or 0, version=labels.get(LABEL_VERSION), app=labels.get(LABEL_APP),
+            phase=labels.get(LABEL_PHASE)))
     return out
+
+
+def ready(nodes: list[dict]) -> set[str]:
+    """The nodes that run tasks: up, and not drained or paused."""
+    return {n["Description"]["Hostname"] for n in nodes
+            if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active"}
 
 
 def upstreams(tasks: list[Task], ready_nodes: set[str]) -> list[str]:
@@ -217,6 +325,15 @@ def upstreams(tasks: list[Task], ready_nodes: set[str]) -> list[str]:
     running, on a node the manager sees ready, sorted so an unchanged set is an unchanged route."""
     return sorted({t.endpoint for t in tasks if t.state == "running" and t.desired == "running"
                    and t.node in ready_nodes and t.endpoint})
+
+
+def served_routes(tasks: list[Task], ready_nodes: set[str],
+                  serving: dict[tuple[str, str], int]) -> dict[tuple[str, str], list[str]]:
+    """For each (app, phase) and the deployment our history says serves it, the upstreams of
+    that deployment's tasks now (empty: none runs anywhere yet, leave the route as it is)."""
+    return {(app, phase): upstreams([t for t in tasks if (t.app, t.phase) == (app, phase)
+                                     and t.deployment == str(deployment)], ready_nodes)
+            for (app, phase), deployment in serving.items()}
 
 
 class Rollout(str, Enum):
@@ -386,6 +503,71 @@ class Swarm:
             except (DockerException, requests.RequestException) as exc:
                 raise _translated(f"cannot remove service {name}", exc) from None
 
+    def scale_down(self, name: str, timeout: float = 60) -> None:
+        """Stop every task of a service (0 replicas) and wait until none may still run, so its
+        containers are gone before anything else uses its volume or network; the service stays
+        (a removed service's tasks vanish from the manager before their containers stop)."""
+        current = self.service(name)
+        if current is None:
+            return
+        spec = current["Spec"]
+        if spec.get("Mode", {}).get("Replicated", {}).get("Replicas") != 0:
+            spec["Mode"] = {"Replicated": {"Replicas": 0}}
+            self._call(f"cannot stop service {name}", self.api.update_service, current["ID"],
+                       current["Version"]["Index"], **_spec_kwargs(spec))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not [t for t in self.tasks(name) if t.state in ("preparing", "ready", "starting", "running")]:
+                return
+            time.sleep(0.2)
+
+    def run_job(self, spec: dict, timeout: float = 120) -> Task | None:
+        """Run a one-off job service to its end and remove it; its last task (None: none ran)."""
+        self.remove(spec["Name"])
+        self._call(f"cannot create job {spec['Name']}", self.api.create_service, **_spec_kwargs(spec))
+        deadline, last = time.monotonic() + timeout, None
+        try:
+            while time.monotonic() < deadline:
+                tasks = self.tasks(spec["Name"])
+                last = tasks[0] if tasks else None
+                if last is not None and last.state in ENDED:
+                    return last
+                time.sleep(0.2)
+            return last
+        finally:
+            self.remove(spec["Name"])
+
+    # networks
+
+    def ensure_network(self, name: str, labels: dict[str, str]) -> str:
+        """An attachable overlay network of ours (services and one-off containers join it)."""
+        for network in self._call("cannot list networks", self.api.networks, names=[name]):
+            if network["Name"] == name:
+                if (network.get("Labels") or {}).get(LABEL_INSTANCE) != self.instance:
+                    raise DeployFailed(f"network {name} exists but is not one of installation {self.instance}'s")
+                return name
+        self._call(f"cannot create network {name}", self.api.create_network, name, driver="overlay",
+                   attachable=True, labels=labels)
+        return name
+
+    def networks(self, **labels: str) -> list[str]:
+        filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", *(f"{k}={v}" for k, v in labels.items())]}
+        return sorted(n["Name"] for n in self._call("cannot list networks", self.api.networks, filters=filters))
+
+    def remove_network(self, name: str) -> bool:
+        """Remove one of our networks; False when a service or container still uses it."""
+        try:
+            self.api.remove_network(name)
+        except NotFound:
+            return True
+        except APIError as exc:
+            if exc.response is not None and exc.response.status_code in (403, 409):  # still in use
+                return False
+            raise _translated(f"cannot remove network {name}", exc) from None
+        except (DockerException, requests.RequestException) as exc:
+            raise _translated(f"cannot remove network {name}", exc) from None
+        return True
+
     def services(self, **labels: str) -> list[dict]:
         filters = {"label": [f"{LABEL_INSTANCE}={self.instance}", *(f"{k}={v}" for k, v in labels.items())]}
         return self._call("cannot list services", self.api.services, filters=filters)
@@ -395,9 +577,18 @@ class Swarm:
         return read_tasks(tasks, self._call("cannot list the nodes", self.api.nodes))
 
     def ready_nodes(self) -> set[str]:
+        return ready(self._call("cannot list the nodes", self.api.nodes))
+
+    def app_tasks(self) -> tuple[list[Task], set[str]]:
+        """Every task of this installation's app services meant to run, and the ready nodes:
+        three calls to the manager, whatever the number of phases (the router's follow)."""
+        names = [s["Spec"]["Name"] for s in self.services()
+                 if Engine.LABEL_SERVICE_APP not in (s["Spec"].get("Labels") or {})]
         nodes = self._call("cannot list the nodes", self.api.nodes)
-        return {n["Description"]["Hostname"] for n in nodes
-                if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active"}
+        if not names:
+            return [], ready(nodes)
+        tasks = self._call("cannot list tasks", self.api.tasks, filters={"service": names, "desired-state": "running"})
+        return read_tasks(tasks, nodes), ready(nodes)
 
     def endpoints(self, name: str) -> list[str]:
         return upstreams(self.tasks(name), self.ready_nodes())

@@ -128,6 +128,7 @@ def document(server_url: str, phases: list[str]) -> dict:
             "volume": nullable_str, "data_path": nullable_str,
             "volume_size": {"type": ["integer", "null"], "description": "Bytes; null when unknown"},
             "volume_size_label": {"type": "string"}, "network": nullable_str,
+            "node": {"type": ["string", "null"], "description": "The Swarm node its data lives on (RUNTIME=swarm)"},
             "exports": {"type": "array", "items": {"type": "string"},
                         "description": "Names of the variables the app receives (values never shown)"},
             "password_secret": {"type": "string", "description": "The phase secret holding the password"},

@@ -465,9 +465,9 @@ def _remove_app_objects(ctx, app_name: str, app_id: int, phases: list[str]) -> d
     from app.models import PhaseSlots, ServiceInstance
 
     engine = ctx.engine
-    containers = engine.list_containers(app=app_name)
+    containers = ctx.runtime.instances(app_name)  # containers, or Swarm tasks (their services go)
     for container in containers:
-        engine.stop_and_remove(container.id, timeout=2)
+        ctx.runtime.remove(container)
     with ctx.db.session() as session:
         service_images = {i for i in session.scalars(select(ServiceInstance.image_id).where(
             ServiceInstance.app_id == app_id)).all() if i}

@@ -115,6 +115,8 @@ def write_sample_app(
         target = path / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
+        if target.parent == path / "www" / "cgi-bin":
+            target.chmod(0o755)  # busybox httpd runs only executable scripts
     return path
 
 
@@ -198,6 +200,19 @@ def require_caddy() -> None:
     if shutil.which("caddy") is None:
         missing(Part.CADDY, "caddy is not installed")
     used(Part.CADDY, first_line(["caddy", "version"]).split()[0])
+
+
+def engine_answers(base_url: str, timeout: int = 2) -> bool:
+    """Whether the Docker engine at `base_url` answers a ping (a private engine starting or
+    stopped answers nothing, or refuses: False)."""
+    try:
+        client = docker.DockerClient(base_url=base_url, timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
 
 
 def remove_instance_objects(instance: str) -> None:

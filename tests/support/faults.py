@@ -23,7 +23,7 @@ import requests
 from redis import Redis
 
 from app.settings import PROJECT_ROOT, Settings
-from tests.support.dockerkit import free_port
+from tests.support.dockerkit import engine_answers, free_port
 
 
 def wait_for(condition, timeout: float, what: str, *, pause: float = 0.05, details=lambda: ""):
@@ -307,16 +307,7 @@ class PrivateDocker:
         wait_for(answers, timeout, "the private dockerd", pause=0.1)
 
     def ping(self) -> bool:
-        import docker
-
-        try:
-            client = docker.DockerClient(base_url=self.host, timeout=2)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except Exception:
-            return False
+        return engine_answers(self.host)
 
     def stop(self) -> None:
         """A graceful engine stop, as `systemctl restart docker` does: containers are stopped

@@ -31,6 +31,7 @@ from pathlib import Path
 import docker
 
 from app.local_registry import registry_argv, write_registry_config
+from tests.support.dockerkit import engine_answers
 from tests.support.faults import descendants, wait_for
 
 REGISTRY_PORT = 5000
@@ -211,14 +212,7 @@ class TwoNodeSwarm:
     def _answers(self, node: Node) -> bool:
         if node.process.poll() is not None:
             raise RuntimeError(f"dockerd of {node.name} exited with {node.process.returncode}:\n{self.log_tail(node)}")
-        try:
-            client = node.client(timeout=2)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except Exception:
-            return False
+        return engine_answers(node.socket)
 
     def _form_swarm(self) -> None:
         manager = self.manager.client()
