@@ -188,8 +188,9 @@ class SwarmRuntime:
             serving = current(session, app.id, instance.phase) if app is not None and app.active else None
             serving_id = str(serving.id) if serving is not None else None
         if serving_id is None:
-            self.swarm.remove(name)
             self.router.remove(instance.app, instance.phase)
+            self.swarm.scale_down(name)  # its tasks gone first: the phase's network can then go too
+            self.swarm.remove(name)
             return
         if _deployment_of(service.get("Spec")) == serving_id:
             return  # an old task Swarm is replacing anyway
