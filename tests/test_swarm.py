@@ -28,7 +28,7 @@ from app.context import Context
 from app.deployments import schedule
 from app.jobs import DeployJob as QueuedDeploy
 from app.locks import holder
-from app import services
+from app.portal import changes
 from app.models import Deployment, LogLine, ServiceInstance
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
@@ -402,15 +402,12 @@ def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
     with rig.ctx.db.session() as session:
         assert session.scalar(select(ServiceInstance.node).where(ServiceInstance.app_id == first.app_id)) == node
 
-    # removal (the portal's, after the app service went, as app deletion does): the service, its
-    # data (emptied by a job on its node, where the manager cannot delete the volume) and the network
-    app_service = f"{rig.ctx.settings.pipeline_instance}-shop-demo"
-    rig.ctx.swarm.scale_down(app_service)
-    rig.ctx.swarm.remove(app_service)
-    rig.ctx.router.remove("shop", "demo")
-    assert services.remove(rig.ctx, "shop", first.app_id, "demo") == ["db"]
-    assert rig.ctx.swarm.service(db_name) is None and rig.ctx.swarm.services() == []
-    assert rig.ctx.swarm.networks() == []
+    # the app deleted: its Swarm service and route, its backing service, the service's data
+    # (emptied by a job on its node, where the manager cannot delete the volume), the network
+    removed = changes.delete_app(rig.ctx, "shop", confirm="shop", actor="dora", role_of=lambda app: "admin")
+    assert removed["services"] == {"demo": ["db"]}
+    assert rig.ctx.swarm.services() == [] and rig.ctx.swarm.networks() == []
+    assert ("shop", "demo") not in rig.ctx.router.routes()
     holder_node = next(n for n in swarm.nodes if n.name == node)
     client = holder_node.client()
     try:
