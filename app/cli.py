@@ -21,6 +21,8 @@ from app.settings import PROJECT_ROOT, load_settings
 
 #: What `up` (and the Procfile's `worker:`) serve besides the notifier's own worker.
 WORK_QUEUES = "deploys,commands,reports"
+#: The intake drainer runs behind the web server for the CPU (`nice`: 0 is the default, 19 the lowest).
+DRAINER_NICENESS = 10
 
 
 def _context(process: str | None = None, *, secret_key: bool = False, schema: bool = False):
@@ -170,6 +172,9 @@ def intake() -> None:
     ctx = _context(schema=True)
     _prepare_metrics_dir()
     _logging(ctx)
+    # Recording can wait, the webhook's answer cannot: when the cores are busy (a burst is when
+    # the drainer has most to do), the web server's processes go first.
+    os.nice(DRAINER_NICENESS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
