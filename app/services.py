@@ -278,7 +278,7 @@ class _Provisioner:
         elif row is not None and row.pending_hash and row.definition_hash == wanted_hash:
             self.say(f"service {name}: the pending definition change was withdrawn; nothing to apply")
         volume = (self.host.ensure_volume(volume_name(self.host.instance, self.app_name, self.phase, name),
-                                            app=self.app_name, phase=self.phase, service=name)
+                                          app=self.app_name, phase=self.phase, service=name)
                   if target.data else None)
         # Where its data lives, once and for good (a swarm's node; None on one engine).
         node = self.host.volume_node(row.node if row is not None else None) if volume else None
