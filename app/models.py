@@ -167,8 +167,10 @@ class Deployment(Base):
     """One attempt to put a version on a phase, with everything needed to explain or repeat it."""
 
     __tablename__ = "deployments"
-    #: The newest of each kind per phase (apps list, board, `current`) straight from the index.
-    __table_args__ = (Index("ix_deployments_app_phase_status", "app_id", "phase", "status", "id"),)
+    #: The newest of each kind per phase (apps list, board, `current`), and what is unfinished
+    #: (a queued deployment's place in the queue), straight from an index.
+    __table_args__ = (Index("ix_deployments_app_phase_status", "app_id", "phase", "status", "id"),
+                      Index("ix_deployments_status", "status", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
