@@ -223,6 +223,11 @@ class DockerRuntime:
     def remove(self, instance: Instance) -> None:
         self.engine.stop_and_remove(instance.id, timeout=QUICK_STOP)
 
+    def output_source(self, target: PhaseRef, deployment_id: int, container_id: str | None) -> tuple[str | None, bool]:
+        container = next((c for c in self.engine.list_containers(app=target.app, phase=target.phase)
+                          if c.id == container_id or c.labels.get(LABEL_DEPLOYMENT) == str(deployment_id)), None)
+        return (container.id, container.status == "running") if container is not None else (None, False)
+
     def restore_route(self, target: PhaseRef, serving: Sequence[Instance]) -> bool:
         with self.db.session() as session:
             slots = find_slots(session, target.app_id, target.phase)

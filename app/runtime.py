@@ -214,3 +214,8 @@ class Runtime(Protocol):
     def restore_route(self, target: PhaseRef, serving: Sequence[Instance]) -> bool:
         """Make the router send `target`'s requests to `serving` (after a router restart, or a
         worker killed between its switch and its record); True if anything changed."""
+
+    def output_source(self, target: PhaseRef, deployment_id: int, container_id: str | None) -> tuple[str | None, bool]:
+        """What `services.output` reads the output of the deployment serving `target` by (its
+        container; its Swarm service, every task on every node), or None when nothing of it is
+        left; and whether it runs. `container_id` is what the deployment recorded."""

@@ -197,6 +197,12 @@ class SwarmRuntime:
         if _deployment_of(service.get("PreviousSpec")) == serving_id:
             self.swarm.apply(service["PreviousSpec"])  # a rolling update back; reconcile also re-routes
 
+    def output_source(self, target: PhaseRef, deployment_id: int, container_id: str | None) -> tuple[str | None, bool]:
+        name = self._name(target)
+        if self.swarm.service(name) is None:
+            return None, False
+        return name, any(t.state == "running" and t.deployment == str(deployment_id) for t in self._tasks(name))
+
     def restore_route(self, target: PhaseRef, serving: Sequence[Instance]) -> bool:
         """The router onto the serving deployment's running tasks, wherever Swarm runs them now
         (reconcile calls it: after a drain or a lost node, tasks come back on other nodes)."""
@@ -339,6 +345,9 @@ class SwarmServices:
         story = [f"task on {t.node or '?'}: {t.state}" + (f" ({t.error or t.message})" if t.error or t.message else "")
                  for t in self.swarm.tasks(container_id)[:3]]
         return [*story, *self.swarm.logs(container_id, tail)]
+
+    def output(self, container_id: str, *, tail: int = 100, since: float | None = None) -> list[tuple[float, str]]:
+        return self.swarm.output(container_id, tail=tail, since=since)
 
     def volume_sizes(self) -> dict[str, int | None]:
         """Unknown: the volumes are on the nodes, whose engines the manager does not ask."""

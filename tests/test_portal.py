@@ -705,17 +705,6 @@ def test_live_pages_get_a_new_state_when_what_they_show_changes(admin, pctx, mon
     assert before["/"] != after["/"] and before["/apps/shop"] == after["/apps/shop"]
 
 
-def test_runtime_logs_with_the_swarm_runtime_say_where_to_read_them(build):
-    ctx, flask_app = build(ADMIN_TOKEN=ADMIN_TOKEN, RUNTIME="swarm", REGISTRY_URL="127.0.0.1:5000", ROUTER="caddy")
-    add_app(ctx)
-    client = flask_app.test_client()
-    sign_in(client)
-    page = client.get("/apps/shop/phases/demo/logs").text
-    assert "read them with `docker service logs` on a manager" in page.replace("&#96;", "`")
-    api = client.get("/api/v1/apps/shop/phases/demo/logs")
-    assert api.status_code == 503 and "RUNTIME=swarm" in api.get_json()["reason"]
-
-
 def test_with_every_held_stream_taken_a_live_page_gets_one_answer_and_comes_back(admin, pctx, engine, monkeypatch):
     """Open streams hold server threads: beyond HELD_STREAMS, the answer is immediate, so the
     webhook and other pages always find a free thread."""

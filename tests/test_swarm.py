@@ -28,8 +28,8 @@ from app.context import Context
 from app.deployments import schedule
 from app.jobs import DeployJob as QueuedDeploy
 from app.locks import holder
-from app.portal import changes
-from app.models import Deployment, LogLine, ServiceInstance
+from app.portal import changes, runtime_logs
+from app.models import App, Deployment, LogLine, ServiceInstance
 from app.plans import Deploy, Repo
 from app.registry import ensure_app
 from app.settings import load_settings
@@ -357,6 +357,7 @@ echo ""
 echo "APP_NODE=$APP_NODE"
 echo "DB=$(/bin/busybox wget -q -O - http://db:9000/id | /bin/busybox cut -c1-32)"
 echo "PASSWORD_SET=${DB_PASSWORD:+yes}"
+echo "db asked on $APP_NODE" >&2
 """
 
 
@@ -389,6 +390,15 @@ def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
     assert len(data) == 32 and {a["DB"] for a in answers} == {data}  # one database for every task
     assert {a["APP_NODE"] for a in answers} == {"manager", "worker1"}  # reached across the overlay
     assert {a["PASSWORD_SET"] for a in answers} == {"yes"}  # DB_PASSWORD, as on docker
+    # runtime logs read every node's tasks through the manager (the app's CGI writes to stderr)
+    with rig.ctx.db.session() as session:
+        found = runtime_logs.sources(rig.ctx, session, session.get(App, first.app_id), "demo")
+    assert [(source.key, source.running) for source in found.items] == [("app", True), ("db", True)]
+    shown = wait_for(lambda: (lambda doc: doc if {"db asked on manager", "db asked on worker1"} <= {
+        line["text"] for line in doc["sources"][0]["lines"]} else None)(runtime_logs.document(rig.ctx, found, 200)),
+        30, "both nodes' output")
+    moments = [line["at"] for line in shown["sources"][0]["lines"]]
+    assert moments == sorted(moments)
 
     # a rolling update of the app: the database is reused untouched, same task, same node, same data
     rig.commit("2.1.0", repo_file=repo_file, files={"www/cgi-bin/db": CGI_DB})

@@ -421,14 +421,7 @@ class Engine:
             return []
         except (DockerException, requests.ConnectionError) as exc:
             raise EngineUnavailable(f"the Docker engine cannot be asked: {exc}") from None
-        lines = []
-        for line in raw.decode("utf-8", errors="replace").splitlines():
-            stamp, _, text = line.partition(" ")
-            moment = _log_time(stamp)
-            if moment is None or (since is not None and moment <= since):
-                continue
-            lines.append((moment, text))
-        return lines
+        return timestamped_lines(raw, since)
 
     def has_crashed(self, container_id: str) -> bool:
         """Whether the container is gone, stopped, or was restarted (its restart policy hides a
@@ -849,6 +842,18 @@ class Engine:
         except NotFound:
             return []
         return output.decode("utf-8", errors="replace").splitlines()
+
+
+def timestamped_lines(raw: bytes, since: float | None) -> list[tuple[float, str]]:
+    """Docker's `timestamps=True` log output (a container's or a Swarm service's) as (unix
+    time, text), only the lines after `since` when given."""
+    lines = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        stamp, _, text = line.partition(" ")
+        moment = _log_time(stamp)
+        if moment is not None and (since is None or moment > since):
+            lines.append((moment, text))
+    return lines
 
 
 def _log_time(stamp: str) -> float | None:

@@ -27,7 +27,7 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_bytes
 
-from app.adapters.docker import LABEL_INSTANCE, Engine, ServiceContainer, ServiceState, _unsafe
+from app.adapters.docker import LABEL_INSTANCE, Engine, ServiceContainer, ServiceState, _unsafe, timestamped_lines
 from app.exceptions import DeployFailed, EngineUnavailable
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION
 
@@ -638,6 +638,19 @@ class Swarm:
         except (DockerException, requests.RequestException):
             return []
         return text.splitlines()[-tail:]
+
+    def output(self, name: str, *, tail: int = 100, since: float | None = None) -> list[tuple[float, str]]:
+        """What the service's tasks wrote, on every node (the manager collects it), as the
+        Engine's `output` gives a container's: the last `tail` lines, oldest first, (unix time,
+        text), only those after `since`; [] when the service is gone."""
+        try:
+            raw = b"".join(self.api.service_logs(name, stdout=True, stderr=True, timestamps=True, tail=tail,
+                                                 since=since, follow=False))
+        except NotFound:
+            return []
+        except (DockerException, requests.RequestException) as exc:
+            raise EngineUnavailable(f"the Swarm manager cannot be asked: {exc}") from None
+        return sorted(timestamped_lines(raw, since))[-tail:]
 
     def evidence(self, name: str, followed: Followed) -> dict:
         """Why this deployment's tasks failed, as the manager reported it, and their output."""

@@ -1,7 +1,8 @@
 """A running phase's own output: its app container and backing services, last lines and a live tail.
 
-Read through the Docker adapter's `output` (one call per container), for the portal's logs page
-and the API alike. Every value that is a secret of the phase (its profile's secrets, the
+Read through the runtime (`output_source`, then its services host's `output`: one call per
+container, or per Swarm service for every node's tasks), for the portal's logs page and the API
+alike. Every value that is a secret of the phase (its profile's secrets, the
 passwords of its services, as in effect now and as the serving deployment runs them) is masked
 with `crypto.mask` before a line leaves this module.
 """
@@ -16,13 +17,12 @@ from datetime import datetime, timezone
 from flask import Response, request
 
 from app.actions import current
-from app.adapters.docker import LABEL_DEPLOYMENT
 from app.crypto import mask
-from app.exceptions import DeployFailed, EngineUnavailable
+from app.exceptions import EngineUnavailable, ReleasePipelineError
 from app.models import App, iso
 from app.portal import live_log, queries
 from app.profiles import resolve
-from app.runtime import RuntimeKind
+from app.runtime import PhaseRef
 
 #: Lines shown when none are asked for, and the most one can ask for.
 DEFAULT_LINES = 200
@@ -57,25 +57,23 @@ def sources_for(ctx, name: str, phase: str, require_view: Callable[[App], object
 
 
 def sources(ctx, session, app: App, phase: str) -> Sources:
-    """The serving app container and the phase's service containers (an unreachable engine
-    raises, for the caller to say so); and the phase's secret values, decrypted, to mask."""
-    if ctx.settings.runtime != RuntimeKind.DOCKER:  # Swarm tasks run on other nodes' engines
-        raise DeployFailed(f"runtime logs are read from this installation's Docker engine (RUNTIME=docker); "
-                           f"with RUNTIME={ctx.settings.runtime} read them with `docker service logs` on a manager")
+    """The serving deployment's output (its container; on Swarm its service, every node's tasks)
+    and the phase's backing services' (an unreachable engine raises, for the caller to say so);
+    and the phase's secret values, decrypted, to mask."""
     serving = current(session, app.id, phase)
+    target, host = PhaseRef(app.id, app.name, phase), ctx.runtime.services
     try:
-        found = ctx.engine.list_containers(app=app.name, phase=phase)
-        services = ctx.engine.service_containers(app.name, phase)
+        found = ctx.runtime.output_source(target, serving.id, serving.container_id) if serving else None
+        services = host.service_containers(app.name, phase)
+    except ReleasePipelineError:
+        raise
     except Exception as exc:  # whatever the engine's trouble, the page says it and nothing else
         raise EngineUnavailable(f"the Docker engine cannot be asked: {exc}") from exc
     items = []
     if serving is not None:
-        container = next((c for c in found if c.id == serving.container_id
-                          or c.labels.get(LABEL_DEPLOYMENT) == str(serving.id)), None)
-        items.append(Source("app", f"{app.name} {phase} · {serving.version}", container.id if container else None,
-                            container is not None and container.status == "running"))
+        items.append(Source("app", f"{app.name} {phase} · {serving.version}", *found))
     for service in sorted(services, key=lambda c: c.name):
-        name = service.labels.get(ctx.engine.LABEL_SERVICE) or service.name
+        name = service.labels.get(host.LABEL_SERVICE) or service.name
         items.append(Source(name, f"service {name}", service.id, service.state == "running"))
     sealed = [s.value for s in resolve(session, ctx.config, app.id, phase).secrets.values()]
     if serving is not None:
@@ -93,7 +91,7 @@ def lines_of(ctx, found: Sources, source: Source, *, tail: int,
         return []
     return [(moment, {"source": source.key, "at": iso(datetime.fromtimestamp(moment, timezone.utc)),
                       "text": mask(text, found.hidden)})
-            for moment, text in ctx.engine.output(source.container_id, tail=tail, since=since)]
+            for moment, text in ctx.runtime.services.output(source.container_id, tail=tail, since=since)]
 
 
 def document(ctx, found: Sources, tail: int) -> dict:
