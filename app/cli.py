@@ -149,12 +149,17 @@ def worker(burst: bool, queue_names: str) -> None:
     from workers import deploy, notify, report  # noqa: F401
 
     ctx = _context("worker", secret_key=True, schema=True)
+    try:  # BUILDER=buildkit without BuildKit is refused; found once, before any work horse is forked
+        builder = ctx.engine.builder_in_use()
+    except ReleasePipelineError as exc:
+        raise click.ClickException(str(exc)) from None
     if NOTIFICATIONS in queues:
         problems = missing_secrets(ctx.config.notifications, dict(os.environ))
         if problems:
             raise click.ClickException("; ".join(problems))
     _prepare_metrics_dir()
     _logging(ctx)
+    logging.getLogger(__name__).info("builds use the %s builder (BUILDER=%s)", builder, ctx.settings.builder)
     startup.warn_slot_ports(ctx.settings)
     metrics.use_worker_files()
     startup.run_worker(ctx, burst=burst, on_start=reconcile.on_worker_start, queues=queues)

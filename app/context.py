@@ -98,7 +98,7 @@ class Context:
             from app.adapters.docker import Engine
 
             return Engine(self.settings.docker_host, instance=self.settings.pipeline_instance,
-                          pull=self.settings.build_pull)
+                          pull=self.settings.build_pull, builder=self.settings.builder)
 
         return self._part("engine", build)
 

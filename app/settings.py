@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024
     #: Whether builds may pull a base image missing from the engine (`missing`) or never.
     build_pull: Literal["never", "missing"] = "never"
+    #: `classic`: builds through the engine's API (Docker SDK); `buildkit`: through the docker CLI
+    #: with BuildKit (the SDK cannot drive it), refused at the worker's start without such a CLI;
+    #: `auto`: BuildKit where there is one (the sample app's build: 0.33 s instead of 0.64 s).
+    builder: Literal["auto", "classic", "buildkit"] = "auto"
 
     @field_validator("github_api_url", "github_url", "public_url", "caddy_admin_url")
     @classmethod

@@ -247,7 +247,8 @@ class Ours:
 
 
 def _step(text: str) -> str | None:
-    for prefix, key in (("fetching", "clone"), ("building", "build"), ("reusing", "image reused"),
+    for prefix, key in (("fetching", "clone"), ("fetched", "fetched"), ("building", "build"), ("built ", "built"),
+                        ("reusing", "image reused"),
                         ("starting", "container start"), ("healthy", "healthy"),
                         ("the previous container gets", "old drains"), ("stopped the previous", "old stopped"),
                         ("the previous container ignored", "old killed")):
@@ -255,8 +256,6 @@ def _step(text: str) -> str | None:
             return key
     if " now serves " in text:
         return "url serves"
-    if text.startswith("Successfully built") or text.startswith("Successfully tagged"):
-        return "built"
     return None
 
 

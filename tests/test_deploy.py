@@ -624,7 +624,7 @@ def test_measure_push_to_url_and_dropped_requests(rig, service):
                                     .order_by(LogLine.id)).all()
             print(f"deployment {deployment.id} (queued {deployment.queued_at:%H:%M:%S.%f}):")
             for line in lines:
-                if line.stream == "deploy" or line.text.startswith(("fetching", "building", "Successfully built")):
+                if line.stream == "deploy" or line.text.startswith(("fetch", "build")):
                     print(f"  +{(line.at - deployment.queued_at).total_seconds():6.2f}s {line.text[:110]}")
     assert loop.failures == []
     with rig.ctx.db.session() as session:

@@ -276,3 +276,79 @@ def test_builds_never_pull_a_missing_base_image_unless_build_pull_is_missing(doc
     assert base_images("FROM scratch\nFROM --platform=linux/amd64 busybox:1 AS b\nFROM b\n") == ["busybox:1"]
     with pytest.raises(ValueError, match="never or missing"):
         Engine(instance="x", pull="always")
+
+
+# -- BUILDER=buildkit ------------------------------------------------------------------------
+
+
+def test_buildkit_builds_label_the_image_and_stream_their_steps(docker_engine, tmp_path):
+    """The docker CLI with BuildKit: the same tag and labels as the classic builder, its
+    progress in the log, a second build of another version reusing the unchanged layer."""
+    from app.adapters.docker import buildkit_cli
+
+    assert buildkit_cli() is not None, "no docker CLI here builds with BuildKit (Debian's docker.io has one)"
+    engine = Engine(instance=docker_engine.instance, builder="buildkit")
+    first, second = [], []
+    ids = [engine.build_image(app="kit", tree=f"{number}" * 40, sha="b" * 40, on_line=lines.append,
+                              context_tar=context_tar(write_sample_app(tmp_path / str(number), version_text=f"{number}.0")))
+           for number, lines in ((1, first), (2, second))]
+    assert ids[0] != ids[1] and all(i.startswith("sha256:") for i in ids)
+    image = engine.client.images.get(ids[1])
+    assert image.labels[LABEL_INSTANCE] == engine.instance
+    assert image.labels[LABEL_APP] == "kit" and image.labels[LABEL_TREE] == "2" * 40
+    assert f"{engine.instance}-kit:{'2' * 12}" in image.tags
+    assert engine.find_image("kit", "2" * 40) == ids[1]
+    assert any("COPY www /www" in line for line in second) and any("CACHED" in line for line in second)
+    assert not any(line.startswith("#") and "sha256:" in line and len(line.split()) == 2 for line in second)
+    # It runs: the classic builder's image and this one serve alike.
+    running = engine.run_container(_spec(ids[1], deployment_id=77, app="kit"))
+    try:
+        assert _get_when_up(f"http://127.0.0.1:{running.host_port}/version") == "2.0\n"
+    finally:
+        engine.stop_and_remove(running.id, timeout=1)
+
+
+def test_buildkit_build_failures_say_why(docker_engine, tmp_path):
+    engine = Engine(instance=docker_engine.instance, builder="buildkit")
+    app = write_sample_app(tmp_path / "broken")
+    for dockerfile, reason in (("FROM scratch\nCOPY no-such-file /x\n", "no-such-file"),
+                               ("FROMM scratch\n", "(?i)unknown instruction")):
+        (app / "Dockerfile").write_text(dockerfile)
+        lines: list[str] = []
+        with pytest.raises(BuildFailed, match=reason) as failure:
+            engine.build_image(app="broken", tree="d" * 40, sha="d" * 40, context_tar=context_tar(app),
+                               on_line=lines.append)
+        assert "\n" not in str(failure.value) and lines
+    (app / "Dockerfile").write_text("FROM rp-test-missing/base:never\n")  # BUILD_PULL=never still holds
+    with pytest.raises(BuildFailed, match="BUILD_PULL=never"):
+        engine.build_image(app="broken", tree="d" * 40, sha="d" * 40, context_tar=context_tar(app),
+                           on_line=lambda line: None)
+
+
+def test_buildkit_argv_and_which_clis_can(monkeypatch):
+    from app.adapters import docker as adapter
+
+    assert adapter.buildkit_argv("/usr/bin/docker", dockerfile="sub/Dockerfile", tag="rp-shop:abc",
+                                 labels={"a": "1", "b": "x y"}, iidfile="/tmp/iid") == [
+        "/usr/bin/docker", "build", "--progress=plain", "--file", "sub/Dockerfile", "--tag", "rp-shop:abc",
+        "--label", "a=1", "--label", "b=x y", "--iidfile", "/tmp/iid", "-"]
+    cases = [("Docker version 20.10.24+dfsg1, build 297e128", False, True),
+             ("Docker version 18.06.1-ce, build e68fc7a", False, False),
+             ("Docker version 18.09.0, build 4d60db4", False, True),
+             ("Docker version 28.2.2, build e6534b4", False, False),
+             ("Docker version 28.2.2, build e6534b4", True, True),
+             ("podman version 4.3.1", True, False)]
+    assert [adapter.cli_has_buildkit(text, buildx) for text, buildx, _ in cases] == [want for *_, want in cases]
+    adapter.buildkit_cli.cache_clear()
+    try:
+        with monkeypatch.context() as patched:  # a machine without any docker CLI
+            patched.setattr(adapter, "_CLI_CANDIDATES", ("no-such-docker-cli",))
+            with pytest.raises(BuildFailed, match="set BUILDER=classic"):
+                Engine(instance="x", builder="buildkit").builder_in_use()
+            assert Engine(instance="x", builder="auto").builder_in_use() == "classic"
+    finally:
+        adapter.buildkit_cli.cache_clear()
+    assert Engine(instance="x", builder="auto").builder_in_use() == "buildkit"  # this machine has one
+    assert Engine(instance="x", builder="classic").builder_in_use() == "classic"
+    with pytest.raises(ValueError, match="auto, classic or buildkit"):
+        Engine(instance="x", builder="kaniko")

@@ -552,7 +552,8 @@ class Rollout:
             session.add(build)
             session.flush()
             build_id = build.id
-        self.say(f"building {repo_config.dockerfile} (tree {commit.tree[:7]})", "build")
+        self.say(f"building {repo_config.dockerfile} (tree {commit.tree[:7]}, {engine.builder_in_use()} builder)", "build")
+        started = time.monotonic()
         try:
             with metrics.step(Step.BUILD), BatchedLog(lambda lines: self.say_all(lines, "build")) as build_log:
                 image_id = engine.build_image(
@@ -564,6 +565,7 @@ class Rollout:
             self._finish_build(build_id, BuildStatus.FAILED, str(exc))
             raise
         self._finish_build(build_id, BuildStatus.SUCCEEDED, "", image_id)
+        self.say(f"built {image_id[:19]} in {time.monotonic() - started:.2f} s", "build")
         return build_id, commit.tree, image_id
 
     def fetch(self, clone_url: str, sha: str, app_name: str, token: str | None) -> git.Commit:

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import posixpath
 import re
+import shutil
+import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import wraps
+from functools import cache, wraps
 
 import docker
 import requests
@@ -208,15 +212,20 @@ class Engine:
     """This installation's view of a Docker engine (`base_url` None: DOCKER_HOST or the socket)."""
 
     def __init__(self, base_url: str | None = None, instance: str = "rp", pull: str = "never",
-                 client: docker.DockerClient | None = None):
+                 client: docker.DockerClient | None = None, builder: str = "classic"):
         if not _INSTANCE.fullmatch(instance):
             raise ValueError(f"instance {instance!r} must match {_INSTANCE.pattern}")
         if pull not in ("never", "missing"):
             raise ValueError(f"pull {pull!r} must be never or missing")
+        if builder not in ("auto", "classic", "buildkit"):
+            raise ValueError(f"builder {builder!r} must be auto, classic or buildkit")
         self.base_url = base_url
         self.instance = instance
         #: BUILD_PULL: the engine pulls a missing FROM image by itself unless we refuse first.
         self.pull = pull
+        #: BUILDER: `classic` (the engine's API, through the SDK), `buildkit` (the docker CLI), or
+        #: `auto` (BuildKit where a docker CLI here has it). Tests that build pick theirs.
+        self.builder = builder
         #: None: connected on first use. A test may hand in its own client.
         self._client: docker.DockerClient | None = client
 
@@ -255,9 +264,29 @@ class Engine:
         problem = _unsafe(app=app, tree=tree, sha=sha)
         if problem:
             raise BuildFailed(problem)
-        self._check_base_images(context_tar, dockerfile)
         tag = f"{self.instance}-{app}:{tree[:12]}"
         labels = self._labels(**{LABEL_APP: app, LABEL_TREE: tree, LABEL_SHA: sha})
+        return self._build(context_tar, dockerfile, tag, labels, on_line)
+
+    def builder_in_use(self) -> str:
+        """`buildkit` or `classic`, as BUILDER says; BUILDER=buildkit without a docker CLI that
+        has BuildKit is refused (the worker asks at start)."""
+        if self.builder == "classic":
+            return "classic"
+        if buildkit_cli() is not None:
+            return "buildkit"
+        if self.builder == "auto":
+            return "classic"
+        raise BuildFailed("BUILDER=buildkit, but no docker CLI here builds with BuildKit (a docker CLI before "
+                          "23.0, such as Debian's docker.io, or one with the buildx plugin); install one or "
+                          "set BUILDER=classic")
+
+    def _build(self, context_tar: bytes, dockerfile: str, tag: str, labels: dict[str, str],
+               on_line: Callable[[str], None]) -> str:
+        """Build with the configured builder, streaming each output line to `on_line`; the image id."""
+        self._check_base_images(context_tar, dockerfile)
+        if self.builder_in_use() == "buildkit":
+            return self._build_with_buildkit(context_tar, dockerfile, tag, labels, on_line)
         labelled = _with_label_line(context_tar, dockerfile, labels)
         try:
             stream = self.client.api.build(
@@ -278,6 +307,34 @@ class Engine:
             return self.client.api.inspect_image(tag)["Id"]
         except APIError as exc:
             raise BuildFailed(_first_line(_explanation(exc))) from None
+
+    def _build_with_buildkit(self, context_tar: bytes, dockerfile: str, tag: str, labels: dict[str, str],
+                             on_line: Callable[[str], None]) -> str:
+        """`docker build` with BuildKit (the SDK cannot drive it): the context tar on stdin, its
+        plain progress output streamed line by line, the image id from --iidfile."""
+        cli = buildkit_cli()
+        env = {**os.environ, "DOCKER_BUILDKIT": "1", **({"DOCKER_HOST": self.base_url} if self.base_url else {})}
+        with tempfile.TemporaryDirectory(prefix="rp-build-") as scratch:
+            iidfile = os.path.join(scratch, "iid")
+            process = subprocess.Popen(buildkit_argv(cli, dockerfile=dockerfile, tag=tag, labels=labels,
+                                                     iidfile=iidfile),
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       env=env)
+            feeder = threading.Thread(target=_feed, args=(process.stdin, _plain_tar(context_tar)), daemon=True)
+            feeder.start()
+            last = ""
+            for raw in process.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line.strip() and not _STEP_DIGEST.fullmatch(line):
+                    on_line(line)
+                    last = line
+            code = process.wait()
+            feeder.join()
+            if code != 0:
+                raise BuildFailed(last.strip().removeprefix("ERROR: ").removeprefix("error: ")[:500]
+                                  or f"docker build exited with {code}")
+            with open(iidfile) as handle:
+                return handle.read().strip()
 
     def _check_base_images(self, context_tar: bytes, dockerfile: str) -> None:
         """With BUILD_PULL=never, every FROM image must already be on the engine: the classic
@@ -583,22 +640,9 @@ class Engine:
     def build_service_image(self, *, app: str, service: str, definition: str, context_tar: bytes,
                             dockerfile: str = "Dockerfile", on_line: Callable[[str], None]) -> str:
         """Build a `build:` service's image once per definition hash; returns the image id."""
-        self._check_base_images(context_tar, dockerfile)
         labels = self.service_labels(app, service=service, **{self.LABEL_SERVICE_DEFINITION: definition})
         tag = f"{self.instance}-{app}-svc-{service}:{definition[:12]}"
-        try:
-            stream = self.client.api.build(
-                fileobj=io.BytesIO(context_tar), custom_context=True, dockerfile=dockerfile, tag=tag,
-                labels=labels, decode=True, rm=True, forcerm=True,
-            )
-            for entry in stream:
-                if "error" in entry:
-                    raise BuildFailed(_first_line(str(entry["error"])) or "docker build failed")
-                for line in _output_lines(entry):
-                    on_line(line)
-            return self.client.api.inspect_image(tag)["Id"]
-        except APIError as exc:
-            raise BuildFailed(_first_line(_explanation(exc))) from None
+        return self._build(context_tar, dockerfile, tag, labels, on_line)
 
     def service_container_name(self, app: str, phase: str, service: str) -> str:
         # Dots never occur in slugs, so no app/phase/service combination collides with another
@@ -945,6 +989,80 @@ def _with_label_line(context_tar: bytes, dockerfile: str, labels: dict[str, str]
             return out.getvalue()
     except (tarfile.TarError, UnicodeDecodeError, OSError):
         return None
+
+
+#: Where a docker CLI may be: the one on PATH, then Debian's docker.io package's (a newer CLI
+#: without the buildx plugin on PATH cannot build with BuildKit; Debian's 20.10 has it built in).
+_CLI_CANDIDATES = ("docker", "/usr/bin/docker")
+#: BuildKit's plain progress names each step's digest on a line of its own: noise in a deployment log.
+_STEP_DIGEST = re.compile(r"#\d+ sha256:[0-9a-f]{64}")
+
+
+def cli_has_buildkit(version_text: str, has_buildx: bool) -> bool:
+    """Whether a docker CLI (its `docker --version`) builds with BuildKit: built in from 18.09
+    (with DOCKER_BUILDKIT=1), and only through the buildx plugin from 23.0 on."""
+    match = re.search(r"\bversion (\d+)\.(\d+)", version_text)
+    if match is None:
+        return False
+    version = (int(match.group(1)), int(match.group(2)))
+    return (18, 9) <= version < (23, 0) or (version >= (23, 0) and has_buildx)
+
+
+@cache
+def buildkit_cli() -> str | None:
+    """The first docker CLI here that builds with BuildKit, or None; asked once per process
+    (the worker asks at start, so the work horses it forks know it)."""
+    for candidate in _CLI_CANDIDATES:
+        path = shutil.which(candidate)
+        if path is None:
+            continue
+        version = _cli_output([path, "--version"])
+        if version is None:
+            continue
+        if cli_has_buildkit(version, has_buildx=False) or cli_has_buildkit(
+                version, has_buildx=_cli_output([path, "buildx", "version"]) is not None):
+            return path
+    return None
+
+
+def _cli_output(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def buildkit_argv(cli: str, *, dockerfile: str, tag: str, labels: dict[str, str], iidfile: str) -> list[str]:
+    """The `docker build` of a context tar on stdin; labels as flags (BuildKit adds them to the
+    image config without a build step each)."""
+    label_flags = [flag for key, value in labels.items() for flag in ("--label", f"{key}={value}")]
+    return [cli, "build", "--progress=plain", "--file", dockerfile, "--tag", tag, *label_flags,
+            "--iidfile", iidfile, "-"]
+
+
+def _plain_tar(context_tar: bytes) -> bytes:
+    """The context as a GNU tar without PAX headers: the docker CLI tells a tar on stdin from a
+    Dockerfile by its first header, and a PAX record before it (Python's tarfile writes one for
+    every member with a fractional mtime) makes it read the tar as a Dockerfile."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(context_tar)) as source, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as target:
+        for entry in source.getmembers():
+            entry.mtime = int(entry.mtime)
+            entry.pax_headers = {}
+            target.addfile(entry, source.extractfile(entry) if entry.isfile() else None)
+    return out.getvalue()
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except BrokenPipeError:  # the CLI gave up early; its exit status says why
+        pass
+    finally:
+        with suppress(BrokenPipeError):
+            pipe.close()
 
 
 def _output_lines(entry: dict) -> list[str]:
