@@ -412,6 +412,19 @@ def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
     with rig.ctx.db.session() as session:
         assert session.scalar(select(ServiceInstance.node).where(ServiceInstance.app_id == first.app_id)) == node
 
+    # a changed definition (pending on the first deploy that sees it, applied on the next): a new
+    # task replaces the old one on the same node, with the same volume and so the same data
+    changed = repo_file + "    environment: {RESTARTED: '1'}\n"
+    for version in ("2.2.0", "2.3.0"):
+        rig.commit(version, repo_file=changed, files={"www/cgi-bin/db": CGI_DB})
+        deployed = rig.deploy(version)
+        assert deployed.status == "succeeded", rig.lines(deployed.id)
+    assert any(line.startswith("service db: applying its changed definition") for line in rig.lines(deployed.id))
+    replaced = [t for t in rig.ctx.swarm.tasks(db_name) if t.state == "running"]
+    assert len(replaced) == 1 and replaced[0].id != db_task.id and replaced[0].node == node
+    with requests.Session() as session:
+        assert {rig.get(session, "/cgi-bin/db").text.split("DB=")[1].split()[0] for _ in range(6)} == {data}
+
     # the app deleted: its Swarm service and route, its backing service, the service's data
     # (emptied by a job on its node, where the manager cannot delete the volume), the network
     removed = changes.delete_app(rig.ctx, "shop", confirm="shop", actor="dora", role_of=lambda app: "admin")
