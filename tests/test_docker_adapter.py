@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 
 import pytest
@@ -352,3 +354,25 @@ def test_buildkit_argv_and_which_clis_can(monkeypatch):
     assert Engine(instance="x", builder="classic").builder_in_use() == "classic"
     with pytest.raises(ValueError, match="auto, classic or buildkit"):
         Engine(instance="x", builder="kaniko")
+
+
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_dockerignore_keeps_what_it_lists_out_of_the_image(docker_engine, tmp_path, builder):
+    """A context sent as a tar (ours always is) reaches the builder whole; what .dockerignore
+    lists must still stay out, as with `docker build DIR`."""
+    app = write_sample_app(tmp_path / "ignoring", extra_files={
+        ".dockerignore": "# local files\nsecret.txt\nlogs/\n*.tmp\n!keep.tmp\n", "secret.txt": "s3cr3t",
+        "logs/today.log": "x", "scratch.tmp": "x", "keep.tmp": "kept", "www/extra": "served"})
+    (app / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
+    engine = Engine(instance=docker_engine.instance, builder=builder)
+    image = engine.build_image(app="ignoring", tree=("c" if builder == "classic" else "d") * 40, sha="b" * 40,
+                               context_tar=context_tar(app), on_line=lambda line: None)
+    container = engine.client.api.create_container(image, command=["/nothing"])
+    try:
+        exported = b"".join(engine.client.api.export(container["Id"]))
+    finally:
+        engine.client.api.remove_container(container["Id"], force=True)
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        files = {m.name.removeprefix("ctx/") for m in tar.getmembers() if m.name.startswith("ctx/") and m.isfile()}
+    assert {"busybox", "www/version", "www/extra", "keep.tmp", "Dockerfile"} <= files
+    assert not files & {"secret.txt", "logs/today.log", "scratch.tmp"}

@@ -30,6 +30,7 @@ from functools import cache, wraps
 import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
+from docker.utils.build import PatternMatcher
 
 from app.exceptions import BuildFailed, DeployFailed, EngineUnavailable, InvalidVersion
 from app.runtime import LABEL_APP, LABEL_DEPLOYMENT, LABEL_PHASE, LABEL_SHA, LABEL_VERSION  # noqa: F401 (re-exported)
@@ -285,6 +286,7 @@ class Engine:
                on_line: Callable[[str], None]) -> str:
         """Build with the configured builder, streaming each output line to `on_line`; the image id."""
         self._check_base_images(context_tar, dockerfile)
+        context_tar = _without_ignored(context_tar, dockerfile)
         if self.builder_in_use() == "buildkit":
             return self._build_with_buildkit(context_tar, dockerfile, tag, labels, on_line)
         labelled = _with_label_line(context_tar, dockerfile, labels)
@@ -1053,6 +1055,31 @@ def _plain_tar(context_tar: bytes) -> bytes:
             entry.pax_headers = {}
             target.addfile(entry, source.extractfile(entry) if entry.isfile() else None)
     return out.getvalue()
+
+
+def _without_ignored(context_tar: bytes, dockerfile: str) -> bytes:
+    """The context without what its `.dockerignore` excludes, as `docker build DIR` leaves it
+    out: a context sent as a tar goes to either builder whole. The Dockerfile and .dockerignore
+    stay (the builder reads them)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(context_tar)) as source:
+            members = source.getmembers()
+            ignore = next((m for m in members if posixpath.normpath(m.name) == ".dockerignore" and m.isfile()), None)
+            if ignore is None:
+                return context_tar
+            lines = (line.strip() for line in source.extractfile(ignore).read().decode("utf-8", "replace").splitlines())
+            matcher = PatternMatcher([line for line in lines if line and not line.startswith("#")]
+                                     + [f"!{posixpath.normpath(dockerfile)}"])
+            kept = [m for m in members if not matcher.matches(posixpath.normpath(m.name))]
+            if len(kept) == len(members):
+                return context_tar
+            out = io.BytesIO()
+            with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as target:
+                for entry in kept:
+                    target.addfile(entry, source.extractfile(entry) if entry.isfile() else None)
+            return out.getvalue()
+    except (tarfile.TarError, OSError):
+        return context_tar  # not a tar the engine can read either: its own error says so
 
 
 def _feed(pipe, data: bytes) -> None:
