@@ -376,3 +376,23 @@ def test_dockerignore_keeps_what_it_lists_out_of_the_image(docker_engine, tmp_pa
         files = {m.name.removeprefix("ctx/") for m in tar.getmembers() if m.name.startswith("ctx/") and m.isfile()}
     assert {"busybox", "www/version", "www/extra", "keep.tmp", "Dockerfile"} <= files
     assert not files & {"secret.txt", "logs/today.log", "scratch.tmp"}
+
+
+def test_buildkit_takes_a_context_whose_first_file_has_a_long_name(docker_engine, tmp_path):
+    """The docker CLI tells a tar on stdin from a Dockerfile by its first header: a long name's
+    extra record there made it read the whole tar as a Dockerfile ("ambiguous Dockerfile source")."""
+    app = write_sample_app(tmp_path / "long")
+    name = "a" * 120
+    (app / name).write_text("long\n")
+    (app / "Dockerfile").write_text(f"FROM scratch\nCOPY busybox /bin/busybox\nCOPY {name} /www/long\n")
+    with tarfile.open(fileobj=io.BytesIO(context_tar(app))) as source:
+        members = sorted(source.getmembers(), key=lambda m: m.name != name)  # the long name first
+        contents = {m.name: source.extractfile(m).read() for m in members if m.isfile()}
+    first_long = io.BytesIO()
+    with tarfile.open(fileobj=first_long, mode="w") as target:
+        for member in members:
+            target.addfile(member, io.BytesIO(contents[member.name]) if member.isfile() else None)
+    engine = Engine(instance=docker_engine.instance, builder="buildkit")
+    image = engine.build_image(app="long", tree="e" * 40, sha="b" * 40, context_tar=first_long.getvalue(),
+                               on_line=lambda line: None)
+    assert engine.find_image("long", "e" * 40) == image

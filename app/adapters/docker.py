@@ -1044,12 +1044,16 @@ def buildkit_argv(cli: str, *, dockerfile: str, tag: str, labels: dict[str, str]
 
 
 def _plain_tar(context_tar: bytes) -> bytes:
-    """The context as a GNU tar without PAX headers: the docker CLI tells a tar on stdin from a
-    Dockerfile by its first header, and a PAX record before it (Python's tarfile writes one for
-    every member with a fractional mtime) makes it read the tar as a Dockerfile."""
+    """The context as a GNU tar without PAX headers, opening with the root directory: the docker
+    CLI tells a tar on stdin from a Dockerfile by its first header alone, and takes the tar for a
+    Dockerfile when a PAX record (Python's tarfile writes one for a fractional mtime) or a long
+    name's extra record comes first."""
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(context_tar)) as source, \
             tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as target:
+        root = tarfile.TarInfo(".")
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        target.addfile(root)
         for entry in source.getmembers():
             entry.mtime = int(entry.mtime)
             entry.pax_headers = {}
