@@ -132,6 +132,19 @@ class Context:
         return DockerRuntime(self.engine, self.router, self.db, s.slot_range, spreads=s.router == "caddy")
 
     @property
+    def watched(self):
+        """The app containers kept current from the engine's events (`watch_containers`), or None."""
+        return self._parts.get("watched")
+
+    def watch_containers(self) -> None:
+        """Keep an index of the app containers from the engine's events, for the portal's
+        health (RUNTIME=docker): called in each web server process, after it forked."""
+        if self.settings.runtime == "docker" and "watched" not in self._parts:
+            from app.docker_runtime import WatchedContainers
+
+            self._parts["watched"] = WatchedContainers(self.engine).start()
+
+    @property
     def swarm(self):
         """The Swarm manager (DOCKER_HOST) and the registry its nodes pull from (RUNTIME=swarm)."""
         def build():

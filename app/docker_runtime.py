@@ -10,10 +10,12 @@ the route lists — is done by the pure functions here; `DockerRuntime` only car
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from app.adapters.docker import ContainerInfo, ContainerSpec, Engine
+from app.adapters.docker import ContainerEvent, ContainerInfo, ContainerSpec, Engine
 from app.adapters.router import Router, Slots
 from app.db import Database
 from app.exceptions import DeployFailed
@@ -33,8 +35,12 @@ from app.runtime import (
 )
 from app.slots import find_slots, phase_slots
 
+log = logging.getLogger(__name__)
+
 #: Seconds a container that will never serve (a leftover, a failed new one) gets to stop.
 QUICK_STOP = 2
+#: Seconds before watching the engine's containers again after it went away.
+WATCH_RETRY = 2.0
 
 
 # -- deciding ----------------------------------------------------------------------------------
@@ -132,6 +138,75 @@ def combine_health(results: Sequence[HealthResult], replicas: int) -> HealthResu
 
 
 # -- doing -------------------------------------------------------------------------------------
+
+
+class WatchedContainers:
+    """Our app containers as the engine last said, kept current from its event stream by a
+    thread of their own: the portal's pages read health from here instead of asking the engine
+    for every container each time (600 containers: ~60 ms of dockerd per page under load).
+
+    `instances` is None until the first list and while the stream is down: the caller then
+    asks the engine itself. Each event re-reads its one container; the stream is opened before
+    the list, so nothing between the two is missed."""
+
+    def __init__(self, engine: Engine, retry: float = WATCH_RETRY):
+        self.engine, self.retry = engine, retry
+        self._lock = threading.Lock()
+        self._by_id: dict[str, ContainerInfo] | None = None
+        self._stopping = threading.Event()
+        self._changes = None
+        self._thread = threading.Thread(target=self._run, name="watch-containers", daemon=True)
+
+    def start(self) -> WatchedContainers:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._changes is not None:
+            self._changes.close()
+        self._thread.join(timeout=10)
+
+    def instances(self, app: str | None = None) -> list[Instance] | None:
+        with self._lock:
+            found = None if self._by_id is None else list(self._by_id.values())
+        if found is None:
+            return None
+        return [instance_of(c) for c in found if app is None or c.labels.get(LABEL_APP) == app]
+
+    def _after(self, event: ContainerEvent) -> ContainerInfo | None:
+        """The container as `event` left it: read again (for its port), in the state the event
+        names; the engine's list can still show the state before, or not show it yet."""
+        if event.state is None:
+            return None
+        info = self.engine.app_container(event.id) or event.info
+        return info if not event.state else replace(info, status=event.state)
+
+    def _run(self) -> None:
+        problem = None
+        while not self._stopping.is_set():
+            try:
+                self._changes = self.engine.app_container_changes()
+                listed = {c.id: c for c in self.engine.list_containers()}
+                with self._lock:
+                    self._by_id = listed
+                if problem:
+                    log.info("watching the engine's containers again")
+                problem = None
+                for event in self._changes:
+                    info = self._after(event)
+                    with self._lock:
+                        if info is None:
+                            self._by_id.pop(event.id, None)
+                        else:
+                            self._by_id[event.id] = info
+            except Exception as exc:  # noqa: BLE001 - any engine trouble: pages ask the engine meanwhile
+                if str(exc) != problem:
+                    log.warning("cannot watch the engine's containers (%s); pages list them until it answers", exc)
+                problem = str(exc)
+            with self._lock:
+                self._by_id = None
+            self._stopping.wait(self.retry)
 
 
 class DockerRuntime:

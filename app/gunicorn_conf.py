@@ -4,6 +4,7 @@
   prometheus_client's multiprocess mode requires.
 - With METRICS_PORT, the master serves /metrics on that loopback port, without a token.
 - With LOG_FORMAT=json, gunicorn's own error and access logs are JSON lines too.
+- Each worker watches the engine's app containers (the portal's health, app.docker_runtime).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from app.settings import load_settings
 
 log = logging.getLogger("gunicorn.error")
 _settings = load_settings()
+
+
+def post_worker_init(worker) -> None:
+    """Each worker process keeps its own index of the app containers from the engine's events
+    (threads and sockets do not survive gunicorn's fork, so not in the master)."""
+    worker.wsgi.extensions["release_pipeline"].watch_containers()
 
 
 def child_exit(server, worker) -> None:

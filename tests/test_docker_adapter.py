@@ -25,6 +25,7 @@ from tests.support.dockerkit import (
     context_tar,
     remove_instance_objects,
     unique_instance,
+    wait_until,
     write_sample_app,
 )
 
@@ -396,3 +397,47 @@ def test_buildkit_takes_a_context_whose_first_file_has_a_long_name(docker_engine
     image = engine.build_image(app="long", tree="e" * 40, sha="b" * 40, context_tar=first_long.getvalue(),
                                on_line=lambda line: None)
     assert engine.find_image("long", "e" * 40) == image
+
+
+def test_watched_containers_follow_the_engine_s_events(docker_engine, built):
+    """The portal's health index (README, The Apps Portal): what `list_containers` says, kept
+    current from the engine's events as a container starts, stops and goes."""
+    from app.docker_runtime import WatchedContainers, instance_of
+
+    watched = WatchedContainers(docker_engine, retry=0.1).start()
+    running = None
+    try:
+        wait_until(lambda: watched.instances() is not None, 30)
+        running = docker_engine.run_container(_spec(built[0], deployment_id=11))
+
+        def seen():
+            return next((i for i in watched.instances("sample") if i.id == running.id), None)
+
+        wait_until(lambda: seen() is not None and seen().state == "running", 30)
+        listed = next(c for c in docker_engine.list_containers(app="sample") if c.id == running.id)
+        assert seen() == instance_of(listed)  # the same view as asking the engine
+        assert seen().deployment_id == 11 and seen().address == f"127.0.0.1:{running.host_port}"
+        assert watched.instances("another-app") == []
+        docker_engine.client.api.stop(running.id, timeout=1)
+        wait_until(lambda: seen() is not None and seen().state == "exited", 30)
+        docker_engine.stop_and_remove(running.id)
+        wait_until(lambda: seen() is None, 30)
+    finally:
+        watched.stop()
+        if running is not None:
+            docker_engine.stop_and_remove(running.id)
+
+
+def test_watched_containers_know_nothing_while_the_engine_cannot_be_watched(tmp_path, caplog):
+    """Then the portal lists the containers itself (queries.containers), as before."""
+    from app.docker_runtime import WatchedContainers
+
+    watched = WatchedContainers(Engine(f"unix://{tmp_path}/no-engine.sock", instance=unique_instance()), retry=0.05)
+    with caplog.at_level("WARNING", logger="app.docker_runtime"):
+        watched.start()
+        try:
+            wait_until(lambda: any("cannot watch the engine's containers" in r.getMessage() for r in caplog.records),
+                       30)
+            assert watched.instances() is None
+        finally:
+            watched.stop()

@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -177,6 +177,59 @@ def release_container_args(instance: str, spec: ContainerSpec, argv: list[str]) 
     return {"image": spec.image, "entrypoint": argv[:1], "command": argv[1:],
             "name": f"{instance}-{spec.app}-{spec.phase}-{spec.deployment_id}-release", "labels": labels,
             "environment": _environment(spec), **_sizing(spec), "network": spec.network}
+
+
+#: The container events that change what `list_containers` says of one, with the state each
+#: leaves it in (None: gone; "": unchanged). The engine sends an event before its list shows
+#: the new state, so the event's word wins. Not exec_*: a HEALTHCHECK makes those every interval.
+STATE_EVENTS = {"create": "created", "start": "running", "restart": "running", "unpause": "running",
+                "die": "exited", "pause": "paused", "rename": "", "destroy": None}
+
+
+def _container_info(summary: dict) -> ContainerInfo:
+    return ContainerInfo(
+        id=summary["Id"],
+        name=summary["Names"][0].lstrip("/"),
+        labels=summary.get("Labels") or {},
+        status=summary["State"],
+        host_port=next((p["PublicPort"] for p in summary.get("Ports", []) if p.get("PublicPort")), None),
+    )
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """A change to one of our app containers: the state it left it in (None: gone), and what
+    the event itself carries of it (its name, its labels)."""
+
+    id: str
+    state: str | None
+    info: ContainerInfo
+
+
+class ContainerChanges:
+    """An open event stream: iterating yields a ContainerEvent for each change, in the engine's
+    order, until the stream ends (`close()`, or the engine went away: EngineUnavailable)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[ContainerEvent]:
+        try:
+            for event in self._stream:
+                action, actor = event.get("Action"), event.get("Actor") or {}
+                if not actor.get("ID") or action not in STATE_EVENTS:
+                    continue
+                attributes = actor.get("Attributes") or {}
+                labels = {k: v for k, v in attributes.items() if k.startswith("release-pipeline.")}
+                state = STATE_EVENTS[action]
+                yield ContainerEvent(actor["ID"], state, ContainerInfo(
+                    id=actor["ID"], name=attributes.get("name", ""), labels=labels, status=state or "", host_port=None))
+        except (DockerException, requests.RequestException) as exc:
+            raise EngineUnavailable(f"{type(exc).__name__}: {_first_line(str(exc))[:300]}") from None
+
+    def close(self) -> None:
+        with suppress(Exception):  # already closed, or the engine went first
+            self._stream.close()
 
 
 def parse_size(text: str) -> int:
@@ -517,19 +570,23 @@ class Engine:
         filters = self._filters(**{k: v for k, v in wanted.items() if v is not None})
         if app is None:
             filters["label"].append(LABEL_APP)  # presence: leaves service containers out
-        summaries = self.client.api.containers(all=True, filters=filters)
-        return [
-            ContainerInfo(
-                id=summary["Id"],
-                name=summary["Names"][0].lstrip("/"),
-                labels=summary.get("Labels") or {},
-                status=summary["State"],
-                host_port=next(
-                    (p["PublicPort"] for p in summary.get("Ports", []) if p.get("PublicPort")), None
-                ),
-            )
-            for summary in summaries
-        ]
+        return [_container_info(summary) for summary in self.client.api.containers(all=True, filters=filters)]
+
+    def app_container(self, container_id: str) -> ContainerInfo | None:
+        """One of our app containers as `list_containers` describes it; None once it is gone."""
+        filters = self._filters()
+        filters["label"].append(LABEL_APP)
+        filters["id"] = [container_id]
+        found = self.client.api.containers(all=True, filters=filters)
+        return _container_info(found[0]) if found else None
+
+    def app_container_changes(self) -> ContainerChanges:
+        """The engine's stream of changes to our app containers' state, open when this returns
+        (so a `list_containers` taken next misses none)."""
+        filters = self._filters()
+        filters["label"].append(LABEL_APP)
+        return ContainerChanges(self.client.api.events(
+            decode=True, filters={**filters, "type": ["container"], "event": list(STATE_EVENTS)}))
 
     # Whole installation
 

@@ -114,7 +114,7 @@ def list_apps():
     with ctx.db.session() as session:
         apps = [app for app in queries.list_apps(session)
                 if check(auth.role_for(app), Action.VIEW, None, ctx.config.roles).allowed]
-        index = queries.containers(ctx.runtime) if apps else {}
+        index = queries.containers(ctx) if apps else {}
         out = []
         for row in queries.summaries(ctx, session, apps, index):
             out.append({
@@ -137,7 +137,7 @@ def list_apps():
 
 
 def _app_document(ctx, session, app, role: str) -> dict:
-    index = queries.containers(ctx.runtime, app.name)
+    index = queries.containers(ctx, app.name)
     columns = queries.board(ctx, session, app, role, index)
     return {**shapes.app_json(app), "your_role": role, "phases": [shapes.phase_json(app, view) for view in columns],
             "previews": [preview_json(row) for row in previews.listing(session, app.id)]}

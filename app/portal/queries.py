@@ -111,14 +111,17 @@ class Health:
 Containers = dict[tuple[str, str], list[Instance]] | None
 
 
-def containers(runtime, app_name: str | None = None) -> Containers:
-    """Every app instance of this installation (or of one app), by (app, phase): one call to
-    the runtime (containers on docker, tasks on swarm).
+def containers(ctx, app_name: str | None = None) -> Containers:
+    """Every app instance of this installation (or of one app), by (app, phase): from the
+    index the engine's events keep (`Context.watch_containers`), else one call to the runtime
+    (containers on docker, tasks on swarm).
 
     None when the runtime cannot be asked: the portal then says "unknown" rather than failing.
     """
+    found = ctx.watched.instances(app_name) if ctx.watched is not None else None
     try:
-        found = runtime.instances(app=app_name)
+        if found is None:
+            found = ctx.runtime.instances(app=app_name)
     except Exception as exc:  # any engine trouble only makes health unknown
         log.warning("cannot list containers: %s", exc)
         return None

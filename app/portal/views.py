@@ -87,7 +87,7 @@ def apps():
     ctx = _ctx()
     with ctx.db.session() as session:
         visible = _visible_apps(session)
-        index = queries.containers(ctx.runtime) if visible else {}
+        index = queries.containers(ctx) if visible else {}
         rows = queries.summaries(ctx, session, visible, index)
         state = queries.fingerprint(session, [app.id for app in visible], new_apps=True)
     return render_template("apps.html", rows=rows, phases=ctx.config.phase_names, health_known=index is not None,
@@ -120,7 +120,7 @@ def board(name: str):
     with ctx.db.session() as session:
         app = queries.get_app(session, name)
         role = _require_view(app)
-        index = queries.containers(ctx.runtime, app.name)
+        index = queries.containers(ctx, app.name)
         columns = queries.board(ctx, session, app, role, index)
         recent = queries.history(session, app, limit=12)
         app_id = app.id
