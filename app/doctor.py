@@ -30,6 +30,7 @@ def run_checks(settings: Settings) -> list[Check]:
         Check("docker", ctx.engine.ping(), settings.docker_host or "local socket",
               "start the engine: dockerd & (or systemctl start docker); check DOCKER_HOST")
     )
+    checks.append(_builder(ctx.engine, settings.builder))
     checks.append(
         Check("redis", ctx.jobs.ping(), settings.redis_url,
               "start Redis (redis-server --daemonize yes) or correct REDIS_URL")
@@ -157,6 +158,19 @@ def _router(ctx: Context) -> Check:
         return Check("router", False, f"caddy does not serve phase URLs on port {settings.router_port}: "
                      f"{answer.words}", "restart release-pipeline router; check ROUTER_PORT and BIND")
     return Check("router", True, f"caddy at {settings.caddy_admin_url}, phase URLs on port {settings.router_port}")
+
+
+def _builder(engine, setting: str) -> Check:
+    """Which builder BUILDER picks on this machine (BuildKit needs a docker CLI that has it)."""
+    from app.adapters.docker import buildkit_cli
+
+    try:
+        used = engine.builder_in_use()
+    except ReleasePipelineError as exc:
+        return Check("builder", False, str(exc), "install Debian's docker.io (its docker CLI has BuildKit) "
+                                                 "or set BUILDER=classic")
+    how = f"BuildKit, through {buildkit_cli()}" if used == "buildkit" else "classic, through the engine's API"
+    return Check("builder", True, f"{how} (BUILDER={setting})")
 
 
 def _slot_ports(settings: Settings) -> Check:

@@ -342,6 +342,11 @@ def test_buildkit_argv_and_which_clis_can(monkeypatch):
              ("Docker version 28.2.2, build e6534b4", True, True),
              ("podman version 4.3.1", True, False)]
     assert [adapter.cli_has_buildkit(text, buildx) for text, buildx, _ in cases] == [want for *_, want in cases]
+    from app import doctor
+
+    def builder_check(builder: str) -> doctor.Check:
+        return doctor._builder(Engine(instance="x", builder=builder), builder)
+
     adapter.buildkit_cli.cache_clear()
     try:
         with monkeypatch.context() as patched:  # a machine without any docker CLI
@@ -349,10 +354,14 @@ def test_buildkit_argv_and_which_clis_can(monkeypatch):
             with pytest.raises(BuildFailed, match="set BUILDER=classic"):
                 Engine(instance="x", builder="buildkit").builder_in_use()
             assert Engine(instance="x", builder="auto").builder_in_use() == "classic"
+            refused = builder_check("buildkit")
+            assert not refused.ok and "no docker CLI here builds with BuildKit" in refused.detail
+            assert builder_check("auto") == doctor.Check("builder", True, "classic, through the engine's API (BUILDER=auto)")
     finally:
         adapter.buildkit_cli.cache_clear()
     assert Engine(instance="x", builder="auto").builder_in_use() == "buildkit"  # this machine has one
     assert Engine(instance="x", builder="classic").builder_in_use() == "classic"
+    assert builder_check("auto").detail == f"BuildKit, through {adapter.buildkit_cli()} (BUILDER=auto)"
     with pytest.raises(ValueError, match="auto, classic or buildkit"):
         Engine(instance="x", builder="kaniko")
 
