@@ -257,9 +257,11 @@ def _drained(ctx, drainer, deliveries: int, timeout: float, prefix: str = "") ->
     started = time.monotonic()
 
     def recorded() -> bool:
+        # Rows are committed before their batch's jobs are queued and its entries acknowledged:
+        # done means recorded and the inbox empty, or the counts catch a batch in between.
         with ctx.db.session() as session:
-            return session.scalar(select(func.count()).select_from(Delivery)
-                                  .where(Delivery.id.like(f"{prefix}%"))) >= deliveries
+            rows = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.id.like(f"{prefix}%")))
+        return rows >= deliveries and ctx.inbox.waiting() == 0
 
     wait_until(f"{deliveries} deliveries recorded by the intake drainer", recorded, timeout=timeout,
                interval=0.1, process=drainer)
