@@ -246,10 +246,10 @@ def output(client: Client, out: Output, app: str, phase: str, lines: int, follow
     out.result(render.output_lines(body["sources"]), body)
     if not follow:
         return
-    shown = [render.moment(line["at"]) for source in body["sources"] for line in source["lines"]]
-    try:  # from the last line shown, so none falls between the two requests
-        for event in client.tail(app, phase, since=max(shown, default=None)):
-            if event.kind == "line":
+    last = max((render.moment(line["at"]) for source in body["sources"] for line in source["lines"]), default=None)
+    try:  # from the last line shown, so none falls between the two requests, and none twice
+        for event in client.tail(app, phase, since=last):
+            if event.kind == "line" and (last is None or render.moment(event.data["at"]) > last):
                 out.progress(render.output_line(event.data))
     except KeyboardInterrupt:
         sys.exit(130)
