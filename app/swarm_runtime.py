@@ -216,15 +216,15 @@ class SwarmRuntime:
     def follow(self, serving: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
         """Point each served phase's URL at its serving deployment's tasks where they run now
         (a drained or lost node's tasks moved); `serving`: (app, phase) → deployment id. Three
-        calls to the manager, one to the router per phase; the (app, phase)s whose route changed."""
+        calls to the manager, one read of the router plus a write per phase that changed; the
+        (app, phase)s whose route changed."""
         tasks, ready_nodes = self.swarm.app_tasks()
         return self._route(served_routes(tasks, ready_nodes, serving))
 
     def _route(self, routes: dict[tuple[str, str], list[str]]) -> list[tuple[str, str]]:
         """Write each route; the phases whose route changed. A phase with no task running keeps
         its route (Caddy skips what it cannot reach; a later follow finds the new tasks)."""
-        return [(app, phase) for (app, phase), endpoints in sorted(routes.items())
-                if endpoints and self.router.ensure_upstreams(app, phase, endpoints)]
+        return self.router.follow_upstreams({key: endpoints for key, endpoints in routes.items() if endpoints})
 
 class SwarmServices:
     """Backing services on the swarm: what `app.services` asks of a host (the docker runtime's

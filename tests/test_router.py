@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.adapters.router import CaddyRouter, DirectRouter, Router, Slots, migration_enabled
+from app.adapters.router import CaddyRouter, DirectRouter, Router, Slots, migration_enabled, routes_to_write
 from app.context import Context
 from app.exceptions import RouterError
 from tests.support.dockerkit import (
@@ -158,6 +158,33 @@ def test_ensure_route_is_a_no_op_when_nothing_changed(router, pair):
             assert response.read() == b"blue"
     finally:
         connection.close()
+
+
+def test_following_many_phases_reads_the_router_once_and_writes_only_the_changed_one(router, caddy_server):
+    """The swarm follow runs every 2 s over every served phase: one GET of the routes, a write
+    only for a phase whose tasks moved; idle phases cost Caddy no request."""
+    wanted = {("shop", f"p{i}"): [f"10.0.0.{i % 200 + 1}:30001", "10.0.1.1:30001"] for i in range(120)}
+    assert len(router.follow_upstreams(wanted)) == 120
+    sent: list[str] = []
+    router._session.hooks["response"].append(lambda response, **_: sent.append(response.request.method))
+    assert router.follow_upstreams(wanted) == [] and sent == ["GET"]
+    sent.clear()
+    moved = {**wanted, ("shop", "p7"): ["10.0.1.1:30001", "10.0.1.2:30002"]}
+    assert router.follow_upstreams(moved) == [("shop", "p7")] and sent == ["GET", "PATCH"]
+    route = requests.get(f"{caddy_server.admin_url}/id/{router.instance}.shop.p7", timeout=5).json()
+    assert [u["dial"] for u in route["handle"][0]["upstreams"]] == ["10.0.1.1:30001", "10.0.1.2:30002"]
+    sent.clear()
+    assert router.follow_upstreams({**moved, ("shop", "new"): ["10.0.2.1:30001"]}) == [("shop", "new")]
+    assert sent.count("GET") >= 1 and sent.count("PATCH") == 0 and ("POST" in sent or "PUT" in sent)
+    assert router.ensure_upstreams("shop", "new", ["10.0.2.1:30001"]) is False  # the same route follow wrote
+
+
+def test_a_route_is_written_when_it_differs_or_is_missing():
+    held = {("a", "x"): {"@id": "rp.a.x", "n": 1}, ("a", "y"): {"@id": "rp.a.y", "n": 1}}
+    wanted = {("a", "y"): {"@id": "rp.a.y", "n": 2}, ("a", "x"): {"@id": "rp.a.x", "n": 1},
+              ("a", "z"): {"@id": "rp.a.z", "n": 1}}
+    assert routes_to_write(wanted, held) == [("a", "y"), ("a", "z")]
+    assert routes_to_write({}, held) == []
 
 
 def test_switching_under_load_fails_no_request(router, pair):

@@ -4,7 +4,8 @@ When a node is drained or lost, Swarm starts its tasks elsewhere; until the rout
 new places, Caddy keeps skipping the unreachable old ones and the phase runs on fewer tasks.
 The scheduler process runs `loop` in a thread while a swarm runtime is configured: every
 FOLLOW_SECONDS one listing of our services' tasks and nodes, the pure `served_routes` choice,
-and a route write only where it changed (an unchanged route is never written). A phase being
+one read of the router's routes, and a write only where a route changed: an idle phase costs
+the router nothing, however many there are. A phase being
 deployed is skipped: its deploy job follows Swarm's rolling update itself.
 """
 

@@ -159,6 +159,20 @@ class CaddyRouter:
             raise RouterError(f"no endpoint to route {app}/{phase} to")
         return self._put_route(self._route_to(app, phase, list(endpoints), "round_robin"))
 
+    def follow_upstreams(self, wanted: Mapping[tuple[str, str], list[str]]) -> list[tuple[str, str]]:
+        """Route each (app, phase) to its endpoints, as `ensure_upstreams` does, for many phases
+        at once: one read of our server's routes, then one write per phase whose route differs
+        (none for an idle phase, however many there are); the (app, phase)s written."""
+        existing = self._our_routes()
+        routes = {key: self._route_to(*key, list(endpoints), "round_robin") for key, endpoints in wanted.items()}
+        changed = routes_to_write(routes, existing)
+        for key in changed:
+            if key in existing:
+                self._request("PATCH", f"/id/{routes[key]['@id']}", routes[key])
+            else:
+                self._put_route(routes[key])
+        return changed
+
     def _put_route(self, route: dict) -> bool:
         route_id = route["@id"]
         response = self._request("GET", f"/id/{route_id}", ok=(404,))
@@ -181,6 +195,11 @@ class CaddyRouter:
         self._request("DELETE", f"/id/{self._route_id(app, phase)}", ok=(404,))
 
     def routes(self) -> dict[tuple[str, str], tuple[int, ...]]:
+        found = {key: _route_order(route) for key, route in self._our_routes().items()}
+        return {key: order for key, order in found.items() if order is not None}
+
+    def _our_routes(self) -> dict[tuple[str, str], dict]:
+        """(app, phase) -> its route as Caddy holds it now, for every route of ours: one GET."""
         config = self._request("GET", "/config/").json() or {}
         server = config.get("apps", {}).get("http", {}).get("servers", {}).get(self.server_name)
         found = {}
@@ -188,9 +207,8 @@ class CaddyRouter:
         for route in (server or {}).get("routes") or []:
             route_id = str(route.get("@id", ""))
             app, _, phase = route_id.removeprefix(prefix).partition(".")
-            order = _route_order(route)
-            if route_id.startswith(prefix) and phase and order is not None:
-                found[(app, phase)] = order
+            if route_id.startswith(prefix) and phase:
+                found[(app, phase)] = route
         return found
 
     def ping(self) -> bool:
@@ -361,6 +379,12 @@ def upstream_ports(slots: Slots, serving: int, also: tuple[int, ...] = ()) -> tu
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536 or port in ordered:
             raise RouterError(f"replica port {port!r} is not a TCP port apart from the slots {slots.a} and {slots.b}")
     return (serving, *also)
+
+
+def routes_to_write(wanted: Mapping[tuple[str, str], dict], existing: Mapping[tuple[str, str], dict]
+                    ) -> list[tuple[str, str]]:
+    """The (app, phase)s, in order, whose wanted route is not what the router holds (or not there)."""
+    return sorted(key for key, route in wanted.items() if existing.get(key) != route)
 
 
 def _route_order(route: dict) -> tuple[int, ...] | None:
