@@ -440,6 +440,51 @@ def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
     assert mountpoint.is_dir() and list(mountpoint.iterdir()) == []
 
 
+def _running(rig: SwarmRig) -> list:
+    return [t for t in rig.ctx.swarm.tasks(f"{rig.ctx.settings.pipeline_instance}-shop-demo")
+            if t.state == "running" and t.desired == "running"]
+
+
+@pytest.mark.slow
+def test_the_procfiles_worker_deploys_and_its_scheduler_follows_a_drained_node(swarm, rig, tmp_path):
+    """As the Procfile runs it: `release-pipeline worker` deploys 3 replicas over both nodes;
+    then, with no worker left (so no reconcile anywhere), `release-pipeline scheduler`'s follow
+    thread alone moves the phase URL off the drained node; no request fails."""
+    worker_address = swarm.workers[0].address
+    processes: list[WorkerProcess] = []
+    try:
+        processes.append(scheduler := WorkerProcess(rig.environ, tmp_path / "scheduler.log", command="scheduler"))
+        processes.append(worker := WorkerProcess(rig.environ, tmp_path / "worker.log"))
+        rig.commit("3.0.0")
+        deployment_id = rig.schedule("3.0.0")
+        rig.ctx.jobs.enqueue(QueuedDeploy(deployment_id))
+        wait_for(lambda: rig.deployment(deployment_id).status in ("succeeded", "failed"), 180,
+                 "the worker process's deployment", pause=0.5, details=worker.tail)
+        assert rig.deployment(deployment_id).status == "succeeded", rig.lines(deployment_id)
+        assert len(_running(rig)) == 3 and {t.node for t in _running(rig)} == {"manager", "worker1"}
+        assert any(dial.startswith(worker_address) for dial in rig.upstreams())
+        worker.stop()  # from here on only the scheduler process runs: its reconcile jobs wait in the queue
+        with RequestLoop(lambda session: rig.get(session), keep_alive=False) as loop:
+            swarm.drain(swarm.workers[0])
+            wait_for(lambda: len(_running(rig)) == 3 and {t.node for t in _running(rig)} == {"manager"}, 90,
+                     "every task on the manager", pause=0.5)
+            dials = wait_for(lambda: (lambda d: d if len(d) == 3 and not any(
+                x.startswith(worker_address) for x in d) else None)(rig.upstreams()), 20,
+                "the scheduler's follow to move the route", details=scheduler.tail)
+            time.sleep(3)
+        assert all(dial.startswith(swarm.manager.address) for dial in dials)
+        assert loop.failures == [] and len(loop.answers) > 10
+        assert all("APP_NODE=manager" in answer for answer in loop.answers[-5:])
+        assert scheduler.alive() and "follows its tasks to their new places" in scheduler.tail(200)
+        assert rig.deployment(deployment_id).status == "succeeded"  # moved, not redeployed
+    finally:
+        for process in processes:
+            process.stop()
+        swarm.activate(swarm.workers[0])
+    changes.delete_app(rig.ctx, "shop", confirm="shop", actor="dora", role_of=lambda app: "admin")
+    assert rig.ctx.swarm.services() == []
+
+
 @pytest.mark.slow
 def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
     from app.doctor import run_checks
@@ -536,7 +581,7 @@ def test_a_phase_on_two_nodes_through_the_deploy_job(swarm, rig, tmp_path):
     try:
         with RequestLoop(lambda session: rig.get(session), keep_alive=False) as loop:
             swarm.drain(swarm.workers[0])
-            wait_for(on_manager_only, 90, "every task on the manager")
+            wait_for(on_manager_only, 90, "every task on the manager", pause=0.5)
             dials = wait_for(lambda: (lambda d: d if len(d) == 3 and not any(
                 x.startswith(worker_address) for x in d) else None)(rig.upstreams()), 15,
                 "the route to follow the tasks", details=lambda: str(rig.upstreams()))

@@ -240,6 +240,10 @@ class TwoNodeSwarm:
         """`docker node update --availability drain <node>`, on the manager."""
         self.manager.cli("node", "update", "--availability", "drain", self.node_id(node))
 
+    def activate(self, node: Node) -> None:
+        """`docker node update --availability active <node>`: tasks may be placed there again."""
+        self.manager.cli("node", "update", "--availability", "active", self.node_id(node))
+
     def kill(self, node: Node) -> None:
         """The machine is gone: its engine, containerd and every task process SIGKILLed, its
         link down, so the manager finds out by missed heartbeats, as with a lost machine."""
