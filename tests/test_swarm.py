@@ -22,7 +22,8 @@ from sqlalchemy import select
 from app.actions import current
 from app.adapters.swarm import (PROBE_SOURCE, PROBE_TARGET, AppService, BackingService, Rollout,
                                 app_service_spec, backing_container, backing_service_spec, backing_state, pick_node,
-                                placed_on, read_tasks, rollout_state, served_routes, upstreams, wipe_spec)
+                                placed_on, read_tasks, resources, rollout_state, served_routes, upstreams,
+                                wipe_spec)
 from app.exceptions import DeployFailed
 from app.context import Context
 from app.deployments import schedule
@@ -164,9 +165,13 @@ def test_a_backing_service_reads_as_a_container_to_the_provisioner():
                           {**_task("1", "n1", state="failed", port=None, desired="shutdown"),
                            "Status": {"State": "failed", "ContainerStatus": {"ExitCode": 3}}}], NODES)
     assert (backing_state(service, crashed).restarts, backing_state(service, crashed).exit_code) == (1, 3)
-    running = read_tasks([_task("1", "n1", port=None)], NODES)
+    running = read_tasks([_task("1", "n1", port=None, resources=spec["TaskTemplate"]["Resources"])], NODES)
     assert backing_state(service, running).status == "running"
     assert backing_container(service, running).id == "rp-shop-demo-db"
+    # resized to 96m: until Swarm replaced it, the task started with 64m is not the service running
+    resized = {"Spec": {**spec, "TaskTemplate": {**spec["TaskTemplate"], "Resources": resources("96m", None)}}}
+    assert (backing_state(resized, running).status, backing_state(resized, running).memory) == (
+        "starting", 96 * 1024 * 1024)
 
 
 def test_each_served_phase_routes_to_its_serving_deployments_tasks_on_ready_nodes():
@@ -186,9 +191,10 @@ def test_each_served_phase_routes_to_its_serving_deployments_tasks_on_ready_node
 
 
 def _task(id: str, node: str, state: str = "running", deployment: str = "7", port: int | None = 30001,
-          desired: str = "running") -> dict:
+          desired: str = "running", resources: dict | None = None) -> dict:
     return {"ID": id, "NodeID": node, "DesiredState": desired, "CreatedAt": id,
-            "Spec": {"ContainerSpec": {"Labels": {"release-pipeline.deployment": deployment}}},
+            "Spec": {"ContainerSpec": {"Labels": {"release-pipeline.deployment": deployment}},
+                     **({"Resources": resources} if resources else {})},
             "Status": {"State": state, "PortStatus": {"Ports": [{"PublishedPort": port}] if port else []}}}
 
 
@@ -424,6 +430,20 @@ def test_a_backing_service_keeps_its_data_on_its_node(swarm, rig, tmp_path):
     assert len(replaced) == 1 and replaced[0].id != db_task.id and replaced[0].node == node
     with requests.Session() as session:
         assert {rig.get(session, "/cgi-bin/db").text.split("DB=")[1].split()[0] for _ in range(6)} == {data}
+
+    # the phase's profile resized (memory 64m → 96m): Swarm cannot resize a task in place, so a new
+    # task on the same node with the same volume; the database answers with its data as the deploy ends
+    (tmp_path / "pipeline.yml").write_text(PIPELINE.replace("memory: 64m", "memory: 96m"))
+    rig.ctx = Context.from_settings(load_settings(rig.environ))
+    rig.commit("2.4.0", repo_file=changed, files={"www/cgi-bin/db": CGI_DB})
+    resized = rig.deploy("2.4.0")
+    assert resized.status == "succeeded", rig.lines(resized.id)
+    with requests.Session() as session:
+        assert {rig.get(session, "/cgi-bin/db").text.split("DB=")[1].split()[0] for _ in range(6)} == {data}
+    assert any(line.startswith("service db: resized to the demo profile (96m") for line in rig.lines(resized.id))
+    assert rig.ctx.swarm.service(db_name)["Spec"]["TaskTemplate"]["Resources"] == resources("96m", 0.5)
+    after = [t for t in rig.ctx.swarm.tasks(db_name) if t.state == "running"]
+    assert len(after) == 1 and after[0].id != replaced[0].id and after[0].node == node
 
     # the app deleted: its Swarm service and route, its backing service, the service's data
     # (emptied by a job on its node, where the manager cannot delete the volume), the network

@@ -245,16 +245,18 @@ def placed_on(service: dict) -> str | None:
 
 def backing_state(service: dict, tasks: list[Task]) -> ServiceState:
     """A backing service as app.services reads a container: the state of its current task
-    ("running" only once Swarm's health check passed), restarts as the tasks that failed."""
+    ("running" only once Swarm's health check passed, and only a task started with the
+    service's limits: right after a resize the old one still runs until Swarm replaces it),
+    restarts as the tasks that failed."""
     spec = service["Spec"]
     container = spec["TaskTemplate"]["ContainerSpec"]
-    limits = (spec["TaskTemplate"].get("Resources") or {}).get("Limits") or {}
+    memory, nano_cpus = _limits(spec["TaskTemplate"].get("Resources"))
     current = next((t for t in tasks if t.desired == "running"), None)
     failed = [t for t in tasks if t.state in ("failed", "rejected")]
-    status = "running" if current is not None and current.state == "running" else "starting"
+    status = ("running" if current is not None and current.state == "running"
+              and current.limits == (memory, nano_cpus) else "starting")
     return ServiceState(status=status, exit_code=failed[0].exit_code if failed else None,
-                        memory=limits.get("MemoryBytes") or None,
-                        cpus=limits["NanoCPUs"] / SECOND if limits.get("NanoCPUs") else None,
+                        memory=memory, cpus=nano_cpus / SECOND if nano_cpus else None,
                         restarts=len(failed), health=None, image_id=container.get("Image"),
                         labels=dict(spec.get("Labels") or {}), has_image_healthcheck=False)
 
@@ -287,6 +289,8 @@ class Task:
     #: The app and phase of an app service's task (None for a backing service's).
     app: str | None = None
     phase: str | None = None
+    #: The task's own limits (MemoryBytes, NanoCPUs), as the spec it was started from said.
+    limits: tuple[int | None, int | None] = (None, None)
 
     @property
     def endpoint(self) -> str | None:
@@ -310,8 +314,13 @@ def read_tasks(tasks: list[dict], nodes: list[dict]) -> list[Task]:
             error=status.get("Err") or "", message=status.get("Message") or "", exit_code=(status.get("ContainerStatus") or {}).get("ExitCode"),
             container_id=(status.get("ContainerStatus") or {}).get("ContainerID") or "",
             slot=task.get("Slot") or 0, version=labels.get(LABEL_VERSION), app=labels.get(LABEL_APP),
-            phase=labels.get(LABEL_PHASE)))
+            phase=labels.get(LABEL_PHASE), limits=_limits((task.get("Spec") or {}).get("Resources"))))
     return out
+
+
+def _limits(resources: dict | None) -> tuple[int | None, int | None]:
+    limits = (resources or {}).get("Limits") or {}
+    return limits.get("MemoryBytes") or None, limits.get("NanoCPUs") or None
 
 
 def ready(nodes: list[dict]) -> set[str]:
