@@ -37,7 +37,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import select
 
 import app.jobs
-from app.adapters.docker import LABEL_DEPLOYMENT, LABEL_INSTANCE, Engine
+from app.adapters.docker import LABEL_DEPLOYMENT, Engine
 from app.adapters.router import Slots
 from app.context import Context
 from app.deployments import schedule
@@ -138,7 +138,7 @@ class Stack:
     def commit(self, version: str, *, build_seconds: int = 0, ready_after: int = 0) -> str:
         extra = dict(REPO_FILE)
         if build_seconds or ready_after:
-            run = f'RUN ["/bin/busybox", "sleep", "{build_seconds}"]\n' if build_seconds else ""
+            run = f'RUN ["/bin/busybox", "sleep", "{self.build_sleep(build_seconds)}"]\n' if build_seconds else ""
             command = json.dumps(["/bin/busybox", "sh", "-c", _start_command(ready_after)])
             dockerfile = DOCKERFILE.format(instance=self.ctx.settings.pipeline_instance, run=run, command=command)
             extra.update({"Dockerfile": dockerfile, "nonce": secrets.token_hex(8)})
@@ -221,12 +221,20 @@ class Stack:
     def containers(self, phase: str | None = "demo"):
         return self.ctx.engine.list_containers(app=APP, phase=phase)
 
-    def build_step_running(self) -> bool:
-        """Whether Docker runs the slow build step now (its container carries our instance label
-        from the Dockerfile's LABEL, though not the app label)."""
-        label = f"{LABEL_INSTANCE}={self.ctx.settings.pipeline_instance}"
-        return any(c.get("Command", "").startswith("/bin/busybox sleep ") and c["State"] == "running"
-                   for c in self.ctx.engine.client.api.containers(filters={"label": label}))
+    def build_sleep(self, seconds: int) -> str:
+        """The slow build step's `sleep` argument: its fraction names this stack, so the step's
+        process is told from any other on the host."""
+        return f"{seconds}.{int(self.ctx.settings.pipeline_instance.encode().hex(), 16) % 9000 + 1000}"
+
+    def build_step_running(self, seconds: int = 8) -> bool:
+        """Whether the slow build step runs now: its process, on this host, whichever builder
+        runs it (a classic build's container, a BuildKit step's)."""
+        wanted = ["/bin/busybox", "sleep", self.build_sleep(seconds)]
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with suppress(OSError):
+                if cmdline.read_bytes().split(b"\0")[:-1] == [part.encode() for part in wanted]:
+                    return True
+        return False
 
     def containers_of(self, deployment_id: int):
         return [c for c in self.containers(None) if c.labels.get(LABEL_DEPLOYMENT) == str(deployment_id)]

@@ -456,8 +456,10 @@ class Engine:
             code = process.wait()
             feeder.join()
             if code != 0:
-                raise BuildFailed(last.strip().removeprefix("ERROR: ").removeprefix("error: ")[:500]
-                                  or f"docker build exited with {code}")
+                said = last.strip().removeprefix("ERROR: ").removeprefix("error: ")[:500]
+                if not self.ping():  # the engine went away: not the app's build that failed
+                    raise EngineUnavailable(f"docker build: {said or f'exited with {code}'}")
+                raise BuildFailed(said or f"docker build exited with {code}")
             with open(iidfile) as handle:
                 return handle.read().strip()
 
