@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import ClassVar
 
 from app.exceptions import InvalidVersion
-from app.versions import validate_version
+from app.versions import MAX_VERSION_LENGTH, validate_version
 
 
 class CommandName(StrEnum):
@@ -226,8 +226,10 @@ def _phase(word: str | None, phases: Sequence[str]) -> str:
 def _version(word: str) -> str:
     try:
         return validate_version(word)
-    except InvalidVersion as invalid:
-        raise _Unparsable(f"{_shown(word)} is not a valid version. {invalid}") from None
+    except InvalidVersion:
+        # Shorter than InvalidVersion's text: the reply quotes the commenter's word as well.
+        raise _Unparsable(f"{_shown(word)} is not a valid version: use semver (v1.2.3, 1.4.0-rc.1) or up to "
+                          f"{MAX_VERSION_LENGTH} letters, digits, '.', '_' or '-', not starting with '.' or '-'.") from None
 
 
 def _split_keyword(args: list[str], keyword: str) -> tuple[list[str], str | None]:
