@@ -1,11 +1,8 @@
 """RUNTIME=docker: each app+phase on one Docker engine, in two slots behind the router.
 
 Every app+phase owns two fixed loopback ports, its slots (app.slots). A deployment's first
-container goes to the slot the serving one does not use: it joins that slot's holder, a
-sleeping container kept per slot that owns the network namespace and publishes the slot port,
-so the engine starts the app container without making a network for it (the slow part of a
-start: 0.25-0.35 s with a network of its own, 0.09-0.12 s joined). Its other replicas (profile
-`replicas` > 1) get networks of their own, published on ports the engine picks. The router lists the serving slot first (one
+container publishes on the slot the serving one does not use; its other replicas (profile
+`replicas` > 1) on ports the engine picks. The router lists the serving slot first (one
 replica) or spreads requests over every serving replica (several), so switching is one route
 change (app.adapters.router). Deciding — which slot, what is in the way, what to retire, what
 the route lists — is done by the pure functions here; `DockerRuntime` only carries it out.
@@ -17,9 +14,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
 
-from app.adapters.docker import ContainerEvent, ContainerInfo, ContainerSpec, Engine, Holder, HolderSpec, holder_name
+from app.adapters.docker import ContainerEvent, ContainerInfo, ContainerSpec, Engine
 from app.adapters.router import Router, Slots
 from app.db import Database
 from app.exceptions import DeployFailed
@@ -106,34 +102,9 @@ def container_spec(spec: PhaseSpec, replica: int = 0, host_port: int | None = No
                          host_port=host_port, replica=replica)
 
 
-def container_specs(spec: PhaseSpec, port: int, holder: str | None = None) -> list[ContainerSpec]:
-    """One container per replica, the first on the free slot `port` (joining its `holder`)."""
-    first = container_spec(spec, 0, port)
-    return [ContainerSpec(**{**first.__dict__, "holder": holder}),
-            *(container_spec(spec, replica) for replica in range(1, spec.replicas))]
-
-
-def holder_spec(spec: PhaseSpec, port: int) -> HolderSpec:
-    return HolderSpec(app=spec.target.app, phase=spec.target.phase, host_port=port, container_port=spec.port,
-                      network=spec.network)
-
-
-class HolderStep(str, Enum):
-    """What the free slot's holder needs before the new container joins it."""
-
-    KEEP = "keep"
-    START = "start"
-    CREATE = "create"
-    #: Made for another app port or network (a holder cannot change): removed, then created.
-    REPLACE = "replace"
-
-
-def holder_step(found: Holder | None, wanted: HolderSpec) -> HolderStep:
-    if found is None:
-        return HolderStep.CREATE
-    if found.spec != wanted:
-        return HolderStep.REPLACE
-    return HolderStep.KEEP if found.running else HolderStep.START
+def container_specs(spec: PhaseSpec, port: int) -> list[ContainerSpec]:
+    """One container per replica, the first on the free slot `port`."""
+    return [container_spec(spec, replica, port if replica == 0 else None) for replica in range(spec.replicas)]
 
 
 def describe_place(port: int, replicas: int) -> str:
@@ -269,10 +240,9 @@ class DockerRuntime:
         placement = place(observed, self.slots(spec.target))
         for leftover in placement.remove:
             self.engine.stop_and_remove(leftover.id, timeout=QUICK_STOP)
-        holder = self.ready_holder(holder_spec(spec, placement.port))
         started: list[Instance] = []
         try:
-            for container_spec in container_specs(spec, placement.port, holder):
+            for container_spec in container_specs(spec, placement.port):
                 container = self.engine.run_container(container_spec)
                 started.append(Instance(
                     id=container.id, name=container.name, app=spec.target.app, phase=spec.target.phase,
@@ -283,21 +253,6 @@ class DockerRuntime:
             raise
         return Started(instances=tuple(started), removed=tuple(i.name for i in placement.remove),
                        to_retire=placement.retire, where=describe_place(placement.port, spec.replicas))
-
-    def ready_holder(self, wanted: HolderSpec) -> str:
-        """The name of the free slot's holder, running as `wanted` (nothing serves from it:
-        what was on the free slot was removed first)."""
-        name = holder_name(self.engine.instance, wanted.app, wanted.phase, wanted.host_port)
-        found = next((h for h in self.engine.holders(wanted.app, wanted.phase) if h.name == name), None)
-        step = holder_step(found, wanted)
-        if step is HolderStep.KEEP:
-            return found.name
-        if step is HolderStep.START:
-            self.engine.start_holder(found.id, wanted.host_port)
-            return found.name
-        if step is HolderStep.REPLACE:
-            self.engine.remove_holder(found.id)
-        return self.engine.create_holder(wanted)
 
     def wait_healthy(self, spec: PhaseSpec, started: Started,
                      progress: Callable[[str], None] | None = None) -> HealthResult:

@@ -16,7 +16,6 @@ from app.adapters.docker import (
     LABEL_TREE,
     ContainerSpec,
     Engine,
-    HolderSpec,
 )
 from app.exceptions import BuildFailed, DeployFailed
 from tests.support.dockerkit import (
@@ -24,7 +23,6 @@ from tests.support.dockerkit import (
     PROFILE_VARIABLE,
     container_status,
     context_tar,
-    free_port,
     remove_instance_objects,
     unique_instance,
     wait_until,
@@ -215,31 +213,6 @@ def test_remove_instance_objects_clears_everything(tmp_path):
     assert engine.client.images.list(filters=label) == []
     assert engine.client.networks.list(filters=label) == []
     assert engine.client.volumes.list(filters=label) == []
-
-
-def test_a_slots_container_joins_its_holder_and_is_served_on_the_slot_port(docker_engine, built):
-    image_id, _, _ = built
-    slot = free_port()
-    holder = docker_engine.create_holder(HolderSpec("sample", "demo", slot, APP_PORT, None))
-    try:
-        for deployment_id in (31, 32):  # one holder serves every container of its slot in turn
-            spec = ContainerSpec(**{**_spec(image_id, deployment_id=deployment_id).__dict__, "host_port": slot,
-                                    "holder": holder})
-            running = docker_engine.run_container(spec)
-            assert running.host_port == slot
-            assert "APP_VERSION=1.0.0" in _get_when_up(f"http://127.0.0.1:{slot}/cgi-bin/info")
-            [listed] = [c for c in docker_engine.list_containers(app="sample") if c.id == running.id]
-            assert listed.host_port == slot  # from its label: it publishes nothing itself
-            docker_engine.stop_and_remove(running.id, timeout=2)
-        [found] = docker_engine.holders("sample", "demo")
-        assert (found.name, found.running) == (holder, True)
-        assert found.spec == HolderSpec("sample", "demo", slot, APP_PORT, None)
-        assert holder not in [c.name for c in docker_engine.list_containers()]  # a holder is no app container
-    finally:
-        docker_engine.remove_holders("sample")
-    assert docker_engine.holders("sample") == []
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"http://127.0.0.1:{slot}/", timeout=1)
 
 
 def test_ping_and_lazy_client():

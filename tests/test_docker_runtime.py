@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.adapters.docker import (
-    ContainerInfo,
-    ContainerSpec,
-    Engine,
-    Holder,
-    HolderSpec,
-    app_container_args,
-    holder_container_args,
-    release_container_args,
-)
+from app.adapters.docker import ContainerInfo, ContainerSpec, Engine, app_container_args, release_container_args
 from app.adapters.router import Slots, upstream_ports
 from app.docker_runtime import (
     DockerRuntime,
     Placement,
     combine_health,
-    HolderStep,
     container_specs,
     describe_place,
-    holder_spec,
-    holder_step,
     instance_of,
     place,
     route_ports,
@@ -82,43 +70,11 @@ def test_each_replica_is_one_container_the_first_on_the_slot():
                      network="rp-shop-demo")
     common = dict(app="shop", phase="demo", version="2.0.0", sha="a" * 40, deployment_id=9, image="sha256:abc",
                   env={"A": "1"}, port=8080, memory="64m", cpus=0.5, network="rp-shop-demo")
-    assert container_specs(spec, 20001, "rp-shop-demo-slot20001") == [
-        ContainerSpec(**common, host_port=20001, replica=0, holder="rp-shop-demo-slot20001"),
-        ContainerSpec(**common, host_port=None, replica=1),
-        ContainerSpec(**common, host_port=None, replica=2)]
+    assert container_specs(spec, 20001) == [ContainerSpec(**common, host_port=20001, replica=0),
+                                            ContainerSpec(**common, host_port=None, replica=1),
+                                            ContainerSpec(**common, host_port=None, replica=2)]
     assert describe_place(20001, 1) == "slot port 20001"
     assert describe_place(20001, 3) == "slot port 20001 and 2 more ports"
-
-
-def test_the_free_slots_holder_is_kept_started_created_or_replaced_as_it_was_found():
-    spec = PhaseSpec(target=TARGET, deployment_id=9, version="2.0.0", sha="a" * 40, image="sha256:abc", port=8080,
-                     network="rp-shop-demo")
-    wanted = holder_spec(spec, 20001)
-    assert wanted == HolderSpec(app="shop", phase="demo", host_port=20001, container_port=8080, network="rp-shop-demo")
-    found = Holder(id="h", name="rp-shop-demo-slot20001", running=True, spec=wanted)
-    assert holder_step(found, wanted) is HolderStep.KEEP
-    assert holder_step(Holder(**{**found.__dict__, "running": False}), wanted) is HolderStep.START
-    assert holder_step(None, wanted) is HolderStep.CREATE
-    # A holder publishes one container port on one network for good: another app port, services
-    # added or removed, or labels it cannot be read from, and it is made again.
-    for other in (HolderSpec("shop", "demo", 20001, 9000, "rp-shop-demo"), HolderSpec("shop", "demo", 20001, 8080, None),
-                  None):
-        assert holder_step(Holder(**{**found.__dict__, "spec": other}), wanted) is HolderStep.REPLACE
-
-
-def test_a_holder_publishes_the_slot_and_the_slots_container_joins_it():
-    assert holder_container_args("rp", HolderSpec("shop", "demo", 20001, 8080, "net")) == {
-        "image": "rp-slot-holder:1", "name": "rp-shop-demo-slot20001", "init": True,
-        "labels": {"release-pipeline.instance": "rp", "release-pipeline.slot-holder": "shop",
-                   "release-pipeline.phase": "demo", "release-pipeline.slot": "20001",
-                   "release-pipeline.holds": "8080/net"},
-        "restart_policy": {"Name": "unless-stopped"}, "ports": {"8080/tcp": ("127.0.0.1", 20001)}, "network": "net"}
-    joined = app_container_args("rp", ContainerSpec(
-        app="shop", phase="demo", version="2.0.0", sha="a" * 40, deployment_id=9, image="sha256:abc", env={},
-        port=8080, network="net", host_port=20001, holder="rp-shop-demo-slot20001"))
-    assert joined["network_mode"] == "container:rp-shop-demo-slot20001"
-    assert "ports" not in joined and "network" not in joined  # the holder's: it has them
-    assert joined["labels"]["release-pipeline.slot"] == "20001"  # how list_containers knows its port
 
 
 def test_the_route_lists_the_slots_for_one_replica_and_every_replica_for_several():

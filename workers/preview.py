@@ -50,7 +50,6 @@ def remove(ctx: Context, *, app_id: int, pr_number: int, generation: int, up_to:
             removed.append(instance.name)
         if not revived:
             ctx.router.remove(app_name, phase)
-            ctx.engine.remove_holders(app_name, phase)
             services.remove(ctx, app_name, app_id, phase)
             with ctx.db.session() as session:  # its service passwords and slot ports
                 session.execute(delete(Profile).where(Profile.app_id == app_id, Profile.phase == phase))

@@ -43,14 +43,6 @@ LABEL_INSTANCE = "release-pipeline.instance"
 LABEL_TREE = "release-pipeline.tree"
 #: On one-off release-command containers, instead of LABEL_APP: they are never app containers.
 LABEL_RELEASE_OF = "release-pipeline.release-of"
-#: On a slot's network holder, instead of LABEL_APP (it is never an app container): the app.
-LABEL_HOLDER = "release-pipeline.slot-holder"
-#: On a holder and on the app container that joined it: the slot port the holder publishes.
-LABEL_SLOT = "release-pipeline.slot"
-#: On a holder: what it was created for, "<container port>/<network>" (it cannot change).
-LABEL_HOLDS = "release-pipeline.holds"
-#: The static busybox (Debian's busybox-static) a holder's image is made of: `sleep` only.
-HOLDER_BINARY = "/bin/busybox"
 
 _INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,20}$")
 # App and phase names end up in container names, image tags and labels: slugs only.
@@ -99,35 +91,6 @@ class ContainerSpec:
     host_port: int | None = None
     #: Which of the deployment's replicas (0 for the first): part of the container's name.
     replica: int = 0
-    #: The slot's holder to join (its network namespace, which publishes `host_port`), or None:
-    #: a network of its own, published by the engine.
-    holder: str | None = None
-
-
-@dataclass(frozen=True)
-class HolderSpec:
-    """A slot's network holder: a container that only sleeps and owns the network namespace
-    the slot's app container joins, publishing the slot port. The engine then starts an app
-    container without creating a network for it (measured: 0.09-0.12 s instead of 0.25-0.35 s)."""
-
-    app: str
-    phase: str
-    host_port: int
-    #: The port the app listens on inside (the slot port is published to it).
-    container_port: int
-    #: The phase's backing-services network, or None: the engine's default bridge.
-    network: str | None
-
-
-@dataclass(frozen=True)
-class Holder:
-    """A holder as the engine lists it."""
-
-    id: str
-    name: str
-    running: bool
-    #: What it was created for (from its labels); None when they cannot be read.
-    spec: HolderSpec | None
 
 
 @dataclass(frozen=True)
@@ -201,40 +164,9 @@ def app_container_args(instance: str, spec: ContainerSpec) -> dict:
         name += f".{spec.replica + 1}"
     labels = {LABEL_INSTANCE: instance, LABEL_APP: spec.app, LABEL_PHASE: spec.phase, LABEL_VERSION: spec.version,
               LABEL_SHA: spec.sha, LABEL_DEPLOYMENT: str(spec.deployment_id)}
-    if spec.holder is not None:  # the holder's network, and its published slot port
-        labels[LABEL_SLOT] = str(spec.host_port)
-        reach = {"network_mode": f"container:{spec.holder}"}
-    else:
-        reach = {"ports": {f"{spec.port}/tcp": ("127.0.0.1", spec.host_port)}, "network": spec.network}
     return {"image": spec.image, "command": spec.command, "name": name, "labels": labels,
             "environment": _environment(spec), **_sizing(spec), "restart_policy": {"Name": "unless-stopped"},
-            **reach}
-
-
-def holder_name(instance: str, app: str, phase: str, host_port: int) -> str:
-    return f"{instance}-{app}-{phase}-slot{host_port}"
-
-
-def holder_container_args(instance: str, spec: HolderSpec) -> dict:
-    """The create arguments of a slot's holder: `init` so that SIGTERM ends its sleep."""
-    labels = {LABEL_INSTANCE: instance, LABEL_HOLDER: spec.app, LABEL_PHASE: spec.phase,
-              LABEL_SLOT: str(spec.host_port), LABEL_HOLDS: f"{spec.container_port}/{spec.network or ''}"}
-    return {"image": holder_image(instance), "name": holder_name(instance, spec.app, spec.phase, spec.host_port),
-            "labels": labels, "init": True, "restart_policy": {"Name": "unless-stopped"},
-            "ports": {f"{spec.container_port}/tcp": ("127.0.0.1", spec.host_port)}, "network": spec.network}
-
-
-def holder_image(instance: str) -> str:
-    return f"{instance}-slot-holder:1"
-
-
-def _holder_spec(labels: dict[str, str]) -> HolderSpec | None:
-    port, _, network = labels.get(LABEL_HOLDS, "").partition("/")
-    slot = labels.get(LABEL_SLOT, "")
-    if not (port.isdigit() and slot.isdigit()):
-        return None
-    return HolderSpec(app=labels.get(LABEL_HOLDER, ""), phase=labels.get(LABEL_PHASE, ""), host_port=int(slot),
-                      container_port=int(port), network=network or None)
+            "ports": {f"{spec.port}/tcp": ("127.0.0.1", spec.host_port)}, "network": spec.network}
 
 
 def release_container_args(instance: str, spec: ContainerSpec, argv: list[str]) -> dict:
@@ -260,8 +192,7 @@ def _container_info(summary: dict) -> ContainerInfo:
         name=summary["Names"][0].lstrip("/"),
         labels=summary.get("Labels") or {},
         status=summary["State"],
-        host_port=next((p["PublicPort"] for p in summary.get("Ports", []) if p.get("PublicPort")),
-                       _port((summary.get("Labels") or {}).get(LABEL_SLOT))),  # or joined its slot's holder
+        host_port=next((p["PublicPort"] for p in summary.get("Ports", []) if p.get("PublicPort")), None),
     )
 
 
@@ -292,8 +223,7 @@ class ContainerChanges:
                 labels = {k: v for k, v in attributes.items() if k.startswith("release-pipeline.")}
                 state = STATE_EVENTS[action]
                 yield ContainerEvent(actor["ID"], state, ContainerInfo(
-                    id=actor["ID"], name=attributes.get("name", ""), labels=labels, status=state or "",
-                    host_port=_port(labels.get(LABEL_SLOT))))
+                    id=actor["ID"], name=attributes.get("name", ""), labels=labels, status=state or "", host_port=None))
         except (DockerException, requests.RequestException) as exc:
             raise EngineUnavailable(f"{type(exc).__name__}: {_first_line(str(exc))[:300]}") from None
 
@@ -520,8 +450,6 @@ class Engine:
             raise DeployFailed(f"cannot create container {name}: {_explanation(exc)}") from None
         try:
             container.start()
-            if spec.holder is not None:  # reached through the holder's published slot port
-                return RunningContainer(id=container.id, name=name, host_port=spec.host_port)
             container.reload()
             bindings = container.ports.get(f"{spec.port}/tcp") or []
             if bindings:
@@ -661,70 +589,6 @@ class Engine:
         filters["label"].append(LABEL_APP)
         return ContainerChanges(self.client.api.events(
             decode=True, filters={**filters, "type": ["container"], "event": list(STATE_EVENTS)}))
-
-    # Slot holders (app.docker_runtime decides when one is started, replaced or removed)
-
-    def holders(self, app: str, phase: str | None = None) -> list[Holder]:
-        wanted = {LABEL_HOLDER: app, **({LABEL_PHASE: phase} if phase is not None else {})}
-        return [Holder(id=summary["Id"], name=summary["Names"][0].lstrip("/"), running=summary["State"] == "running",
-                       spec=_holder_spec(summary.get("Labels") or {}))
-                for summary in self.client.api.containers(all=True, filters=self._filters(**wanted))]
-
-    def create_holder(self, spec: HolderSpec) -> str:
-        """Create and start the holder of `spec`; its name."""
-        args = holder_container_args(self.instance, spec)
-        self._ensure_holder_image()
-        try:
-            container = self.client.containers.create(**args)
-        except APIError as exc:
-            raise DeployFailed(f"cannot create the slot holder {args['name']}: {_explanation(exc)}") from None
-        self.start_holder(container.id, spec.host_port)
-        return args["name"]
-
-    def start_holder(self, holder_id: str, host_port: int) -> None:
-        try:
-            self.client.api.start(holder_id)
-        except APIError as exc:
-            explanation = _explanation(exc)
-            with suppress(APIError, NotFound):
-                self.client.api.remove_container(holder_id, force=True)
-            if "already allocated" in explanation or "already in use" in explanation:
-                raise DeployFailed(f"cannot start the slot holder: port {host_port} on 127.0.0.1 is taken by "
-                                   "another program (see SLOT_PORTS)") from None
-            raise DeployFailed(f"cannot start the slot holder: {explanation}") from None
-
-    def remove_holder(self, holder_id: str) -> None:
-        """Remove a holder (SIGKILL: it only sleeps); gone already is fine."""
-        with suppress(NotFound):
-            self.client.api.remove_container(holder_id, force=True)
-
-    def remove_holders(self, app: str, phase: str | None = None) -> None:
-        """The slot holders of an app (of one phase) that is gone: after its containers, before
-        its services' networks, which a holder is attached to."""
-        for holder in self.holders(app, phase):
-            self.remove_holder(holder.id)
-
-    def _ensure_holder_image(self) -> None:
-        """The holders' image, made once per engine from the host's static busybox (no build,
-        no registry): `docker import` of one file."""
-        reference = holder_image(self.instance)
-        with suppress(NotFound):
-            self.client.api.inspect_image(reference)
-            return
-        try:
-            with open(HOLDER_BINARY, "rb") as binary:
-                data = binary.read()
-        except OSError:
-            raise DeployFailed(f"{HOLDER_BINARY} is missing: install busybox-static (slot holders are made "
-                               "of it)") from None
-        layer = io.BytesIO()
-        with tarfile.open(fileobj=layer, mode="w") as tar:
-            member = tarfile.TarInfo("busybox")
-            member.size, member.mode = len(data), 0o755
-            tar.addfile(member, io.BytesIO(data))
-        repository, _, tag = reference.partition(":")
-        self.client.api.import_image_from_data(layer.getvalue(), repository=repository, tag=tag, changes=[
-            f"LABEL {LABEL_INSTANCE}={self.instance}", 'ENTRYPOINT ["/busybox", "sleep", "2147483647"]'])
 
     # Whole installation
 
@@ -1095,10 +959,6 @@ def timestamped_lines(raw: bytes, since: float | None) -> list[tuple[float, str]
         if moment is not None and (since is None or moment > since):
             lines.append((moment, text))
     return lines
-
-
-def _port(text: str | None) -> int | None:
-    return int(text) if text and text.isdigit() else None
 
 
 def _log_time(stamp: str) -> float | None:

@@ -468,7 +468,6 @@ def _remove_app_objects(ctx, app_name: str, app_id: int, phases: list[str]) -> d
     containers = ctx.runtime.instances(app_name)  # containers, or Swarm tasks (their services go)
     for container in containers:
         ctx.runtime.remove(container)
-    engine.remove_holders(app_name)
     with ctx.db.session() as session:
         service_images = {i for i in session.scalars(select(ServiceInstance.image_id).where(
             ServiceInstance.app_id == app_id)).all() if i}
