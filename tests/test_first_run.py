@@ -147,6 +147,7 @@ def phase_serves(router_port: int, host: str) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("remove_docker_objects")  # its apps' containers and images
 def test_the_procfile_alone_deploys_and_reports_on_a_new_database(
         new_database_url, redis_url, instance, github, tmp_path, processes):
     assert set(procfile()) == {"release", "web", "intake", "worker", "notifier", "scheduler", "router"}
@@ -305,6 +306,7 @@ def test_a_worker_waits_for_a_database_that_is_away(start_env, tmp_path, process
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("remove_docker_objects")  # its apps' containers and images
 def test_up_on_a_fresh_clone_then_doctor_sign_in_and_simulate_demo_stage_live(
         redis_url, instance, tmp_path, processes):
     from tests.support.faults import descendants
