@@ -18,7 +18,7 @@ services run as Swarm services too (`SwarmServices`, what app.services provision
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import select
 
@@ -27,8 +27,8 @@ from app.adapters.docker import Engine, ServiceContainer, ServiceState
 from app.adapters.router import CaddyRouter
 from app.adapters.swarm import (HEALTH_INTERVAL, HEALTH_RETRIES, AppService, BackingService, Followed, Rollout,
                                 Swarm, Task, app_service_spec, backing_container, backing_service_spec,
-                                backing_state, monitor_seconds, pick_node, placed_on, resources, served_routes,
-                                service_name, wipe_spec)
+                                backing_state, monitor_seconds, pick_node, placed_on, resources, restore_spec,
+                                served_routes, service_name, wipe_spec)
 from app.db import Database
 from app.docker_runtime import container_spec
 from app.exceptions import DeployFailed
@@ -195,7 +195,7 @@ class SwarmRuntime:
         if _deployment_of(service.get("Spec")) == serving_id:
             return  # an old task Swarm is replacing anyway
         if _deployment_of(service.get("PreviousSpec")) == serving_id:
-            self.swarm.apply(service["PreviousSpec"])  # a rolling update back; reconcile also re-routes
+            self.swarm.apply(restore_spec(service["PreviousSpec"]))  # a rolling update back; reconcile re-routes
 
     def output_source(self, target: PhaseRef, deployment_id: int, container_id: str | None) -> tuple[str | None, bool]:
         name = self._name(target)
@@ -204,22 +204,19 @@ class SwarmRuntime:
         return name, any(t.state == "running" and t.deployment == str(deployment_id) for t in self._tasks(name))
 
     def restore_route(self, target: PhaseRef, serving: Sequence[Instance]) -> bool:
-        """The router onto the serving deployment's running tasks, wherever Swarm runs them now
-        (reconcile calls it: after a drain or a lost node, tasks come back on other nodes)."""
-        deployment = next((i.deployment_id for i in serving if i.deployment_id is not None), None)
-        if deployment is None:
+        """The router onto the phase's running tasks, wherever Swarm runs them now (reconcile
+        calls it: after a drain or a lost node, tasks come back on other nodes)."""
+        if not any(i.deployment_id is not None for i in serving):
             return False
-        routes = served_routes(self._tasks(self._name(target)), self.swarm.ready_nodes(),
-                               {(target.app, target.phase): deployment})
-        return bool(self._route(routes))
+        key = (target.app, target.phase)
+        return bool(self._route(served_routes(self._tasks(self._name(target)), self.swarm.ready_nodes(), [key])))
 
-    def follow(self, serving: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
-        """Point each served phase's URL at its serving deployment's tasks where they run now
-        (a drained or lost node's tasks moved); `serving`: (app, phase) → deployment id. Three
-        calls to the manager, one read of the router plus a write per phase that changed; the
-        (app, phase)s whose route changed."""
+    def follow(self, phases: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Point each (app, phase)'s URL at its tasks where they run now (a drained or lost
+        node's tasks moved). Three calls to the manager, one read of the router plus a write
+        per phase that changed; the (app, phase)s whose route changed."""
         tasks, ready_nodes = self.swarm.app_tasks()
-        return self._route(served_routes(tasks, ready_nodes, serving))
+        return self._route(served_routes(tasks, ready_nodes, phases))
 
     def _route(self, routes: dict[tuple[str, str], list[str]]) -> list[tuple[str, str]]:
         """Write each route; the phases whose route changed. A phase with no task running keeps

@@ -227,6 +227,30 @@ def test_a_stopped_slot_is_failed_over_without_a_client_error(router, pair):
     assert len(loop.answers) > 50
 
 
+def test_upstreams_that_never_answer_a_connection_are_given_up_on_in_time(router, pair):
+    """A node lost without a word leaves upstreams whose connections are neither accepted nor
+    refused until the route follows (a task's port forwarding to nowhere). Caddy gives up on
+    each after DIAL_TIMEOUT and the request reaches the task that lives: two of them must not
+    outlast try_duration and turn into a 502, as with Caddy's 3 s default."""
+    blue, _ = pair
+    silent, queued = [], []
+    try:
+        for _ in range(2):  # a listener whose one-place accept queue is full drops every SYN
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            queued.append(socket.create_connection(listener.getsockname(), timeout=5))
+            silent.append(listener)
+        router.ensure_upstreams("lost", "demo", [*(f"127.0.0.1:{s.getsockname()[1]}" for s in silent),
+                                                 f"127.0.0.1:{blue.port}"])
+        url = router.url_for("lost", "demo")
+        answers = [(response.status_code, response.text) for response in (_get(url) for _ in range(4))]
+    finally:
+        for sock in (*queued, *silent):
+            sock.close()
+    assert answers == [(200, "blue")] * 4
+
+
 def test_hyphenated_names_get_distinct_routes(router, pair):
     router.ensure_route("a-b", "c", slots_of(pair), serving=pair[0].port)
     other = Slots(free_port(), free_port())

@@ -46,6 +46,9 @@ _ADMIN_RETRY_PAUSE = 0.05
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Requests Caddy may send again after the slot broke the connection before answering (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+#: Seconds Caddy waits for an upstream's connection: a slot on loopback or a task on the LAN
+#: answers (or refuses) in milliseconds.
+DIAL_TIMEOUT = 1.0
 #: The kernel setting that lets a Caddy reload keep the connections it is accepting.
 MIGRATE_SETTING = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
@@ -273,6 +276,10 @@ class CaddyRouter:
             },
             # Passive only: no request is ever made to check an idle phase.
             "health_checks": {"passive": {"fail_duration": _duration(self.fail_duration), "max_fails": 1}},
+            # A dial still unanswered after this is an upstream that is gone without a word (a
+            # lost node, a task's port left forwarding to nowhere): give up on it and try the
+            # next. Caddy's 3 s default let two such upstreams outlast `try_duration` (a 502).
+            "transport": {"protocol": "http", "dial_timeout": _duration(DIAL_TIMEOUT)},
         }
         return {
             "@id": self._route_id(app, phase),

@@ -18,7 +18,7 @@ node address and port.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -337,12 +337,21 @@ def upstreams(tasks: list[Task], ready_nodes: set[str]) -> list[str]:
 
 
 def served_routes(tasks: list[Task], ready_nodes: set[str],
-                  serving: dict[tuple[str, str], int]) -> dict[tuple[str, str], list[str]]:
-    """For each (app, phase) and the deployment our history says serves it, the upstreams of
-    that deployment's tasks now (empty: none runs anywhere yet, leave the route as it is)."""
-    return {(app, phase): upstreams([t for t in tasks if (t.app, t.phase) == (app, phase)
-                                     and t.deployment == str(deployment)], ready_nodes)
-            for (app, phase), deployment in serving.items()}
+                  phases: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    """For each (app, phase), the upstreams of its service's tasks running now, whichever
+    deployment they are of (empty: none runs anywhere yet, leave the route as it is). Not only
+    the serving deployment's: when Swarm runs another spec by itself (it finished an update
+    whose worker died, or rolled back within an update's monitor window), those healthy tasks
+    are all that can answer until reconcile puts the serving deployment back."""
+    return {key: upstreams([t for t in tasks if (t.app, t.phase) == key], ready_nodes) for key in phases}
+
+
+def restore_spec(previous: dict) -> dict:
+    """The service's previous spec (reconcile putting back what our history says serves), with
+    failures during that update ignored: Swarm's own rollback would return to the spec being
+    replaced, the deployment that did not finish (a drained node within the monitor window
+    was enough to bring it back)."""
+    return {**previous, "UpdateConfig": {**(previous.get("UpdateConfig") or {}), "FailureAction": "continue"}}
 
 
 class Rollout(str, Enum):
