@@ -46,7 +46,7 @@ def _context(process: str | None = None, *, secret_key: bool = False, schema: bo
 
 def _metrics_dir() -> Path:
     """prometheus_client's multiprocess mode for every process that records metrics: set before
-    anything imports prometheus_client, so gunicorn workers and RQ work horses all write their
+    anything imports prometheus_client, so web server processes and RQ work horses all write their
     samples to one directory (PROMETHEUS_MULTIPROC_DIR, default var/metrics)."""
     return Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(PROJECT_ROOT / "var" / "metrics")))
 
@@ -57,16 +57,19 @@ def _prepare_metrics_dir() -> None:
     prepare_directory(_metrics_dir())
 
 
-def _check_free(port: int, setting: str) -> None:
-    """gunicorn's master opens METRICS_PORT after it has started: say it now if it cannot."""
+def _check_free(host: str, port: int, setting: str) -> None:
+    """Say now, in one line, that a port cannot be had: the web server's own (granian binds
+    with SO_REUSEPORT, so a second `serve` would otherwise share the port with the first
+    without a word) and METRICS_PORT, opened once the server has started."""
     import socket
 
-    with socket.socket() as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError as exc:
-            raise click.ClickException(f"{setting}: cannot listen on 127.0.0.1:{port} ({exc.strerror})") from None
+            raise click.ClickException(f"{setting}: cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 def _logging(ctx) -> None:
@@ -96,24 +99,23 @@ def migrate() -> None:
 @click.option("--host", default=None, help="Address to listen on.  [default: $BIND or 0.0.0.0]")
 @click.option("--port", type=int, default=None, help="Port to listen on.  [default: $PORT or 8000]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="gunicorn processes, 4 threads each.  [default: one per CPU core, at least 2]")
+              help="web server processes, 4 threads each.  [default: one per CPU core, at least 2]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
-    """Serve the webhook endpoint, portal and API with gunicorn."""
+    """Serve the webhook endpoint, portal and API (granian, app.server)."""
     # A delivery costs under a millisecond of CPU (app.receiver): one process per core keeps
     # every core busy, and the threads cover the Redis round trip and slow portal queries.
     workers = workers or max(2, os.cpu_count() or 1)
     _metrics_dir()
     ctx = _context("web server", secret_key=True, schema=True)
     _prepare_metrics_dir()
+    host, port = host or ctx.settings.bind, port or ctx.settings.port
+    _check_free(host, port, "PORT")
     if ctx.settings.metrics_port is not None:
-        _check_free(ctx.settings.metrics_port, "METRICS_PORT")
-    bind = f"{host or ctx.settings.bind}:{port or ctx.settings.port}"
-    os.execvp(
-        sys.executable,
-        [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--threads", "4",
-         "--no-control-socket", "--access-logfile", "-", "--config", "python:app.gunicorn_conf",
-         "app.web:create_app()"],
-    )
+        _check_free("127.0.0.1", ctx.settings.metrics_port, "METRICS_PORT")
+    _logging(ctx)
+    from app import server
+
+    server.run(ctx, host, port, workers)
 
 
 def _queues(value: str) -> list[str]:

@@ -59,7 +59,7 @@ def formatter(log_format: str) -> logging.Formatter:
 
 
 def configure(log_format: str, level: int = logging.INFO) -> None:
-    """The root handler of this process (RQ's and gunicorn's loggers go through it too).
+    """The root handler of this process (RQ's and the web server's loggers go through it too).
 
     Like `logging.basicConfig`, it leaves alone a root logger someone else has set up (pytest).
     """

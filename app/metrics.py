@@ -1,4 +1,4 @@
-"""Prometheus metrics (README, Metrics and logs), shared by gunicorn workers and RQ work horses.
+"""Prometheus metrics (README, Metrics and logs), shared by web server processes and RQ work horses.
 
 prometheus_client's multiprocess mode: every process writes its samples to files in
 PROMETHEUS_MULTIPROC_DIR (set by the CLI for `serve` and `worker`), and `/metrics` adds
@@ -80,7 +80,7 @@ def use_worker_files() -> None:
 
 def prepare_directory(path: Path) -> int:
     """Create the directory and remove the files of processes that are gone (a previous run's,
-    a recycled gunicorn worker's); returns how many were removed. Live processes' files stay,
+    a respawned web server worker's); returns how many were removed. Live processes' files stay,
     so `serve` and `worker` can start in any order."""
     path.mkdir(parents=True, exist_ok=True)
     removed = 0

@@ -62,3 +62,11 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
     # Deliveries skip Flask altogether (app.receiver): the intake's cost is its own work.
     flask_app.wsgi_app = receiver.Receiver(ctx, flask_app.wsgi_app)
     return flask_app
+
+
+def worker_app() -> Flask:
+    """The app of one web server process (app.server forks them): its own context, and its
+    own index of the app containers from the engine's events for the portal's health."""
+    flask_app = create_app()
+    flask_app.extensions["release_pipeline"].watch_containers()
+    return flask_app

@@ -1,6 +1,6 @@
 """`.venv/bin/python -m bench`: Release Pipeline beside what a user would otherwise run, one table.
 
-  1. intake        wrk at our webhook endpoint (gunicorn, as the Procfile serves it) and at
+  1. intake        wrk at our webhook endpoint (granian, as the Procfile serves it) and at
                    Debian's adnanh/webhook with a payload-hmac-sha256 rule running /bin/true
   2. push → URL    the busybox sample app through webhook → RQ worker → Docker → Caddy, beside
                    a naive script (clone, build, rm, run, poll), runs interleaved
@@ -206,7 +206,7 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
     from bench.deliveries import Sender
 
     failures = 0
-    log("== starting the pipeline: Caddy, web (gunicorn), worker")
+    log("== starting the pipeline: Caddy, web (granian), worker")
     env.start_caddy()
     web_port = free_port()
     settings = env.settings_env(env.database_url("pipeline"), web_port)

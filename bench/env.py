@@ -134,7 +134,7 @@ class Proc:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
-        # children left behind in the group (a gunicorn worker, an RQ work horse)
+        # children left behind in the group (a web server worker, an RQ work horse)
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -360,11 +360,11 @@ class Env:
 
     def start_web(self, env: dict[str, str], port: int, name: str = "web") -> Proc:
         proc = self.start(name, self.release_pipeline("serve", "--port", str(port)), env=env)
-        wait_until(f"the web server (gunicorn) answering on port {port}",
+        wait_until(f"the web server answering on port {port}",
                    lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200,
                    timeout=60, interval=0.2, process=proc)
-        # the master answers through its workers: wait until every worker is up
-        wait_until("gunicorn's workers", lambda: len(children_of(proc.pid)) >= 2, timeout=30, process=proc)
+        # the main process answers through its workers: wait until every worker is up
+        wait_until("the web server's workers", lambda: len(children_of(proc.pid)) >= 2, timeout=30, process=proc)
         return proc
 
     def start_intake(self, env: dict[str, str], name: str = "intake") -> Proc:

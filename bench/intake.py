@@ -182,7 +182,7 @@ def combine(rounds: list[WrkResult]) -> WrkResult:
 def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, database: str = "sqlite",
         burst: int = 1000, profile_dir: Path | None = None, log=print) -> dict:
     """Rounds alternate peer, ours, ours, peer, … so drifting load on the machine hits both alike.
-    Ours runs as the Procfile runs it: gunicorn and the intake drainer side by side (no RQ
+    Ours runs as the Procfile runs it: the web server and the intake drainer side by side (no RQ
     worker, so the deploy jobs pile up)."""
     body = intake_push()
     body_file = env.home / "intake-push.json"

@@ -54,7 +54,7 @@ def intake_rows(table: Table, result, settings: str) -> None:
     table.add("1", f"intake latency p50 / p99 ({db})", f"{ours.p50_ms:.1f} / {ours.p99_ms:.1f} ms",
               f"{peer.p50_ms:.1f} / {peer.p99_ms:.1f} ms", f"p99 {ours.p99_ms / max(peer.p99_ms, 1e-9):.2f}×",
               "p99 ≤ 50 ms", _yes(ours.p99_ms <= 50))
-    table.add("1", f"intake CPU per request ({db}; gunicorn master + workers / webhook + its /bin/true), "
+    table.add("1", f"intake CPU per request ({db}; web server main + workers / webhook + its /bin/true), "
               "then the drainer's per delivery", f"{ours.cpu_ms_per_request:.2f} ms + {result['drainer_cpu_ms']:.2f} ms",
               f"{peer.cpu_ms_per_request:.2f} ms",
               f"{ours.cpu_ms_per_request / max(peer.cpu_ms_per_request, 1e-9):.1f}×", "(measured)", "")
@@ -132,7 +132,7 @@ def scale_rows(table: Table, result: ScaleResults) -> None:
                   "p95 < 100 ms", _yes(p95 < 0.1))
     rss = result.rss
     web = rss.get("web worker", 0.0)
-    table.add("5", f"peak RSS per web process: gunicorn worker / master ({result.rss_samples} samples while "
+    table.add("5", f"peak RSS per web process: worker / main ({result.rss_samples} samples while "
               "deploying, then rendering)", f"{web:.0f} / {rss.get('web master', 0):.0f} MiB", "", "",
               "≤ 150 MiB", _yes(0 < web <= 150 and rss.get("web master", 0) <= 150))
     worker = max(rss.get("worker", 0.0), rss.get("work horse", 0.0))

@@ -24,7 +24,7 @@ FINISHED = ("succeeded", "failed", "refused", "superseded")
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS (MiB) per role: gunicorn master and workers, RQ workers and their work horses."""
+    """Peak RSS (MiB) per role: the web server's main process and workers, RQ workers and their work horses."""
 
     def __init__(self, web: Proc, workers: list[Proc], interval: float = 0.2):
         super().__init__(daemon=True)

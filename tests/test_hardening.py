@@ -1,7 +1,7 @@
 """Issue 21's findings that need no container: each test failed on the code as it was.
 
 Real Flask app, real Redis (throttle, queue), real SQLite/PostgreSQL (sessions, upserts), a real
-tmpfs for a full WORK_DIR, the gunicorn that `serve` runs.
+tmpfs for a full WORK_DIR, the web server that `serve` runs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.models import App, Delivery, Report
 from app.plans import Repo
 from app.registry import ensure_app
 from app.web import create_app
-from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, load_payload
+from tests.conftest import REDIS_URL, SECRET_KEY, delivery_headers, load_payload
 from tests.support.portal_data import ADMIN_TOKEN, add_app, add_deployment, csrf_from
 from tests.support.requires import Part, missing, used
 
@@ -57,6 +57,26 @@ def test_serve_with_an_empty_webhook_secret_stops_at_start_with_one_line(tmp_pat
     assert started.returncode != 0
     [line] = started.stderr.strip().splitlines()
     assert "GITHUB_WEBHOOK_SECRET is empty" in line
+
+
+def test_serve_on_a_port_already_taken_stops_at_start_with_one_line(tmp_path, database_url):
+    """The web server binds with SO_REUSEPORT: a second `serve` (a leftover, a second `up`)
+    would share the port with the first, each getting some of the deliveries, without a word."""
+    from tests.conftest import WEBHOOK_SECRET
+    from tests.support.dockerkit import free_port
+
+    port = free_port()
+    env = {**os.environ, "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY,
+           "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "HOME": str(tmp_path)}
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        started = subprocess.run([str(ROOT / ".venv" / "bin" / "release-pipeline"), "serve", "--host", "127.0.0.1",
+                                  "--port", str(port)], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    [line] = started.stderr.strip().splitlines()
+    assert line == f"Error: PORT: cannot listen on 127.0.0.1:{port} (Address already in use)"
 
 
 def test_outside_development_mode_every_delivery_needs_a_signature(ctx, client, redis_conn):
@@ -297,31 +317,3 @@ def test_a_full_work_dir_says_so(full_dir, tmp_path):
     clone_url, sha = make_sample_repo(tmp_path / "repo", version_text="1.0.0")
     with pytest.raises(CloneFailed, match="^no space left in WORK_DIR$"):
         git.fetch_commit(clone_url, sha, full_dir / "src", allowed_host="github.com", allow_file=True)
-
-
-# --- Minor: gunicorn's control socket -------------------------------------------------------------
-
-
-def test_serve_opens_no_control_socket_in_home(tmp_path, database_url):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY,
-           "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "HOME": str(tmp_path)}
-    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "release-pipeline"), "serve", "--port", str(port),
-                               "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        import requests
-
-        for _ in range(200):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        else:
-            pytest.fail("serve did not answer")
-        assert not (tmp_path / ".gunicorn").exists()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

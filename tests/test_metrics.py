@@ -1,4 +1,4 @@
-"""Metrics and logs of the real processes: gunicorn (`release-pipeline serve`) and an RQ worker
+"""Metrics and logs of the real processes: the web server (`release-pipeline serve`) and an RQ worker
 (`release-pipeline worker`) deploy a pushed commit; /metrics then shows what they counted."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
     for queue in ("deploys", "commands", "reports", "notifications"):
         assert value(scraped, "release_pipeline_queue_depth", queue=queue) is not None, queue
     assert value(scraped, "release_pipeline_deployments_in_progress", status="queued") == 0
-    # METRICS_PORT (loopback, no token) serves the same counters from gunicorn's master.
+    # METRICS_PORT (loopback, no token) serves the same counters from the web server's main process.
     assert value(loopback, "release_pipeline_deployments_total", phase="demo", outcome="succeeded") == 2
 
     # Work horses share their worker's files, so samples do not pile up one file set per job.
@@ -138,7 +138,7 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
     intake_lines = json_lines(tmp_path / "intake.log")  # the drainer records the deliveries
     assert {line.get("deployment_id") for line in intake_lines if line.get("delivery_id")} >= deployment_ids
     web_lines = json_lines(tmp_path / "web.log")
-    assert any(line["logger"] == "gunicorn.access" for line in web_lines)
+    assert any(line["logger"] == "granian.access" for line in web_lines)
 
 
 def test_prepare_directory_keeps_live_processes_files(tmp_path):

@@ -110,7 +110,7 @@ def watch(ctx, app_ids: list[int], payload: Callable[[Session], dict] | None = N
 def paced(tick: Callable[[bool], list[str]]):
     """Send what `tick` finds new every WATCH_SECONDS, for up to STREAM_SECONDS, while one of
     HELD_STREAMS places is free; without a free place, answer once and have the client come
-    back after SHORT_RETRY_MS. An open stream holds a server thread (gunicorn has a few per
+    back after SHORT_RETRY_MS. An open stream holds a server thread (the web server has a few per
     process): the webhook and the pages must always find one free."""
     held = _held.acquire(blocking=False)
     try:
