@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 
 from githubkit.webhooks import verify
 from redis.exceptions import RedisError
 
 from app.context import Context
+from app.logs import log_access
 from app.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,14 @@ class Receiver:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH:
             return self.rest(environ, start_response)
+        started = time.perf_counter()
         if environ.get("REQUEST_METHOD") != "POST":
             status, body, extra = 405, {"error": "method not allowed", "reason": "deliveries are POSTed"}, [("Allow", "POST")]
         else:
             (status, body), extra = self.receive(environ), []
         data = json.dumps(body).encode()
+        if status != 202:  # an accepted delivery gets its line from the drainer, once recorded
+            log_access(environ, _STATUS[status], started)
         start_response(_STATUS[status], [*_HEADERS, *extra, ("Content-Length", str(len(data)))])
         return [data]
 

@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 
 #: Python threads per process: the Redis round trip and slow portal queries overlap on them.
 THREADS = 4
-#: The server's own loggers (granian's startup lines and its access log) go through this
-#: process's root handler, so LOG_FORMAT applies to them as to everything else.
+#: The server's own lines go through this process's root handler, so LOG_FORMAT applies to
+#: them as to everything else. The access log is the app's (app.logs.AccessLog).
 _LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "loggers": {name: {"handlers": [], "level": "INFO", "propagate": True} for name in ("_granian", "granian.access")},
+    "loggers": {"_granian": {"handlers": [], "level": "INFO", "propagate": True}},
 }
 
 
@@ -45,5 +45,5 @@ def run(ctx: Context, host: str, port: int, workers: int) -> None:
     # pages are not copied into each process, nor scanned by each one's collections.
     gc.freeze()
     Server("app.web:worker_app", address=host, port=port, interface=Interfaces.WSGI, workers=workers,
-           blocking_threads=THREADS, websockets=False, factory=True, log_dictconfig=_LOGGING, log_access=True,
+           blocking_threads=THREADS, websockets=False, factory=True, log_dictconfig=_LOGGING, log_access=False,
            respawn_failed_workers=True).serve()

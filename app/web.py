@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, context: Context | None = None)
         return jsonify({"error": "internal error", "reason": "the error was logged"}), 500
 
     # Deliveries skip Flask altogether (app.receiver): the intake's cost is its own work.
-    flask_app.wsgi_app = receiver.Receiver(ctx, flask_app.wsgi_app)
+    flask_app.wsgi_app = receiver.Receiver(ctx, logs.AccessLog(flask_app.wsgi_app))
     return flask_app
 
 

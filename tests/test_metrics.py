@@ -138,7 +138,7 @@ def test_metrics_after_deploys_through_gunicorn_and_rq(pipeline, tmp_path, metri
     intake_lines = json_lines(tmp_path / "intake.log")  # the drainer records the deliveries
     assert {line.get("deployment_id") for line in intake_lines if line.get("delivery_id")} >= deployment_ids
     web_lines = json_lines(tmp_path / "web.log")
-    assert any(line["logger"] == "granian.access" for line in web_lines)
+    assert any(line["logger"] == "release_pipeline.access" for line in web_lines)
 
 
 def test_prepare_directory_keeps_live_processes_files(tmp_path):

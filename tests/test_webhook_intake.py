@@ -177,3 +177,20 @@ def test_reporting_off_records_the_pending_status_it_would_send(post_delivery, c
         report = session.scalar(select(Report))
         assert (report.kind, report.state, report.body["state"], report.body["context"]) == (
             "status", "recorded", "pending", "release-pipeline/demo")
+
+
+def test_access_lines_name_refusals_and_pages_while_the_drainer_names_accepted_deliveries(
+        client, post_delivery, caplog):
+    caplog.set_level("INFO")
+    refused = post_delivery("push", main_push(), secret="not-the-secret", delivery="d-refused")
+    accepted = post_delivery("push", main_push(), delivery="d-accepted")  # and drained
+    page = client.get("/healthz?token=never-logged")
+    assert (refused.status_code, accepted.status_code, page.status_code) == (401, 202, 200)
+
+    access = [r.getMessage() for r in caplog.records if r.name == "release_pipeline.access"]
+    assert len(access) == 2, access
+    assert '"POST /api/github/webhooks" 401' in access[0]
+    assert '"GET /healthz" 200' in access[1] and "never-logged" not in access[1]
+
+    drained = [r.getMessage() for r in caplog.records if r.name == "app.intake"]
+    assert any("d-accepted" in line and "deploying" in line for line in drained), drained
