@@ -21,8 +21,10 @@ from app.settings import PROJECT_ROOT, load_settings
 
 #: What `up` (and the Procfile's `worker:`) serve besides the notifier's own worker.
 WORK_QUEUES = "deploys,commands,reports"
-#: The intake drainer runs behind the web server for the CPU (`nice`: 0 is the default, 19 the lowest).
-DRAINER_NICENESS = 10
+#: The intake drainer runs behind the web server for the CPU (`nice`: 0 is the default, 19 the
+#: lowest). The lowest: a delivery costs it ~2 ms, so even ~1 % of a core records a few a second
+#: while builds or a burst hold the cores, and it takes every idle moment.
+DRAINER_NICENESS = 19
 
 
 def _context(process: str | None = None, *, secret_key: bool = False, schema: bool = False):
@@ -99,7 +101,7 @@ def migrate() -> None:
 @click.option("--host", default=None, help="Address to listen on.  [default: $BIND or 0.0.0.0]")
 @click.option("--port", type=int, default=None, help="Port to listen on.  [default: $PORT or 8000]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="web server processes, 4 threads each.  [default: one per CPU core, at least 2]")
+              help="web server processes, 3 threads each.  [default: one per CPU core, at least 2]")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the webhook endpoint, portal and API (granian, app.server)."""
     # A delivery costs under a millisecond of CPU (app.receiver): one process per core keeps
@@ -173,7 +175,7 @@ def intake() -> None:
     import threading
 
     _metrics_dir()  # before anything imports prometheus_client
-    from app import startup
+    from app import priority, startup
     from workers import intake as drainer
 
     ctx = _context(schema=True)
@@ -181,7 +183,7 @@ def intake() -> None:
     _logging(ctx)
     # Recording can wait, the webhook's answer cannot: when the cores are busy (a burst is when
     # the drainer has most to do), the web server's processes go first.
-    os.nice(DRAINER_NICENESS)
+    priority.run_behind(DRAINER_NICENESS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

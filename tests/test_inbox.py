@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -99,13 +100,39 @@ def test_the_database_down_while_redis_is_up_loses_nothing(make_settings, databa
     assert back.inbox.waiting() == 0 and pending(back) == 0
 
 
-def _intake_process(tmp_path: Path, database_url: str, instance: str, log: Path) -> subprocess.Popen:
+def _intake_process(tmp_path: Path, database_url: str, instance: str, log: Path, *,
+                    as_honcho: bool = False) -> subprocess.Popen:
+    """`release-pipeline intake`, in this session; or `as_honcho` runs a Procfile line: through
+    `sh -c`, in a session of its own."""
     env = {**os.environ, "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET, "SECRET_KEY": SECRET_KEY,
            "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "PIPELINE_INSTANCE": instance,
            "ROUTER": "direct", "WORK_DIR": str(tmp_path / "work"), "PUBLIC_URL": "http://portal.test",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "HOME": str(tmp_path)}
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "intake"], env=env, cwd=ROOT,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "app.cli", "intake"]
+    return subprocess.Popen(shlex.join(argv) if as_honcho else argv, shell=as_honcho, start_new_session=as_honcho,
+                            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def autogroup(pid: int) -> str:
+    """'/autogroup-85 nice 0': the kernel's CPU group of the process's session, and its niceness."""
+    return Path(f"/proc/{pid}/autogroup").read_text().strip()
+
+
+def test_a_drainer_alone_in_its_session_puts_the_whole_session_behind(tmp_path, make_settings, database_url, instance):
+    """As honcho runs a Procfile line: `sh -c`, in a session of its own. Sessions share the CPU
+    as one each (autogroups), so only the session's niceness puts it behind the web server."""
+    log = tmp_path / "intake.log"
+    inbox = Context.from_settings(make_settings(DATABASE_URL=database_url)).inbox
+    shell = _intake_process(tmp_path, database_url, instance, log, as_honcho=True)
+    try:
+        wait_for(lambda: inbox.drainer() is not None, 60, "the drainer to hold the inbox", details=log.read_text)
+        drainer = int(inbox.drainer().rpartition(":")[2])
+        assert os.getsid(drainer) == shell.pid != drainer  # the shell leads the session
+        assert autogroup(drainer).endswith(" nice 19") and autogroup(shell.pid) == autogroup(drainer)
+        assert autogroup(os.getpid()) != autogroup(drainer)
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)  # as honcho stops it
+        shell.wait(timeout=30)
 
 
 def test_a_drainer_killed_between_append_and_record_loses_nothing(tmp_path, make_settings, database_url,
@@ -123,8 +150,10 @@ def test_a_drainer_killed_between_append_and_record_loses_nothing(tmp_path, make
     drainer = _intake_process(tmp_path, database_url, instance, log)
     try:
         wait_for(lambda: pending(ctx) == 1, 60, "the drainer to read the delivery", details=log.read_text)
-        # it yields the CPU to the web server's processes (README, Intake)
-        assert os.getpriority(os.PRIO_PROCESS, drainer.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        # it yields the CPU to the web server's processes (README, Intake); it shares this
+        # session, so the session's priority (its autogroup's) is left as it was
+        assert os.getpriority(os.PRIO_PROCESS, drainer.pid) == 19
+        assert autogroup(drainer.pid) == autogroup(os.getpid())
     finally:
         drainer.send_signal(signal.SIGKILL)
         drainer.wait(timeout=10)
