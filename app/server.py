@@ -21,8 +21,11 @@ from app.context import Context
 
 log = logging.getLogger(__name__)
 
-#: Python threads per process: the Redis round trip and slow portal queries overlap on them.
-THREADS = 4
+#: Python threads per process: the Redis round trip and slow portal queries overlap on them,
+#: and one stays free while the process holds its live page streams (live_log.HELD_STREAMS).
+#: Not more: each waits its turn at the interpreter lock (wrk, 16 connections, drainer on:
+#: p99 16-36 ms with 4 threads, 10-15 ms with 3).
+THREADS = 3
 #: The server's own lines go through this process's root handler, so LOG_FORMAT applies to
 #: them as to everything else. The access log is the app's (app.logs.AccessLog).
 _LOGGING = {
