@@ -183,7 +183,7 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
         burst: int = 1000, profile_dir: Path | None = None, log=print) -> dict:
     """Rounds alternate peer, ours, ours, peer, … so drifting load on the machine hits both alike.
     Ours runs as the Procfile runs it: the web server and the intake drainer side by side (no RQ
-    worker, so the deploy jobs pile up)."""
+    worker, so the deploy jobs pile up); the drainer records its backlog before a peer round."""
     body = intake_push()
     body_file = env.home / "intake-push.json"
     body_file.write_bytes(body)
@@ -220,6 +220,13 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
 
         recording = Recording(web.pid, profile_dir / f"profile-intake-{database}.txt")
     drainer_cpu = process_cpu(drainer.pid)
+    drained, last = None, None
+
+    def catch_up() -> float:
+        """Wait until the drainer has recorded every 202 so far: the seconds it took."""
+        return _drained(ctx, drainer, counts_before["deliveries"] + sum(r.expected for r in ours_rounds),
+                        timeout=300 + sum(r.expected for r in ours_rounds) / 20)
+
     for index in range(rounds):
         for side in order[index % 2]:
             if side == "ours":
@@ -227,16 +234,21 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
                                            connections=connections, seconds=seconds, tag=f"ours{index}-{database}",
                                            server_pid=web.pid))
             else:
+                # The peer's rounds never share the cores with our drainer's backlog.
+                if last == "ours":
+                    drained = catch_up()
                 peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
                                            connections=connections, seconds=seconds, tag=f"peer{index}-{database}",
                                            server_pid=peer.pid))
+            last = side
         log(f"  intake round {index + 1}/{rounds} ({database}): ours {ours_rounds[-1].rps:,.0f} req/s "
             f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
             f"p99 {peer_rounds[-1].p99_ms:.0f} ms")
     if recording is not None:
         recording.stop()
     ours = combine(ours_rounds)
-    drained = _drained(ctx, drainer, counts_before["deliveries"] + ours.expected, timeout=300 + ours.expected / 20)
+    if last == "ours":
+        drained = catch_up()
     drainer_cpu = process_cpu(drainer.pid) - drainer_cpu
     counts = {k: v - counts_before[k] for k, v in _counts(env, ctx).items()}
     env.stop(peer)
