@@ -21,9 +21,9 @@ from app.settings import PROJECT_ROOT, load_settings
 
 #: What `up` (and the Procfile's `worker:`) serve besides the notifier's own worker.
 WORK_QUEUES = "deploys,commands,reports"
-#: The intake drainer runs behind the web server for the CPU (`nice`: 0 is the default, 19 the
-#: lowest). The lowest: a delivery costs it ~2 ms, so even ~1 % of a core records a few a second
-#: while builds or a burst hold the cores, and it takes every idle moment.
+#: While a backlog waits, the intake drainer runs behind the web server for the CPU (`nice`: 0
+#: is the default, 19 the lowest). The lowest: the web server's answers go first, and the drainer
+#: takes every idle moment.
 DRAINER_NICENESS = 19
 
 
@@ -175,20 +175,20 @@ def intake() -> None:
     import threading
 
     _metrics_dir()  # before anything imports prometheus_client
-    from app import priority, startup
+    from app import startup
+    from app.priority import Priority
     from workers import intake as drainer
 
     ctx = _context(schema=True)
     _prepare_metrics_dir()
     _logging(ctx)
-    # Recording can wait, the webhook's answer cannot: when the cores are busy (a burst is when
-    # the drainer has most to do), the web server's processes go first.
-    priority.run_behind(DRAINER_NICENESS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     startup.wait_until(ctx.jobs.ping, "Redis at REDIS_URL")
-    drainer.run(ctx, stopping=stop.is_set, sleep=stop.wait)
+    # Recording a burst can wait, the webhook's answers cannot: while a backlog waits, the web
+    # server's processes go first.
+    drainer.run(ctx, stopping=stop.is_set, sleep=stop.wait, priority=Priority(DRAINER_NICENESS))
 
 
 @main.command()

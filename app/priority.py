@@ -1,12 +1,15 @@
-"""Running behind the web server for the CPU: the intake drainer's priority.
+"""Running behind the web server for the CPU while a backlog waits: the intake drainer's priority.
 
-`nice` orders the processes of one session only. With the kernel's autogroups (on by default
-on desktop and server kernels alike) every session shares the CPU as one, whatever its
-processes' nice values, and honcho starts each Procfile line in a session of its own: at
-`nice` 10 the drainer still took two thirds of a core from the web server's session during a
-burst (wrk, 10 s rounds). So a process alone in its session sets its session's niceness too;
-one that shares its session (the children of `up`) only sets its own, which orders it behind
-the web server there, and never slows the others.
+A single delivery is recorded at once at the normal priority: behind busy cores (a build, a
+swarm's engines), a low-priority drainer delayed every deploy's start by seconds. A backlog (a
+burst) is recorded behind the web server answering the deliveries, in every idle moment.
+
+`nice` orders the processes of one session only. With the kernel's autogroups (on by default)
+every session shares the CPU as one, whatever its processes' nice values, and honcho starts each
+Procfile line in a session of its own: at `nice` 10 the drainer still took two thirds of a core
+from the web server during a burst (wrk, 10 s rounds). So a process alone in its session sets its
+session's niceness too; one that shares its session (the children of `up`) sets only its own,
+which orders it behind the web server there without slowing the others.
 """
 
 from __future__ import annotations
@@ -20,15 +23,32 @@ log = logging.getLogger(__name__)
 PROC = Path("/proc")
 
 
-def run_behind(niceness: int, proc: Path = PROC) -> None:
-    """Lower this process's CPU priority by `niceness` (0 the default, 19 the lowest)."""
-    os.nice(niceness)
-    if not alone_in_session(proc):
-        return
-    try:
-        (proc / "self" / "autogroup").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
-    except OSError as exc:  # a kernel without autogroups: `nice` alone orders the processes
-        log.debug("session priority left as it is: %s", exc)
+class Priority:
+    """This process's CPU priority: normal, or `niceness` lower (0 the default, 19 the lowest)."""
+
+    def __init__(self, niceness: int, proc: Path = PROC):
+        self.proc = proc
+        self.normal = os.getpriority(os.PRIO_PROCESS, 0)
+        self.lowered = min(19, self.normal + niceness)
+        self.session = proc / "self" / "autogroup"
+        self.session_normal = _autogroup_nice(self.session) if alone_in_session(proc) else None
+        self.behind = False
+        self.stuck = False  # not allowed to change it
+
+    def run_behind(self, behind: bool) -> None:
+        """Behind the other processes (True) or back beside them. Going back needs the right
+        to raise a priority (root, or RLIMIT_NICE): without it the process stays behind."""
+        if behind == self.behind or self.stuck:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, self.lowered if behind else self.normal)
+            if self.session_normal is not None:
+                self.session.write_text(str(self.lowered if behind else self.session_normal))
+        except OSError as exc:
+            log.warning("CPU priority not changed (%s); recording %s", exc, "as before" if behind else "behind")
+            self.stuck = True  # said once, not once per batch
+            return
+        self.behind = behind
 
 
 def alone_in_session(proc: Path = PROC) -> bool:
@@ -48,6 +68,14 @@ def alone_in_session(proc: Path = PROC) -> bool:
         except OSError:
             continue  # gone meanwhile
     return True
+
+
+def _autogroup_nice(path: Path) -> int | None:
+    """The session's niceness ('/autogroup-85 nice 0'); None on a kernel without autogroups."""
+    try:
+        return int(path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _parent(proc: Path, pid: int) -> int:

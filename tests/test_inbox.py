@@ -24,7 +24,7 @@ from app.models import Deployment, Delivery
 from app.web import create_app
 from tests.conftest import REDIS_URL, SECRET_KEY, WEBHOOK_SECRET, delivery_headers, drain_inbox, load_payload
 from tests.support.faults import wait_for
-from workers.intake import Unavailable, drain
+from workers.intake import BATCH, Unavailable, drain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,19 +118,35 @@ def autogroup(pid: int) -> str:
     return Path(f"/proc/{pid}/autogroup").read_text().strip()
 
 
-def test_a_drainer_alone_in_its_session_puts_the_whole_session_behind(tmp_path, make_settings, database_url, instance):
+def test_a_drainer_alone_in_its_session_runs_the_session_behind_while_a_backlog_waits(
+        tmp_path, make_settings, database_url, instance):
     """As honcho runs a Procfile line: `sh -c`, in a session of its own. Sessions share the CPU
-    as one each (autogroups), so only the session's niceness puts it behind the web server."""
+    as one each (autogroups), so only the session's niceness puts it behind the web server; and
+    only while more than a batch waits: a lone delivery is recorded at once, at full priority."""
+    ctx = Context.from_settings(make_settings(DATABASE_URL=database_url))
+    for number in range(BATCH + 1):
+        ctx.inbox.append(f"burst-{number}", "push", push(f"{number:040x}"))
+    lock = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # the backlog stays until the test lets the drainer write
     log = tmp_path / "intake.log"
-    inbox = Context.from_settings(make_settings(DATABASE_URL=database_url)).inbox
     shell = _intake_process(tmp_path, database_url, instance, log, as_honcho=True)
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        wait_for(lambda: inbox.drainer() is not None, 60, "the drainer to hold the inbox", details=log.read_text)
-        drainer = int(inbox.drainer().rpartition(":")[2])
+        wait_for(lambda: ctx.inbox.drainer() is not None, 60, "the drainer to hold the inbox", details=log.read_text)
+        drainer = int(ctx.inbox.drainer().rpartition(":")[2])
         assert os.getsid(drainer) == shell.pid != drainer  # the shell leads the session
-        assert autogroup(drainer).endswith(" nice 19") and autogroup(shell.pid) == autogroup(drainer)
-        assert autogroup(os.getpid()) != autogroup(drainer)
+        wait_for(lambda: autogroup(drainer).endswith(" nice 19"), 30, "the session behind", details=log.read_text)
+        assert os.getpriority(os.PRIO_PROCESS, drainer) == 19
+        assert autogroup(shell.pid) == autogroup(drainer) != autogroup(os.getpid())
+
+        lock.execute("ROLLBACK")
+        wait_for(lambda: ctx.inbox.waiting() == 0, 60, "the backlog recorded", details=log.read_text)
+        ctx.inbox.append("lone", "push", push("f" * 40))  # the next pass finds no backlog
+        wait_for(lambda: ctx.inbox.waiting() == 0, 60, "the lone delivery recorded", details=log.read_text)
+        assert autogroup(drainer).endswith(f" nice {normal}") and os.getpriority(os.PRIO_PROCESS, drainer) == normal
+        assert count(ctx, Delivery) == BATCH + 2
     finally:
+        lock.close()
         os.killpg(shell.pid, signal.SIGTERM)  # as honcho stops it
         shell.wait(timeout=30)
 
@@ -150,9 +166,9 @@ def test_a_drainer_killed_between_append_and_record_loses_nothing(tmp_path, make
     drainer = _intake_process(tmp_path, database_url, instance, log)
     try:
         wait_for(lambda: pending(ctx) == 1, 60, "the drainer to read the delivery", details=log.read_text)
-        # it yields the CPU to the web server's processes (README, Intake); it shares this
-        # session, so the session's priority (its autogroup's) is left as it was
-        assert os.getpriority(os.PRIO_PROCESS, drainer.pid) == 19
+        # one delivery waits: recorded at full priority; and it shares this session, so the
+        # session's priority (its autogroup's) is never its to change
+        assert os.getpriority(os.PRIO_PROCESS, drainer.pid) == os.getpriority(os.PRIO_PROCESS, 0)
         assert autogroup(drainer.pid) == autogroup(os.getpid())
     finally:
         drainer.send_signal(signal.SIGKILL)

@@ -19,6 +19,7 @@ from app import intake
 from app.context import Context
 from app.exceptions import ReleasePipelineError
 from app.inbox import LEASE_SECONDS
+from app.priority import Priority
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ def drain(ctx: Context, block_ms: int | None = None) -> list[intake.Receipt]:
     return [receipt for _, receipt in handled if receipt.status != 500]
 
 
-def run(ctx: Context, stopping: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
-    """Drain until `stopping()`; the caller checked Redis at start."""
+def run(ctx: Context, stopping: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+        priority: Priority | None = None) -> None:
+    """Drain until `stopping()`; the caller checked Redis at start. With `priority`, the
+    drainer runs behind the other processes while more than a batch waits (README, Intake)."""
     inbox = ctx.inbox
     inbox.ensure_group()
     pause, problem, standby = 0.0, "", False
@@ -70,6 +73,8 @@ def run(ctx: Context, stopping: Callable[[], bool], sleep: Callable[[float], Non
             if standby:
                 log.info("holding the inbox now")
             standby = False
+            if priority is not None:
+                priority.run_behind(inbox.waiting() > BATCH)
             drain(ctx, block_ms=BLOCK_MS)
             if problem:
                 log.info("recording deliveries again")
