@@ -165,7 +165,9 @@ def _carry_out(ctx: Context, session, plan: Plan, apps: dict[Repo, App]) -> Rece
         return Receipt(202, {"ok": True, "reason": f"installation {plan.action}: registry updated"})
     # The same repository fields again (a burst of pushes to one repository): the same app, as
     # `ensure_app` left it, without its query and flush (a third of a delivery's cost).
-    app = apps.get(plan.repo) or apps.setdefault(plan.repo, ensure_app(session, plan.repo))
+    app = apps.get(plan.repo)
+    if app is None:
+        app = apps[plan.repo] = ensure_app(session, plan.repo)
     if app.deleted_at is not None:
         return Receipt(202, {"ok": True, "reason": f"{app.name} was deleted by {app.deleted_by}: nothing to do"})
     if isinstance(plan, Deploy):

@@ -27,7 +27,6 @@ class Priority:
     """This process's CPU priority: normal, or `niceness` lower (0 the default, 19 the lowest)."""
 
     def __init__(self, niceness: int, proc: Path = PROC):
-        self.proc = proc
         self.normal = os.getpriority(os.PRIO_PROCESS, 0)
         self.lowered = min(19, self.normal + niceness)
         self.session = proc / "self" / "autogroup"
