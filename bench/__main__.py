@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    profile_dir = RESULTS if args.profile else None
+    profile_dir = args.output.parent if args.profile else None
     table = report.Table()
     failures = 0
     started = time.monotonic()
@@ -232,7 +232,7 @@ def _pipeline_parts(env: Env, args, table, profile_dir: Path | None) -> int:
                                  naive_port=free_port(), log=log)
             report.deploy_rows(table, result)
             args.docker_deploys = result  # the swarm part's rows stand beside these
-            _write_steps(result)
+            _write_steps(result, args.output)
         except BenchError as exc:
             failures += 1
             log(f"bench: push → URL failed: {exc}")
@@ -279,8 +279,9 @@ def _swarm_part(env: Env, args, table) -> int:
         return 1
 
 
-def _write_steps(result) -> None:
-    """Per-run step timelines (seconds after the push), the profiling notes of parts 2 and 4."""
+def _write_steps(result, output: Path) -> None:
+    """Per-run step timelines (seconds after the push), the profiling notes of parts 2 and 4,
+    beside the results file (latest.md → latest-steps.txt)."""
     lines = []
     for name, runs in (("ours", result.ours), ("naive", result.naive), ("promote", result.promote)):
         for index, run in enumerate(runs):
@@ -288,7 +289,8 @@ def _write_steps(result) -> None:
             lines.append(f"{name} {index + 1}: URL at {run.seconds:.2f} s; {steps}; "
                          f"failed GETs {run.failures} of {run.requests}, POSTs {run.post_failures} of {run.posts} "
                          f"{run.samples[:2]}")
-    (RESULTS / "latest-steps.txt").write_text("\n".join(lines) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_name(f"{output.stem}-steps.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ delivery, plan, record the deployment and its reports, enqueue on Redis).
 from __future__ import annotations
 
 import json
+import os
+import resource
 import secrets
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import requests
 from sqlalchemy import func, select
@@ -87,6 +90,9 @@ class WrkResult:
     max_ms: float
     raw: str
     cpu_seconds: float = 0.0  # CPU time of the server's processes during the round
+    #: CPU seconds during the round of each process that shares the cores: the server, wrk,
+    #: and what the caller names (our drainer, Redis); "host" is all CPU time on the machine.
+    cpu_split: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -103,8 +109,6 @@ class WrkResult:
 
 def process_cpu(pid: int, children: bool = True) -> float:
     """CPU seconds of `pid` (with its reaped children), plus its live children's when asked."""
-    import os
-
     def own(p: int) -> float:
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
@@ -118,17 +122,21 @@ def process_cpu(pid: int, children: bool = True) -> float:
 
 
 def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, *, threads: int,
-            connections: int, seconds: int, tag: str, server_pid: int | None = None) -> WrkResult:
+            connections: int, seconds: int, tag: str, server_pid: int | None = None,
+            beside: dict[str, int] | None = None) -> WrkResult:
     script = env.home / f"wrk-{tag}.lua"
     script.write_text(LUA % {"prefix": f"{tag}-{secrets.token_hex(4)}", "body": body_file,
                              "signature": signature, "expected": expected})
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
             "-s", str(script), url]
     cpu_before = process_cpu(server_pid) if server_pid else 0.0
+    split_before = _cpu_split(beside or {})
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk against {url} did not finish") from None
+    split = {key: value - split_before[key] for key, value in _cpu_split(beside or {}).items()}
+    server_cpu = (process_cpu(server_pid) - cpu_before) if server_pid else 0.0
     (env.logs / f"wrk-{tag}.txt").write_text(done.stdout + done.stderr)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH-JSON ")), None)
     if done.returncode != 0 or line is None:
@@ -140,8 +148,32 @@ def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, 
         other_status=data["other_status"], socket_errors=socket_errors,
         p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000, raw=done.stdout,
-        cpu_seconds=(process_cpu(server_pid) - cpu_before) if server_pid else 0.0,
+        cpu_seconds=server_cpu, cpu_split={"server": server_cpu, **split},
     )
+
+
+def _cpu_split(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process, of wrk (this process's reaped children) and
+    of the whole host."""
+    from bench.scale import host_cpu
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy, _ = host_cpu()
+    return {**{name: process_cpu(pid) for name, pid in pids.items()},
+            "wrk": children.ru_utime + children.ru_stime, "host": busy / os.sysconf("SC_CLK_TCK")}
+
+
+def redis_server_pid(redis_url: str) -> int | None:
+    """The local redis-server serving `redis_url`'s port, if it runs on this host."""
+    port = urlparse(redis_url).port or 6379
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() == "redis-server" and \
+                    f":{port}" in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
 
 
 def start_peer(env: Env, port: int):
@@ -173,6 +205,7 @@ def combine(rounds: list[WrkResult]) -> WrkResult:
         requests=sum(r.requests for r in rounds), seconds=sum(r.seconds for r in rounds),
         expected=sum(r.expected for r in rounds), other_status=sum(r.other_status for r in rounds),
         socket_errors=sum(r.socket_errors for r in rounds),
+        cpu_split={key: sum(r.cpu_split.get(key, 0.0) for r in rounds) for key in rounds[0].cpu_split},
         p50_ms=statistics.median(r.p50_ms for r in rounds), p90_ms=max(r.p90_ms for r in rounds),
         p99_ms=max(r.p99_ms for r in rounds), max_ms=max(r.max_ms for r in rounds),
         raw="\n".join(r.raw for r in rounds), cpu_seconds=sum(r.cpu_seconds for r in rounds),
@@ -220,6 +253,8 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
 
         recording = Recording(web.pid, profile_dir / f"profile-intake-{database}.txt")
     drainer_cpu = process_cpu(drainer.pid)
+    redis_pid = redis_server_pid(env.redis_url)
+    beside = {"drainer": drainer.pid, **({"redis": redis_pid} if redis_pid else {})}
     drained, last = None, None
 
     def catch_up() -> float:
@@ -232,18 +267,19 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
             if side == "ours":
                 ours_rounds.append(run_wrk(env, url, body_file, signature, 202, threads=threads,
                                            connections=connections, seconds=seconds, tag=f"ours{index}-{database}",
-                                           server_pid=web.pid))
+                                           server_pid=web.pid, beside=beside))
             else:
                 # The peer's rounds never share the cores with our drainer's backlog.
                 if last == "ours":
                     drained = catch_up()
                 peer_rounds.append(run_wrk(env, peer_url, body_file, signature, 200, threads=threads,
                                            connections=connections, seconds=seconds, tag=f"peer{index}-{database}",
-                                           server_pid=peer.pid))
+                                           server_pid=peer.pid, beside=beside))
             last = side
         log(f"  intake round {index + 1}/{rounds} ({database}): ours {ours_rounds[-1].rps:,.0f} req/s "
             f"p99 {ours_rounds[-1].p99_ms:.0f} ms, peer {peer_rounds[-1].rps:,.0f} req/s "
-            f"p99 {peer_rounds[-1].p99_ms:.0f} ms")
+            f"p99 {peer_rounds[-1].p99_ms:.0f} ms; CPU seconds in ours: {split_text(ours_rounds[-1])}; "
+            f"in the peer's: {split_text(peer_rounds[-1])}")
     if recording is not None:
         recording.stop()
     ours = combine(ours_rounds)
@@ -259,6 +295,15 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
     return {"ours": ours, "peer": combine(peer_rounds), "counts": counts, "web_log": web.log,
             "database": database, "drain_seconds": drained, "drainer_cpu_ms": 1000 * drainer_cpu / max(1, ours.expected),
             "burst": burst_result}
+
+
+def split_text(result: WrkResult) -> str:
+    """Where the cores went during a round: "server 8.1, wrk 5.0, …, others 0.4 of 20.0"."""
+    split = dict(result.cpu_split)
+    host = split.pop("host", 0.0)
+    others = host - sum(split.values())
+    parts = [f"{name} {seconds:.1f}" for name, seconds in split.items()]
+    return ", ".join([*parts, f"the rest of the host {max(others, 0.0):.1f}"])
 
 
 def _drained(ctx, drainer, deliveries: int, timeout: float, prefix: str = "") -> float:

@@ -1,6 +1,6 @@
 """`--profile`: py-spy records the process tree doing each part's work (collapsed stacks).
 
-Files land in bench/results/profile-<part>.txt (flamegraph.pl or speedscope read them), with a
+Files land beside the results file (bench/results/profile-<part>.txt; flamegraph.pl or speedscope read them), with a
 short summary of where the time went, in our code, in profile-<part>.top.txt.
 """
 

@@ -6,6 +6,7 @@ import os
 import statistics
 
 from bench.deploys import DeployResults
+from bench.intake import split_text
 from bench.notify import EVENTS, NotifyResults
 from bench.scale import ScaleResults, summary
 
@@ -58,6 +59,9 @@ def intake_rows(table: Table, result, settings: str) -> None:
               "then the drainer's per delivery", f"{ours.cpu_ms_per_request:.2f} ms + {result['drainer_cpu_ms']:.2f} ms",
               f"{peer.cpu_ms_per_request:.2f} ms",
               f"{ours.cpu_ms_per_request / max(peer.cpu_ms_per_request, 1e-9):.1f}×", "(measured)", "")
+    table.add("1", f"intake CPU seconds while wrk ran ({db}; all rounds, by process, of the cores' "
+              f"{ours.seconds * os.cpu_count():.0f} s per side)", split_text(ours), split_text(peer), "",
+              "(measured)", "")
     table.add("1", f"intake errors ({db}; non-2xx + socket errors)", f"{ours.errors} of {ours.requests:,}",
               f"{peer.errors} of {peer.requests:,}", "", "0", _yes(ours.errors == 0))
     done = counts["deliveries"] >= ours.expected and counts["deployments"] >= ours.expected \
