@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from bench.deliveries import intake_push, sign
 from bench.env import BenchError, Env, free_port, wait_until
+from bench.scale import host_cpu
 
 LUA = r"""
 -- Constant body and signature; a distinct X-GitHub-Delivery per request.
@@ -89,9 +90,9 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     raw: str
-    cpu_seconds: float = 0.0  # CPU time of the server's processes during the round
-    #: CPU seconds during the round of each process that shares the cores: the server, wrk,
-    #: and what the caller names (our drainer, Redis); "host" is all CPU time on the machine.
+    #: CPU seconds during the round of each process that shares the cores: the server (its
+    #: processes), wrk, and what the caller names (our drainer, Redis); "host" is all CPU time
+    #: on the machine.
     cpu_split: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -101,6 +102,11 @@ class WrkResult:
     @property
     def errors(self) -> int:
         return self.other_status + self.socket_errors
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of the server's processes during the round."""
+        return self.cpu_split.get("server", 0.0)
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -129,14 +135,13 @@ def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, 
                              "signature": signature, "expected": expected})
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency",
             "-s", str(script), url]
-    cpu_before = process_cpu(server_pid) if server_pid else 0.0
-    split_before = _cpu_split(beside or {})
+    watched = {**({"server": server_pid} if server_pid else {}), **(beside or {})}
+    split_before = _cpu_split(watched)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk against {url} did not finish") from None
-    split = {key: value - split_before[key] for key, value in _cpu_split(beside or {}).items()}
-    server_cpu = (process_cpu(server_pid) - cpu_before) if server_pid else 0.0
+    split = {key: value - split_before[key] for key, value in _cpu_split(watched).items()}
     (env.logs / f"wrk-{tag}.txt").write_text(done.stdout + done.stderr)
     line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH-JSON ")), None)
     if done.returncode != 0 or line is None:
@@ -148,15 +153,13 @@ def run_wrk(env: Env, url: str, body_file: Path, signature: str, expected: int, 
         other_status=data["other_status"], socket_errors=socket_errors,
         p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000, raw=done.stdout,
-        cpu_seconds=server_cpu, cpu_split={"server": server_cpu, **split},
+        cpu_split=split,
     )
 
 
 def _cpu_split(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each named process, of wrk (this process's reaped children) and
     of the whole host."""
-    from bench.scale import host_cpu
-
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy, _ = host_cpu()
     return {**{name: process_cpu(pid) for name, pid in pids.items()},
@@ -208,7 +211,7 @@ def combine(rounds: list[WrkResult]) -> WrkResult:
         cpu_split={key: sum(r.cpu_split.get(key, 0.0) for r in rounds) for key in rounds[0].cpu_split},
         p50_ms=statistics.median(r.p50_ms for r in rounds), p90_ms=max(r.p90_ms for r in rounds),
         p99_ms=max(r.p99_ms for r in rounds), max_ms=max(r.max_ms for r in rounds),
-        raw="\n".join(r.raw for r in rounds), cpu_seconds=sum(r.cpu_seconds for r in rounds),
+        raw="\n".join(r.raw for r in rounds),
     )
 
 
@@ -298,7 +301,7 @@ def run(env: Env, *, seconds: int, connections: int, threads: int, rounds: int, 
 
 
 def split_text(result: WrkResult) -> str:
-    """Where the cores went during a round: "server 8.1, wrk 5.0, …, others 0.4 of 20.0"."""
+    """Where the cores went during a round: "server 8.6, drainer 0.5, …, the rest of the host 7.6"."""
     split = dict(result.cpu_split)
     host = split.pop("host", 0.0)
     others = host - sum(split.values())

@@ -1,7 +1,8 @@
 """`--profile`: py-spy records the process tree doing each part's work (collapsed stacks).
 
-Files land beside the results file (bench/results/profile-<part>.txt; flamegraph.pl or speedscope read them), with a
-short summary of where the time went, in our code, in profile-<part>.top.txt.
+Files land beside the results file (by default bench/results/profile-<part>.txt; flamegraph.pl
+or speedscope read them), with a short summary of where the time went, in our code, in
+profile-<part>.top.txt.
 """
 
 from __future__ import annotations
